@@ -1,0 +1,17 @@
+"""Exceptions raised at brainrecon's boundaries.
+
+Every message names the thing that is wrong and how to fix it, so that a user
+reading only the last line of a traceback knows what to do next.
+"""
+
+
+class BrainreconError(Exception):
+    """Base class for all errors brainrecon raises on bad input."""
+
+
+class StoreError(BrainreconError, ValueError):
+    """A data store is missing, inconsistent, or fails validation."""
+
+
+class ConfigError(BrainreconError, ValueError):
+    """A configuration file or value is invalid."""
