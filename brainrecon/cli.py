@@ -1,0 +1,138 @@
+"""The `brainrecon` command line. Each command is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from brainrecon import __version__
+from brainrecon.cli_nsd import app as nsd_app
+from brainrecon.errors import BrainreconError
+
+app = typer.Typer(help="Reconstruct and retrieve seen images from fMRI.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+store_app = typer.Typer(help="Inspect and verify data stores.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+app.add_typer(nsd_app, name="nsd")
+
+SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling. These figures are not NSD results and are "
+                  "not comparable with published tables.")
+
+
+def _echo(message: str = "") -> None:
+    typer.echo(message)
+
+
+def _build_world(config_name: str, out: Path, overwrite: bool, seed: Optional[int], progress: bool):
+    from brainrecon.config import load_config
+    from brainrecon.data.simworld import WorldConfig, simulate_world
+
+    config = load_config(WorldConfig, config_name, "worlds", seed=seed)
+    started = time.perf_counter()
+    simulate_world(config, out, overwrite=overwrite, progress=progress)
+    return config, time.perf_counter() - started
+
+
+def _score(store_path: Path, way: int, draws: int):
+    from brainrecon.baseline import ceiling_table
+    from brainrecon.data import open_store
+
+    started = time.perf_counter()
+    results = ceiling_table(open_store(store_path), way=way, draws=draws)
+    return results, time.perf_counter() - started
+
+
+@app.command()
+def simulate(config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
+             out: Path = typer.Option(..., "--out", help="Store to create."),
+             seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+             score: bool = typer.Option(True, "--score/--no-score", help="Print ridge and oracle retrieval."),
+             way: int = typer.Option(300, "--way", help="N-way retrieval (the field reports 300)."),
+             progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Simulate a multi-subject world into a store; print the oracle's and a ridge decoder's retrieval."""
+    from brainrecon.baseline import format_table
+
+    world, seconds = _build_world(config, out, overwrite, seed, progress)
+    _echo(f"Simulated {world.n_subjects} subjects into {out} in {seconds:.1f} s.")
+    if score:
+        results, _ = _score(out, way, 30)
+        _echo(format_table(results))
+        _echo(SIMULATED_NOTE)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output folder (replaced if it holds "
+                                                                          "an earlier demo)."),
+         config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
+         progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """The main job on the simulated world: simulate, fit the ridge baseline, compare with the oracle."""
+    from brainrecon.baseline import format_table
+    from brainrecon.io import atomic_write_json, atomic_write_text
+
+    marker = out / "demo.json"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise BrainreconError(f"{out} exists and was not made by `brainrecon demo`; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "store"
+    world, build_seconds = _build_world(config, store, True, None, progress)
+    _echo(f"1/2 simulated {world.n_subjects} subjects ({world.n_train_images} training + {world.n_test_images} "
+          f"shared test images each, {world.n_repeats} repeats) in {build_seconds:.1f} s -> {store}")
+    results, score_seconds = _score(store, 300, 30)
+    _echo(f"2/2 fitted ridge decoders and the Bayes-optimal oracle in {score_seconds:.1f} s\n")
+    table = format_table(results)
+    _echo(table)
+    _echo(f"\n{SIMULATED_NOTE}")
+    atomic_write_text(out / "retrieval.md", f"# brainrecon demo: retrieval\n\n{table}\n\n{SIMULATED_NOTE}\n")
+    atomic_write_json(out / "results.json", {
+        "brainrecon_version": __version__, "python": platform.python_version(), "data_source": "simulated",
+        "world": world.model_dump(mode="json"), "note": SIMULATED_NOTE,
+        "seconds": {"simulate": build_seconds, "score": score_seconds},
+        "subjects": [r.to_dict() for r in results]})
+    atomic_write_json(marker, {"brainrecon_version": __version__, "config": config})
+    _echo(f"Wrote {out / 'results.json'} and {out / 'retrieval.md'}")
+
+
+@store_app.command("info")
+def store_info(path: Path) -> None:
+    """Summarise a store: source, subjects, trials, voxels, split sizes."""
+    from brainrecon.data import open_store
+
+    store = open_store(path)
+    _echo(f"{path}: {store.source.get('kind', '?')} store, {len(store.stimuli)} stimuli, images "
+          f"{tuple(store.images.shape[1:])}")
+    for name in store.subjects:
+        data = store.subject(name)
+        test = data.trials.is_test
+        _echo(f"  {name}: {len(data.trials)} trials in {len(data.sessions)} sessions, {data.n_voxels} voxels, "
+              f"train {len(set(data.trials.stimulus_id[~test].tolist()))} images / {int((~test).sum())} trials, "
+              f"test {len(set(data.trials.stimulus_id[test].tolist()))} images / {int(test.sum())} trials")
+
+
+@store_app.command("verify")
+def store_verify(path: Path) -> None:
+    """Full check: structure, every subject's shapes/NaN/split, and every file's sha256."""
+    from brainrecon.data import open_store
+
+    store = open_store(path, verify_checksums=True)
+    for name in store.subjects:
+        store.subject(name)
+    _echo(f"{path}: OK ({len(store.manifest['files'])} files verified)")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrainreconError as exc:
+        print(f"brainrecon: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Typed configuration of a simulated world (YAML presets in brainrecon/configs/worlds/)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from brainrecon.config import StrictConfig
+
+
+class VoxelCounts(StrictConfig):
+    min: int = Field(1500, ge=10)
+    max: int = Field(2500, ge=10)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"voxels.min ({self.min}) must not exceed voxels.max ({self.max})")
+        return self
+
+
+class VoxelMix(StrictConfig):
+    """Fractions of voxels of each tuning kind (normalised to sum to 1)."""
+
+    low: float = Field(0.45, ge=0)
+    mid: float = Field(0.25, ge=0)
+    high: float = Field(0.30, ge=0)
+
+
+class Archetypes(StrictConfig):
+    """Number of shared tuning archetypes of each kind."""
+
+    low: int = Field(64, ge=1)
+    mid: int = Field(32, ge=1)
+    high: int = Field(32, ge=1)
+
+
+class NoiseConfig(StrictConfig):
+    """Trial-wise noise: code noise shared by all of a subject's voxels, plus each voxel's own noise.
+
+    A voxel's noise-ceiling SNR is 1 / sqrt(code_noise + 1 / voxel_snr^2); voxel_snr is
+    log-normal across voxels.
+    """
+
+    code_noise: float = Field(3.0, ge=0, description="variance of the per-trial noise in the shared code")
+    median_voxel_snr: float = Field(0.6, gt=0)
+    log_spread: float = Field(0.5, ge=0)
+    subject_spread: float = Field(0.15, ge=0, description="log-sd of a per-subject SNR factor")
+    drift_fraction: float = Field(0.15, ge=0, lt=1, description="share of the noise variance from session drift")
+
+
+class SessionConfig(StrictConfig):
+    """Nuisance that per-session z-scoring must remove."""
+
+    trials_per_session: int = Field(300, ge=10)
+    offset_sd: float = Field(1.0, ge=0)
+    log_gain_sd: float = Field(0.25, ge=0)
+
+
+class WorldConfig(StrictConfig):
+    seed: int = 0
+    image_size: int = Field(64, ge=32, le=256)
+    n_subjects: int = Field(4, ge=1, le=8)
+    n_train_images: int = Field(1500, ge=10, description="per subject, seen by that subject only")
+    n_test_images: int = Field(500, ge=10, description="shared: seen by every subject")
+    n_repeats: int = Field(3, ge=1)
+    voxels: VoxelCounts = VoxelCounts()
+    voxel_mix: VoxelMix = VoxelMix()
+    archetypes: Archetypes = Archetypes()
+    shared_archetypes: bool = Field(True, description="false: each subject draws its own archetypes (a control)")
+    individual_deviation: float = Field(0.5, ge=0, description="scale of subject-specific deviations from archetypes")
+    code_dims: int = Field(32, ge=1, description="dimensions of the shared code voxel signals live in")
+    noise: NoiseConfig = NoiseConfig()
+    session: SessionConfig = SessionConfig()
+    betas_dtype: Literal["float32", "float16"] = "float32"
+    feature_grid: int = Field(16, ge=4, le=64, description="resolution of the feature maps voxels pool over")
+    calibration_images: int = Field(512, ge=64, description="images used to standardise each voxel's signal")
+    chunk_images: int = Field(512, ge=16, description="images rendered and encoded at a time (memory bound)")

@@ -1,0 +1,204 @@
+"""Building a simulated world into a brainrecon store, streaming in chunks.
+
+Protocol, modelled on NSD: every subject sees its own training images and a
+shared test set, each image ``n_repeats`` times in a random order, in sessions
+of ``trials_per_session`` trials. Each session has its own per-voxel gain and
+offset (removed by per-session z-scoring) and a linear drift (not removed: it
+is part of the noise). A trial's beta is::
+
+    beta = gain[s, v] * (signal[image, v] + noise + slope[s, v] * u(t)) + offset[s, v]
+
+with u(t) running from -1 to 1 across the session, and noise = code noise read out
+through the voxel's weights (shared across voxels) plus the voxel's own white noise. The ground truth needed to
+compute noise ceilings and the Bayes-optimal oracle is saved under
+``extra/simworld/`` in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from brainrecon.data.simworld import scenes as sc
+from brainrecon.data.simworld.config import WorldConfig
+from brainrecon.data.simworld.encoding import (KINDS, SharedCode, SubjectModel, fit_readout, image_features,
+                                               make_archetypes, make_subject, session_position)
+from brainrecon.data.store import Store
+from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
+from brainrecon.data.writer import StoreWriter
+from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.rng import derive_rng
+
+EXTRA = "simworld"
+
+
+def subject_name(index: int) -> str:
+    return f"subj{index + 1:02d}"
+
+
+@dataclass(frozen=True)
+class StimulusPlan:
+    test_ids: np.ndarray
+    train_ids: list[np.ndarray]  # per subject
+
+    @classmethod
+    def from_config(cls, config: WorldConfig) -> "StimulusPlan":
+        n_test, n_train = config.n_test_images, config.n_train_images
+        return cls(test_ids=np.arange(n_test),
+                   train_ids=[n_test + s * n_train + np.arange(n_train) for s in range(config.n_subjects)])
+
+    @property
+    def n_stimuli(self) -> int:
+        return len(self.test_ids) + sum(len(t) for t in self.train_ids)
+
+
+def make_schedule(config: WorldConfig, test_ids: np.ndarray, train_ids: np.ndarray,
+                  rng: np.random.Generator) -> tuple[TrialTable, np.ndarray]:
+    """Random presentation order; returns the trial table and each trial's position in its session."""
+    ids = np.concatenate([test_ids, train_ids])
+    order = rng.permutation(np.repeat(ids, config.n_repeats))
+    seen: dict[int, int] = {}
+    repeat = np.empty(order.size, dtype=np.int64)
+    for t, stim in enumerate(order.tolist()):
+        repeat[t] = seen.get(stim, 0)
+        seen[stim] = repeat[t] + 1
+    per_session = config.session.trials_per_session
+    position = np.arange(order.size)
+    split = np.where(np.isin(order, test_ids), "test", "train")
+    table = TrialTable(stimulus_id=order.astype(np.int64), session=(position // per_session + 1).astype(np.int64),
+                       repeat=repeat, split=split)
+    return table, position % per_session
+
+
+def _render_chunk(config: WorldConfig, ids: np.ndarray, key: str):
+    images, semantic, caption_lists, descriptions = [], [], [], []
+    for stim in ids.tolist():
+        scene = sc.sample_scene(derive_rng(config.seed, key, stim))
+        rendered = sc.render_scene(scene, config.image_size)
+        images.append(rendered.image)
+        semantic.append(sc.semantic_features(scene, rendered.visible_area))
+        caption_lists.append(sc.captions(scene, rendered))
+        descriptions.append(scene.to_dict())
+    return np.stack(images), np.stack(semantic), caption_lists, descriptions
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+    """Simulate ``config``'s world into a store at ``out``; returns the path."""
+    out = Path(out)
+    plan = StimulusPlan.from_config(config)
+    all_ids = np.arange(plan.n_stimuli)
+    bar = lambda it, desc, total=None: tqdm(it, desc=desc, total=total, disable=not progress,  # noqa: E731
+                                            file=sys.stderr, leave=False)
+    source = {"kind": "simulated", "config": config.model_dump(mode="json")}
+    with StoreWriter(out, source=source, overwrite=overwrite) as writer, \
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch:
+        extra = writer.extra_dir(EXTRA)
+        # 1. stimuli: render in chunks straight into the memory-mapped image array
+        semantic = np.zeros((plan.n_stimuli, len(sc.SEMANTIC_FEATURES)), dtype=np.float32)
+        captions: list[list[str]] = []
+        descriptions: list[dict] = []
+        images = writer.create_images(plan.n_stimuli, (config.image_size, config.image_size, 3))
+        for part in bar(list(_chunks(plan.n_stimuli, config.chunk_images)), "render scenes"):
+            images[part], semantic[part], caps, desc = _render_chunk(config, all_ids[part], "scene")
+            captions += caps
+            descriptions += desc
+        writer.write_stimulus_table(StimulusTable(stimulus_id=all_ids, captions=captions))
+        np.save(extra / "semantic.npy", semantic, allow_pickle=False)
+        atomic_write_text(extra / "scenes.jsonl", "".join(json.dumps(d) + "\n" for d in descriptions))
+        code_files: dict[str, str] = {}
+
+        # 2. the shared code(s), then each subject: read-out, then betas session by session
+        calib_images, calib_semantic, _, _ = _render_chunk(config, np.arange(config.calibration_images),
+                                                           "calibration")
+        calib_features = image_features(calib_images, calib_semantic, config.feature_grid)
+        shared = make_archetypes(config, derive_rng(config.seed, "archetypes"))
+        codes: dict[str, tuple[SharedCode, np.ndarray]] = {}
+        for s in bar(range(config.n_subjects), "subjects"):
+            name = subject_name(s)
+            model = make_subject(config, s, shared)
+            code_name = "code" if config.shared_archetypes else f"code-{name}"
+            if code_name not in codes:
+                archetypes = shared if config.shared_archetypes else make_archetypes(
+                    config, derive_rng(config.seed, "archetypes", "subject", s))
+                code = SharedCode.fit(archetypes, calib_features, config.feature_grid, config.code_dims)
+                code.save(extra / f"{code_name}.safetensors")
+                codes[code_name] = (code, _encode_all(config, code, images, semantic, bar))
+            code, code_values = codes[code_name]
+            fit_readout(model, code, calib_features, config.feature_grid)
+            trials, position = make_schedule(config, plan.test_ids, plan.train_ids[s],
+                                             derive_rng(config.seed, "schedule", s))
+            roi = np.asarray([f"sim-{KINDS[k]}" for k in model.kind.tolist()])
+            betas = writer.add_subject(name, trials, VoxelTable.unknown(model.n_voxels, roi), config.betas_dtype,
+                                       extra_info={"voxel_kinds": {k: int((model.kind == i).sum())
+                                                                   for i, k in enumerate(KINDS)}})
+            gains, offsets = _write_sessions(config, s, model, trials, position, code_values, betas)
+            model.save(extra / f"{name}.safetensors", {"session_gain": gains, "session_offset": offsets})
+            code_files[name] = f"{code_name}.safetensors"
+        atomic_write_json(extra / "world.json", {"config": config.model_dump(mode="json"),
+                                                 "semantic_features": sc.SEMANTIC_FEATURES, "kinds": list(KINDS),
+                                                 "code_files": code_files})
+    return out
+
+
+def _encode_all(config: WorldConfig, code: SharedCode, images, semantic, bar) -> np.ndarray:
+    """Every stimulus's shared code (n_stimuli, code_dims): small, so held in memory."""
+    out = np.empty((len(images), config.code_dims), dtype=np.float64)
+    for part in bar(list(_chunks(len(images), config.chunk_images)), "encode"):
+        out[part] = code.encode(image_features(np.asarray(images[part]), semantic[part], config.feature_grid),
+                                config.feature_grid)
+    return out
+
+
+def _write_sessions(config, s, model: SubjectModel, trials: TrialTable, position, code_values, betas):
+    """Betas session by session (bounded memory); returns the sessions' gains and offsets."""
+    n_sessions = int(trials.session.max())
+    gains = np.empty((n_sessions, model.n_voxels), dtype=np.float32)
+    offsets = np.empty((n_sessions, model.n_voxels), dtype=np.float32)
+    baseline = derive_rng(config.seed, "baseline", s).normal(0, 1, model.n_voxels)
+    for session in range(1, n_sessions + 1):
+        rng = derive_rng(config.seed, "session", s, session)
+        rows = np.flatnonzero(trials.session == session)
+        gain = np.exp(rng.normal(0, config.session.log_gain_sd, model.n_voxels))
+        offset = baseline + rng.normal(0, config.session.offset_sd, model.n_voxels)
+        slope = rng.normal(0, 1, model.n_voxels) * model.drift_sd
+        code_noise = rng.normal(0, np.sqrt(config.noise.code_noise), (rows.size, config.code_dims))
+        own_noise = rng.normal(0, 1, (rows.size, model.n_voxels)) * model.noise_sd
+        u = session_position(position[rows], config.session.trials_per_session)
+        signal = model.signal(code_values[trials.stimulus_id[rows]] + code_noise).astype(np.float64)
+        betas[rows] = (gain * (signal + own_noise + u[:, None] * slope) + offset).astype(betas.dtype)
+        gains[session - 1], offsets[session - 1] = gain, offset
+    return gains, offsets
+
+
+@dataclass(frozen=True)
+class SubjectTruth:
+    model: SubjectModel
+    code: SharedCode
+    session_gain: np.ndarray  # (sessions, V)
+    session_offset: np.ndarray  # (sessions, V)
+
+
+def load_subject_truth(store: Store, subject: str) -> SubjectTruth:
+    """The subject's encoding model, its shared code, and per-session gains and offsets."""
+    world = json.loads(store.extra_path(f"{EXTRA}/world.json").read_text())
+    model, extra = SubjectModel.load(store.extra_path(f"{EXTRA}/{subject}.safetensors"))
+    code = SharedCode.load(store.extra_path(f"{EXTRA}/{world['code_files'][subject]}"))
+    return SubjectTruth(model, code, extra["session_gain"], extra["session_offset"])
+
+
+def load_world_config(store: Store) -> WorldConfig:
+    if store.source.get("kind") != "simulated":
+        raise ValueError(f"{store.root} is not a simulated world (source {store.source.get('kind')!r})")
+    return WorldConfig.model_validate(store.source["config"])

@@ -1,0 +1,5 @@
+"""Embedding spaces that brain activity is decoded into."""
+
+from brainrecon.embed.handcrafted import LowLevelEmbedder
+
+__all__ = ["LowLevelEmbedder"]

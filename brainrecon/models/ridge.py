@@ -1,0 +1,138 @@
+"""Multi-target ridge regression in closed form (the Brain-Diffuser / Takagi baseline).
+
+Fitted from one eigendecomposition of the smaller Gram matrix (X^T X when
+samples >= features, else X X^T), so every target and every candidate alpha
+is solved with matrix products: no loop over targets. Alpha is chosen per
+target group by K-fold cross-validation whose folds are split by *stimulus*
+(repeats of one image never straddle a fold), on training data only.
+Written in torch so the same code runs on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from brainrecon.io import atomic_write_bytes, atomic_write_json
+from brainrecon.config import StrictConfig
+
+
+class RidgeConfig(StrictConfig):
+    alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(0, 6, 13))
+    folds: int = 5
+    seed: int = 0
+    dtype: str = "float64"
+    device: str = "cpu"
+
+
+@dataclass
+class _Spectrum:
+    """Eigen-decomposition of one training set's Gram matrix, in primal or dual form."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    x: torch.Tensor
+    dual: bool
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "_Spectrum":
+        dual = x.shape[0] < x.shape[1]
+        gram = x @ x.T if dual else x.T @ x
+        values, vectors = torch.linalg.eigh(gram)
+        return cls(values.clamp_min(0), vectors, x, dual)
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        """Right-hand factor shared by every alpha: Q^T X^T Y (primal) or Q^T Y (dual)."""
+        return self.vectors.T @ (self.x.T @ y if not self.dual else y)
+
+    def left(self, x_new: torch.Tensor) -> torch.Tensor:
+        """Left-hand factor for predictions on x_new: X_new Q (primal) or X_new X^T Q (dual)."""
+        return x_new @ self.vectors if not self.dual else (x_new @ self.x.T) @ self.vectors
+
+    def weights(self, projected: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Coefficients (features x targets) for per-target alphas."""
+        scaled = projected / (self.values[:, None] + alpha[None, :])
+        coef = self.vectors @ scaled
+        return self.x.T @ coef if self.dual else coef
+
+
+@dataclass
+class Ridge:
+    config: RidgeConfig = field(default_factory=RidgeConfig)
+    weight: torch.Tensor | None = None  # (features, targets)
+    x_mean: torch.Tensor | None = None
+    y_mean: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None  # (targets,) chosen alpha of each target
+    cv_scores: dict = field(default_factory=dict)
+
+    def _tensor(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a,
+                               dtype=getattr(torch, self.config.dtype), device=self.config.device)
+
+    def fit(self, x, y, groups=None, target_groups: list[slice] | None = None) -> "Ridge":
+        """Fit ``y`` (n, t) from ``x`` (n, p). ``groups``: stimulus id per row, keeping repeats in one fold.
+
+        ``target_groups`` lists slices of target columns that share one alpha (default: all targets).
+        """
+        x, y = self._tensor(x), self._tensor(y).reshape(len(x), -1)
+        if x.ndim != 2 or len(x) != len(y):
+            raise ValueError(f"x must be (n, features) and y (n, targets) with the same n; got {tuple(x.shape)} "
+                             f"and {tuple(y.shape)}")
+        target_groups = target_groups or [slice(0, y.shape[1])]
+        alphas = self._tensor(self.config.alphas)
+        errors = torch.zeros(len(alphas), y.shape[1], dtype=x.dtype, device=x.device)
+        for train, val in self._folds(len(x), groups):
+            xm, ym = x[train].mean(0), y[train].mean(0)
+            spectrum = _Spectrum.of(x[train] - xm)
+            projected, left = spectrum.project(y[train] - ym), spectrum.left(x[val] - xm)
+            for a, alpha in enumerate(alphas):
+                prediction = (left / (spectrum.values + alpha)) @ projected + ym
+                errors[a] += ((y[val] - prediction) ** 2).sum(0)
+        best = torch.empty(y.shape[1], dtype=x.dtype, device=x.device)
+        for group in target_groups:
+            group_error = errors[:, group].sum(1)
+            best[group] = alphas[int(torch.argmin(group_error))]
+            self.cv_scores[f"{group.start}:{group.stop}"] = group_error.tolist()
+        self.x_mean, self.y_mean = x.mean(0), y.mean(0)
+        spectrum = _Spectrum.of(x - self.x_mean)
+        self.weight = spectrum.weights(spectrum.project(y - self.y_mean), best)
+        self.alpha = best
+        return self
+
+    def _folds(self, n: int, groups):
+        groups = np.arange(n) if groups is None else np.asarray(groups)
+        unique = np.unique(groups)
+        if len(unique) < self.config.folds:
+            raise ValueError(f"ridge cross-validation needs at least {self.config.folds} distinct stimuli, "
+                             f"got {len(unique)}")
+        fold_of = np.empty(len(unique), dtype=np.int64)
+        fold_of[np.random.default_rng(self.config.seed).permutation(len(unique))] = \
+            np.arange(len(unique)) % self.config.folds
+        row_fold = fold_of[np.searchsorted(unique, groups)]
+        for k in range(self.config.folds):
+            yield (torch.as_tensor(np.flatnonzero(row_fold != k)), torch.as_tensor(np.flatnonzero(row_fold == k)))
+
+    def predict(self, x) -> torch.Tensor:
+        if self.weight is None:
+            raise RuntimeError("call fit() before predict()")
+        return (self._tensor(x) - self.x_mean) @ self.weight + self.y_mean
+
+    # -- checkpoints: safetensors for tensors, JSON for the rest ---------------------------------
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tensors = {k: getattr(self, k).contiguous().cpu() for k in ("weight", "x_mean", "y_mean", "alpha")}
+        atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors))
+        atomic_write_json(path.with_suffix(".json"), {"model": "ridge", "config": self.config.model_dump(mode="json"),
+                                                      "cv_scores": self.cv_scores})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Ridge":
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        return cls(config=RidgeConfig.model_validate(meta["config"]), cv_scores=meta.get("cv_scores", {}), **tensors)
