@@ -1,4 +1,4 @@
-"""`brainrecon nsd ...`: prepare the Natural Scenes Dataset as a brainrecon store.
+"""`brainrecon nsd ...`: prepare the Natural Scenes Dataset (or import MindEye's published files) as a store.
 
 Mounted by the main CLI with ``app.add_typer(nsd_app, name="nsd")``.
 
@@ -71,3 +71,55 @@ def prepare(
         typer.echo(f"  {name}: {info['sessions']} sessions, {trials} trials, {summary.n_voxels[name]} voxels, "
                    f"train {info['train_images']} images / {info['train_trials']} trials, "
                    f"test {info['test_images']} images / {info['test_trials']} trials")
+
+
+def _print_mindeye_summary(summary) -> None:
+    info = summary.info
+    sessions = summary.sessions if summary.sessions is not None else "unknown"
+    typer.echo(f"MindEye store written to {summary.out}")
+    typer.echo(f"  stimuli: {summary.n_stimuli} images")
+    typer.echo(f"  {summary.subject}: sessions {sessions}, {info['train_trials'] + info['test_trials']} trials, "
+               f"{summary.n_voxels} voxels, train {info['train_images']} images / {info['train_trials']} trials, "
+               f"test {info['test_images']} images / {info['test_trials']} trials")
+
+
+@app.command("import-mindeye1")
+def import_mindeye1_command(
+    root: Path = typer.Option(..., "--root", help="MindEye1's webdataset_avg_split/ folder (or the folder "
+                                                  "holding it)."),
+    subject: int = typer.Option(..., "--subject", help="NSD subject number 1..8."),
+    out: Path = typer.Option(..., "--out", help="Store to create (written atomically)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+) -> None:
+    """Import MindEye1's published webdataset shards (pscotti/naturalscenesdataset) for one subject."""
+    from brainrecon.data.mindeye_files import import_mindeye1
+
+    try:
+        summary = import_mindeye1(root, subject, out, overwrite=overwrite, progress=progress)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_mindeye_summary(summary)
+
+
+@app.command("import-mindeye2")
+def import_mindeye2_command(
+    root: Path = typer.Option(..., "--root", help="Local copy of pscotti/mindeyev2: the folder holding "
+                                                  "betas_all_subjAA_fp32_renorm.hdf5, "
+                                                  "coco_images_224_float16.hdf5 and wds/."),
+    subject: int = typer.Option(..., "--subject", help="NSD subject number 1..8."),
+    out: Path = typer.Option(..., "--out", help="Store to create (written atomically)."),
+    sessions: Optional[int] = typer.Option(None, "--sessions", help="Use only the first N sessions."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+) -> None:
+    """Import MindEye2's published betas, images and behaviour tars (pscotti/mindeyev2) for one subject."""
+    from brainrecon.data.mindeye_files import import_mindeye2
+
+    try:
+        summary = import_mindeye2(root, subject, out, sessions=sessions, overwrite=overwrite, progress=progress)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_mindeye_summary(summary)

@@ -15,3 +15,7 @@ class StoreError(BrainreconError, ValueError):
 
 class ConfigError(BrainreconError, ValueError):
     """A configuration file or value is invalid."""
+
+
+class EvaluationError(BrainreconError, ValueError):
+    """An evaluation or fit cannot run as asked (e.g. too few test items for N-way retrieval)."""

@@ -82,7 +82,13 @@ class StoreWriter:
             if not self.resume:  # a resumable .partial is kept for the next run to continue
                 shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        self._finish()
+        try:
+            self._finish()
+        except BaseException:
+            # content that fails validation cannot become valid by resuming: discard it
+            self._arrays.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return False
 
     # -- resuming ------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from brainrecon.errors import EvaluationError
+
 
 @dataclass(frozen=True)
 class RetrievalScore:
@@ -43,7 +45,7 @@ def cosine_scores(predicted: np.ndarray | torch.Tensor, target: np.ndarray | tor
 
 def draw_subsets(n: int, way: int, draws: int, seed: int) -> np.ndarray:
     if n < way:
-        raise ValueError(f"{way}-way retrieval needs at least {way} test items, but there are {n}; "
+        raise EvaluationError(f"{way}-way retrieval needs at least {way} test items, but there are {n}; "
                          f"lower `way` (the field reports 300-way) or add test stimuli")
     rng = np.random.default_rng(seed)
     return np.stack([rng.choice(n, way, replace=False) for _ in range(draws)])
@@ -66,7 +68,7 @@ def retrieval_top1(scores: np.ndarray, way: int = 300, draws: int = 30, seed: in
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-        raise ValueError(f"scores must be square (brain i x image i), got shape {scores.shape}")
+        raise EvaluationError(f"scores must be square (brain i x image i), got shape {scores.shape}")
     image_hits, brain_hits = [], []
     for subset in draw_subsets(len(scores), way, draws, seed):
         sub = scores[np.ix_(subset, subset)]

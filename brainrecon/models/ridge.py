@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from brainrecon.io import atomic_write_bytes, atomic_write_json
 from brainrecon.config import StrictConfig
+from brainrecon.errors import EvaluationError
+from brainrecon.io import atomic_write_bytes, atomic_write_json
 
 
 class RidgeConfig(StrictConfig):
@@ -81,7 +82,7 @@ class Ridge:
         """
         x, y = self._tensor(x), self._tensor(y).reshape(len(x), -1)
         if x.ndim != 2 or len(x) != len(y):
-            raise ValueError(f"x must be (n, features) and y (n, targets) with the same n; got {tuple(x.shape)} "
+            raise EvaluationError(f"x must be (n, features) and y (n, targets) with the same n; got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
         target_groups = target_groups or [slice(0, y.shape[1])]
         alphas = self._tensor(self.config.alphas)
@@ -108,7 +109,7 @@ class Ridge:
         groups = np.arange(n) if groups is None else np.asarray(groups)
         unique = np.unique(groups)
         if len(unique) < self.config.folds:
-            raise ValueError(f"ridge cross-validation needs at least {self.config.folds} distinct stimuli, "
+            raise EvaluationError(f"ridge cross-validation needs at least {self.config.folds} distinct stimuli, "
                              f"got {len(unique)}")
         fold_of = np.empty(len(unique), dtype=np.int64)
         fold_of[np.random.default_rng(self.config.seed).permutation(len(unique))] = \

@@ -1,0 +1,54 @@
+"""The command line, end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "brainrecon.cli"]
+
+
+def run(*args, check=True):
+    result = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", "--out", str(out), "--config", "tiny", "--no-progress")
+    assert "oracle image" in result.stdout and "not NSD results" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["data_source"] == "simulated" and len(results["subjects"]) == 2
+    for subject in results["subjects"]:
+        assert subject["oracle"]["image_top1"] > subject["ridge"]["image_top1"] > subject["ridge"]["chance"]
+    assert (out / "retrieval.md").read_text().startswith("# brainrecon demo")
+    run("demo", "--out", str(out), "--config", "tiny", "--no-progress")  # re-running replaces its own output
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    failed = run("demo", "--out", str(other), "--config", "tiny", check=False)
+    assert failed.returncode == 2 and "was not made by `brainrecon demo`" in failed.stderr
+
+
+def test_simulate_store_info_verify_and_errors(tmp_path):
+    store = tmp_path / "store"
+    result = run("simulate", "--config", "tiny", "--out", str(store), "--way", "100", "--no-progress")
+    assert "oracle image" in result.stdout and "ridge image" in result.stdout and "100-way" in result.stdout
+    assert "subj02: 1800 trials in 12 sessions" in run("store", "info", str(store)).stdout
+    assert "OK" in run("store", "verify", str(store)).stdout
+    again = run("simulate", "--config", "tiny", "--out", str(store), "--no-score", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    bad = run("simulate", "--config", "nope", "--out", str(tmp_path / "x"), check=False)
+    assert bad.returncode == 2 and "no worlds preset named 'nope'" in bad.stderr
+    missing = run("store", "info", str(tmp_path / "absent"), check=False)
+    assert missing.returncode == 2 and "no brainrecon store at" in missing.stderr
+
+
+def test_too_few_test_images_for_the_requested_way_is_a_clear_error(tmp_path):
+    result = run("simulate", "--config", "tiny", "--out", str(tmp_path / "s"), "--way", "400", "--no-progress",
+                 check=False)
+    assert result.returncode == 2 and "400-way retrieval needs at least 400 test items" in result.stderr

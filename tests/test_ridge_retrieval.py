@@ -1,0 +1,65 @@
+"""Ridge against scikit-learn; retrieval against a brute-force reference."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge as SkRidge
+
+from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
+from brainrecon.models import Ridge, RidgeConfig
+
+
+@pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])  # primal and dual solvers
+def test_ridge_matches_sklearn(n, p):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, p))
+    y = x @ rng.normal(size=(p, 7)) + rng.normal(size=(n, 7)) + 3.0
+    ours = Ridge(RidgeConfig(alphas=(10.0,), folds=3)).fit(x, y)
+    theirs = SkRidge(alpha=10.0).fit(x, y)
+    x_new = rng.normal(size=(20, p))
+    expected = theirs.predict(x_new)
+    relative = np.abs(ours.predict(x_new).numpy() - expected).max() / np.abs(expected).max()
+    assert relative <= 1e-4
+
+
+def test_ridge_cross_validation_picks_alpha_per_target_group(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 30))
+    clean = x @ rng.normal(size=(30, 2))
+    y = np.concatenate([clean[:, :1], rng.normal(size=(200, 1)) * 5 + 0 * clean[:, 1:]], axis=1)
+    groups = np.repeat(np.arange(100), 2)
+    model = Ridge(RidgeConfig(alphas=(0.01, 1.0, 100.0, 1e4, 1e6))).fit(x, y, groups=groups,
+                                                                        target_groups=[slice(0, 1), slice(1, 2)])
+    assert model.alpha[0] < 100 and model.alpha[1] >= 1e4  # signal: little shrinkage; pure noise: a lot
+    model.save(tmp_path / "ridge")
+    loaded = Ridge.load(tmp_path / "ridge")
+    np.testing.assert_array_equal(loaded.predict(x).numpy(), model.predict(x).numpy())
+
+
+def brute_force(scores, subsets):
+    image, brain = [], []
+    for subset in subsets:
+        hits_i = hits_b = 0
+        for a, i in enumerate(subset):
+            best = max(subset, key=lambda j: scores[i, j])
+            hits_i += best == i
+            best_brain = max(subset, key=lambda j: scores[j, i])
+            hits_b += best_brain == i
+        image.append(hits_i / len(subset))
+        brain.append(hits_b / len(subset))
+    return np.mean(image), np.mean(brain)
+
+
+def test_retrieval_matches_brute_force():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(60, 16))
+    predicted = truth + rng.normal(size=truth.shape) * 1.5
+    scores = cosine_scores(predicted, truth)
+    result = retrieval_top1(scores, way=20, draws=5, seed=7)
+    subsets = [np.random.default_rng(7).choice(60, 20, replace=False)]
+    rng7 = np.random.default_rng(7)
+    subsets = [rng7.choice(60, 20, replace=False) for _ in range(5)]
+    image, brain = brute_force(scores, subsets)
+    assert result.image_top1 == pytest.approx(image) and result.brain_top1 == pytest.approx(brain)
+    assert 0.05 < result.image_top1 < 1.0
+    with pytest.raises(ValueError, match="300-way retrieval needs at least 300"):
+        retrieval_top1(scores, way=300)
