@@ -81,7 +81,7 @@ def format_table(results: list[SubjectResult]) -> str:
     """A Markdown table of 300-way top-1 retrieval (mean over draws, +/- 95% CI)."""
     way = results[0].ridge.way
     pct = lambda s, ci: f"{100 * s:.1f} ± {100 * ci:.1f}"  # noqa: E731
-    lines = [f"| subject | voxels | ridge image | ridge brain | oracle image | oracle brain | ridge / oracle |",
+    lines = ["| subject | voxels | ridge image | ridge brain | oracle image | oracle brain | ridge / oracle |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         o = r.oracle

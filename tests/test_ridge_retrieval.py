@@ -39,7 +39,7 @@ def brute_force(scores, subsets):
     image, brain = [], []
     for subset in subsets:
         hits_i = hits_b = 0
-        for a, i in enumerate(subset):
+        for i in subset:
             best = max(subset, key=lambda j: scores[i, j])
             hits_i += best == i
             best_brain = max(subset, key=lambda j: scores[j, i])
@@ -55,7 +55,6 @@ def test_retrieval_matches_brute_force():
     predicted = truth + rng.normal(size=truth.shape) * 1.5
     scores = cosine_scores(predicted, truth)
     result = retrieval_top1(scores, way=20, draws=5, seed=7)
-    subsets = [np.random.default_rng(7).choice(60, 20, replace=False)]
     rng7 = np.random.default_rng(7)
     subsets = [rng7.choice(60, 20, replace=False) for _ in range(5)]
     image, brain = brute_force(scores, subsets)

@@ -10,7 +10,7 @@ from brainrecon.data.reliability import estimate_ncsnr, noise_ceiling
 from brainrecon.data.simworld import WorldConfig, load_subject_truth, load_world_config, simulate_world
 from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.encoding import image_features
-from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik, oracle_retrieval
+from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik
 from brainrecon.errors import ConfigError
 
 

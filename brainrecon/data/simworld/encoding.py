@@ -174,11 +174,16 @@ def session_position(index_in_session: np.ndarray, trials_per_session: int) -> n
     return (index_in_session - half) / half
 
 
-def make_subject(config: WorldConfig, index: int, shared: dict[str, np.ndarray]) -> SubjectModel:
-    """Draw one subject's voxels around the archetypes (calibration is filled in later)."""
+def subject_archetypes(config: WorldConfig, index: int, shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The world's archetypes, or (in a control world without commonality) the subject's own."""
+    if config.shared_archetypes:
+        return shared
+    return make_archetypes(config, derive_rng(config.seed, "archetypes", "subject", index))
+
+
+def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarray]) -> SubjectModel:
+    """Draw one subject's voxels around its archetypes (standardisation and read-out are fitted later)."""
     rng = derive_rng(config.seed, "subject", index)
-    archetypes = shared if config.shared_archetypes else make_archetypes(
-        config, derive_rng(config.seed, "archetypes", "subject", index))
     n_voxels = int(rng.integers(config.voxels.min, config.voxels.max + 1))
     mix = np.array([config.voxel_mix.low, config.voxel_mix.mid, config.voxel_mix.high], dtype=float)
     if mix.sum() <= 0:

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.config import WorldConfig
-from brainrecon.data.simworld.encoding import (KINDS, SharedCode, SubjectModel, fit_readout, image_features,
-                                               make_archetypes, make_subject, session_position)
+from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode, SubjectModel, fit_readout,
+                                               image_features, make_archetypes, make_subject, session_position,
+                                               subject_archetypes)
 from brainrecon.data.store import Store
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
 from brainrecon.data.writer import StoreWriter
@@ -102,8 +101,7 @@ def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False
     bar = lambda it, desc, total=None: tqdm(it, desc=desc, total=total, disable=not progress,  # noqa: E731
                                             file=sys.stderr, leave=False)
     source = {"kind": "simulated", "config": config.model_dump(mode="json")}
-    with StoreWriter(out, source=source, overwrite=overwrite) as writer, \
-            tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch:
+    with StoreWriter(out, source=source, overwrite=overwrite) as writer:
         extra = writer.extra_dir(EXTRA)
         # 1. stimuli: render in chunks straight into the memory-mapped image array
         semantic = np.zeros((plan.n_stimuli, len(sc.SEMANTIC_FEATURES)), dtype=np.float32)
@@ -124,32 +122,36 @@ def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False
                                                            "calibration")
         calib_features = image_features(calib_images, calib_semantic, config.feature_grid)
         shared = make_archetypes(config, derive_rng(config.seed, "archetypes"))
-        codes: dict[str, tuple[SharedCode, np.ndarray]] = {}
+        codes: dict[str, tuple[SharedCode, np.ndarray]] = {}  # one code per archetype set
         for s in bar(range(config.n_subjects), "subjects"):
-            name = subject_name(s)
-            model = make_subject(config, s, shared)
-            code_name = "code" if config.shared_archetypes else f"code-{name}"
+            archetypes = subject_archetypes(config, s, shared)
+            code_files[subject_name(s)] = code_name = "code.safetensors" if config.shared_archetypes \
+                else f"code-{subject_name(s)}.safetensors"
             if code_name not in codes:
-                archetypes = shared if config.shared_archetypes else make_archetypes(
-                    config, derive_rng(config.seed, "archetypes", "subject", s))
                 code = SharedCode.fit(archetypes, calib_features, config.feature_grid, config.code_dims)
-                code.save(extra / f"{code_name}.safetensors")
+                code.save(extra / code_name)
                 codes[code_name] = (code, _encode_all(config, code, images, semantic, bar))
-            code, code_values = codes[code_name]
-            fit_readout(model, code, calib_features, config.feature_grid)
-            trials, position = make_schedule(config, plan.test_ids, plan.train_ids[s],
-                                             derive_rng(config.seed, "schedule", s))
-            roi = np.asarray([f"sim-{KINDS[k]}" for k in model.kind.tolist()])
-            betas = writer.add_subject(name, trials, VoxelTable.unknown(model.n_voxels, roi), config.betas_dtype,
-                                       extra_info={"voxel_kinds": {k: int((model.kind == i).sum())
-                                                                   for i, k in enumerate(KINDS)}})
-            gains, offsets = _write_sessions(config, s, model, trials, position, code_values, betas)
-            model.save(extra / f"{name}.safetensors", {"session_gain": gains, "session_offset": offsets})
-            code_files[name] = f"{code_name}.safetensors"
+            _simulate_subject(writer, config, s, archetypes, *codes[code_name], plan, calib_features)
         atomic_write_json(extra / "world.json", {"config": config.model_dump(mode="json"),
                                                  "semantic_features": sc.SEMANTIC_FEATURES, "kinds": list(KINDS),
                                                  "code_files": code_files})
     return out
+
+
+def _simulate_subject(writer: StoreWriter, config: WorldConfig, s: int, archetypes: dict[str, np.ndarray],
+                      code: SharedCode, code_values: np.ndarray, plan: StimulusPlan,
+                      calib_features: ImageFeatures) -> None:
+    """Draw subject ``s``, fit its read-out of the code, and write its trials and betas."""
+    name = subject_name(s)
+    model = make_subject(config, s, archetypes)
+    fit_readout(model, code, calib_features, config.feature_grid)
+    trials, position = make_schedule(config, plan.test_ids, plan.train_ids[s], derive_rng(config.seed, "schedule", s))
+    roi = np.asarray([f"sim-{KINDS[k]}" for k in model.kind.tolist()])
+    kinds = {k: int((model.kind == i).sum()) for i, k in enumerate(KINDS)}
+    betas = writer.add_subject(name, trials, VoxelTable.unknown(model.n_voxels, roi), config.betas_dtype,
+                               extra_info={"voxel_kinds": kinds})
+    gains, offsets = _write_sessions(config, s, model, trials, position, code_values, betas)
+    model.save(writer.extra_dir(EXTRA) / f"{name}.safetensors", {"session_gain": gains, "session_offset": offsets})
 
 
 def _encode_all(config: WorldConfig, code: SharedCode, images, semantic, bar) -> np.ndarray:
