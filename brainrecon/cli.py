@@ -125,6 +125,26 @@ def store_verify(path: Path) -> None:
     _echo(f"{path}: OK ({len(store.manifest['files'])} files verified)")
 
 
+@store_app.command("import-bdata")
+def store_import_bdata(file: Path = typer.Option(..., "--file", help="BData HDF5 file, e.g. GOD's Subject1.h5."),
+                       images: Path = typer.Option(..., "--images", help="Folder of the stimulus images, named "
+                                                                         "by ImageNet id (n01518878_5958.JPEG)."),
+                       out: Path = typer.Option(..., "--out", help="Store to create."),
+                       subject: str = typer.Option("subj01", "--subject", help="Subject name in the store."),
+                       roi: str = typer.Option("ROI_VC", "--roi", help="ROI flag key selecting voxels."),
+                       image_size: int = typer.Option(256, "--image-size", help="Square size images are "
+                                                                                 "stored at."),
+                       overwrite: bool = typer.Option(False, "--overwrite"),
+                       progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Import a Kamitani-lab BData file (Generic Object Decoding) as a store."""
+    from brainrecon.data.bdata import import_bdata
+
+    import_bdata(file, images, out, subject=subject, roi=roi, image_size=image_size, overwrite=overwrite,
+                 progress=progress)
+    _echo(f"Wrote {out}")
+    store_info(out)
+
+
 def main() -> None:
     try:
         app()

@@ -37,9 +37,11 @@ IMAGES = "stimuli/images.npy"
 BETAS_DTYPES = ("float16", "float32")
 # "none": raw betas; SubjectData z-scores each session with its training trials' statistics.
 # "session-zscore-train": already z-scored that way when written; used as stored.
+# "voxel-zscore-train": z-scored per voxel with all training trials' statistics (for datasets
+#   whose test runs hold no training trials, e.g. Kamitani-lab BData); used as stored.
 # "session-zscore-all": z-scored with statistics that include test trials (the MindEye2
 #   notebook's convention). Readable, but evaluation flags it as a leak.
-NORMALIZATIONS = ("none", "session-zscore-train", "session-zscore-all")
+NORMALIZATIONS = ("none", "session-zscore-train", "voxel-zscore-train", "session-zscore-all")
 REMAKE = "Re-create the store with `brainrecon simulate` or `brainrecon nsd prepare`."
 
 
