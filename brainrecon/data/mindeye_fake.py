@@ -207,7 +207,7 @@ def make_fake_mindeye1(root: str | Path, exp: FakeExperiment | None = None, *, n
     seen = np.unique(exp.image_ids)
     test = rng.permutation(seen[exp.shared[seen]])
     rest = rng.permutation(seen[~exp.shared[seen]])
-    n_val = int(round(len(rest) * val_fraction))
+    n_val = round(len(rest) * val_fraction)
     splits = {"train": (rest[n_val:], n_train_shards), "val": (rest[:n_val], 1), "test": (test, n_test_shards)}
     counter = 0
     for split, (images, n_shards) in splits.items():
@@ -218,6 +218,6 @@ def make_fake_mindeye1(root: str | Path, exp: FakeExperiment | None = None, *, n
                                                                  trial_format)))
                 counter += 1
             write_tar(root / split / f"{split}_{name}_{shard}.tar", samples)
-    totals = {split: int(len(images)) for split, (images, _) in splits.items()}
+    totals = {split: len(images) for split, (images, _) in splits.items()}
     (root / f"metadata_{name}.json").write_text(json.dumps({"totals": totals}))
     return exp

@@ -27,9 +27,9 @@ import json
 import re
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -319,9 +319,10 @@ def _check_shared1000(paths: MindEye2Paths, behav: BehavTrials) -> bool:
     if not paths.shared1000.is_file():
         return False
     shared = _npy(paths.shared1000.read_bytes(), str(paths.shared1000), ME2_FIX)
-    if shared.ndim != 1 or shared.dtype != np.bool_:
-        raise StoreError(f"{paths.shared1000} must be a 1-D bool array over the 73k images, got {shared.dtype} "
-                         f"{shared.shape}. {ME2_FIX}")
+    if shared.ndim != 1 or not (shared.dtype == np.bool_ or np.isin(shared, (0, 1)).all()):
+        raise StoreError(f"{paths.shared1000} must be a 1-D bool (or 0/1) array over the 73k images, got "
+                         f"{shared.dtype} {shared.shape}. {ME2_FIX}")
+    shared = shared.astype(bool)
     inside = behav.image_ids < len(shared)
     flagged = np.zeros(len(behav.image_ids), dtype=bool)
     flagged[inside] = shared[behav.image_ids[inside]]
@@ -416,16 +417,53 @@ def import_mindeye2(root: str | Path, subject: int, out: str | Path, *, sessions
     if not root.is_dir():
         raise StoreError(f"MindEye2 root {root} is not a folder; pass --root the folder holding "
                          f"betas_all_{name}_fp32_renorm.hdf5, coco_images_224_float16.hdf5 and wds/.")
-    paths = MindEye2Paths(root, int(subject))
+    plan = plan_mindeye2(MindEye2Paths(root, int(subject)), sessions)
+    behav = plan.behav
+    trials = TrialTable(stimulus_id=behav.image_ids, session=behav.sessions, repeat=repeat_index(behav.image_ids),
+                        split=np.where(behav.is_test, "test", "train"))
+    table = StimulusTable(stimulus_id=plan.stimulus_ids, captions=[[] for _ in plan.stimulus_ids],
+                          source_id=[str(i) for i in plan.stimulus_ids.tolist()])
+    source = _mindeye2_source(plan)
+    summary = {"mindeye_subject": int(subject), "sessions": plan.n_sessions,
+               **_split_summary(behav.image_ids, behav.is_test)}
+
+    with StoreWriter(out, source, overwrite=overwrite) as writer:
+        images = writer.write_stimuli(table, image_shape=(plan.image_shape[2], plan.image_shape[3], 3))
+        _copy_images_me2(plan.paths.images, plan.stimulus_ids, images, progress)
+        moments = MomentAccumulator(plan.n_voxels)
+        voxels = VoxelTable.unknown(plan.n_voxels, np.full(plan.n_voxels, ROI))
+        betas = writer.add_subject(name, trials, voxels, normalization=NORMALIZATION, extra_info=summary)
+        _copy_betas_rows(plan.paths.betas, behav.global_trials, betas, behav, moments, progress)
+        source["betas_moments"] = moments.summary()  # the writer reads `source` when it closes
+        source["inputs"] = _input_records(plan.inputs, root, progress)
+    return MindEyeSummary(out=Path(out), subject=name, sessions=plan.n_sessions, n_stimuli=len(table),
+                          n_voxels=plan.n_voxels, info=summary)
+
+
+@dataclass
+class Me2Plan:
+    """Everything an import needs, read and checked before anything is written."""
+
+    paths: MindEye2Paths
+    n_sessions: int
+    behav: BehavTrials
+    n_voxels: int
+    image_shape: tuple  # (n_images, 3, H, W) of the image file
+    stimulus_ids: np.ndarray  # sorted unique 73k indices used
+    inputs: list[Path]
+
+
+def plan_mindeye2(paths: MindEye2Paths, sessions: int | None) -> Me2Plan:
+    """Read the behaviour tars and the HDF5 headers; check that they fit together."""
     available = paths.n_train_tars()
     if available == 0:
-        raise StoreError(f"{paths.train_tar(0)} is missing: no behaviour tars for {name}. {ME2_FIX}")
+        raise StoreError(f"{paths.train_tar(0)} is missing: no behaviour tars for {paths.name}. {ME2_FIX}")
     if sessions is not None and not 1 <= sessions <= available:
         raise StoreError(f"--sessions {sessions} is not possible: {paths.train_tar(0).parent} holds tars for "
                          f"sessions 1..{available} (0.tar .. {available - 1}.tar); use 1..{available}.")
     n_sessions = sessions or available
     behav = read_behaviour(paths, n_sessions)
-    used_shared_list = _check_shared1000(paths, behav)
+    shared_list = [paths.shared1000] if _check_shared1000(paths, behav) else []
     _check_split(behav.image_ids, behav.is_test, f"{paths.train_tar(0).parent.parent} (sessions 1..{n_sessions})",
                  "Use a subject with shared1000 trials, more sessions (--sessions), or check wds/.")
 
@@ -447,37 +485,24 @@ def import_mindeye2(root: str | Path, subject: int, out: str | Path, *, sessions
         raise StoreError(f"{paths.images} holds {image_shape[0]} images, so the image of 73k index {missing[0]} "
                          f"({missing.size} index(es) in all) used by the behaviour tars is missing. {ME2_FIX}")
 
-    trials = TrialTable(stimulus_id=behav.image_ids, session=behav.sessions, repeat=repeat_index(behav.image_ids),
-                        split=np.where(behav.is_test, "test", "train"))
-    table = StimulusTable(stimulus_id=stimulus_ids, captions=[[] for _ in stimulus_ids],
-                          source_id=[str(i) for i in stimulus_ids.tolist()])
     tars = [paths.train_tar(i) for i in range(n_sessions)] + [paths.test_tar]
-    inputs = [paths.betas, paths.images, *tars] + ([paths.shared1000] if used_shared_list else [])
-    source = {"kind": "mindeye2", "root": str(root.resolve()), "brainrecon_function": "import_mindeye2",
-              "options": {"subject": int(subject), "sessions": n_sessions},
-              "conventions": {
-                  "stimulus_id": "NSD 73k index, 0-based (behav column 0)",
-                  "trial_order": "global trial (behav column 5) = betas row",
-                  "session": "global trial // 750 + 1",
-                  "repeat": "0-based count of earlier presentations among the imported trials",
-                  "split": "test = trials of wds/subjAA/new_test/0.tar (shared1000), train = train/*.tar",
-                  "images": "round(clip(float16, 0, 1) * 255) as uint8, NCHW -> NHWC",
-                  "normalization": "session-zscore-all: MindEye2's released normalisation, used as stored; "
-                                   "exclusion of test trials from its statistics is unverifiable (ME2#35)"}}
-    summary = {"mindeye_subject": int(subject), "sessions": n_sessions,
-               **_split_summary(behav.image_ids, behav.is_test)}
+    return Me2Plan(paths, n_sessions, behav, n_voxels, tuple(image_shape), stimulus_ids,
+                   inputs=[paths.betas, paths.images, *tars, *shared_list])
 
-    with StoreWriter(out, source, overwrite=overwrite) as writer:
-        images = writer.write_stimuli(table, image_shape=(image_shape[2], image_shape[3], 3))
-        _copy_images_me2(paths.images, stimulus_ids, images, progress)
-        moments = MomentAccumulator(n_voxels)
-        betas = writer.add_subject(name, trials, VoxelTable.unknown(n_voxels, np.full(n_voxels, ROI)),
-                                   normalization=NORMALIZATION, extra_info=summary)
-        _copy_betas_rows(paths.betas, behav.global_trials, betas, behav, moments, progress)
-        source["betas_moments"] = moments.summary()  # the writer reads `source` when it closes
-        source["inputs"] = _input_records(inputs, root, progress)
-    return MindEyeSummary(out=Path(out), subject=name, sessions=n_sessions, n_stimuli=len(table),
-                          n_voxels=n_voxels, info=summary)
+
+def _mindeye2_source(plan: Me2Plan) -> dict:
+    """The manifest's record of what was read and how it was interpreted (checksums are added later)."""
+    return {"kind": "mindeye2", "root": str(plan.paths.root.resolve()), "brainrecon_function": "import_mindeye2",
+            "options": {"subject": plan.paths.subject, "sessions": plan.n_sessions},
+            "conventions": {
+                "stimulus_id": "NSD 73k index, 0-based (behav column 0)",
+                "trial_order": "global trial (behav column 5) = betas row",
+                "session": "global trial // 750 + 1",
+                "repeat": "0-based count of earlier presentations among the imported trials",
+                "split": "test = trials of wds/subjAA/new_test/0.tar (shared1000), train = train/*.tar",
+                "images": "round(clip(float16, 0, 1) * 255) as uint8, NCHW -> NHWC",
+                "normalization": "session-zscore-all: MindEye2's released normalisation, used as stored; "
+                                 "exclusion of test trials from its statistics is unverifiable (ME2#35)"}}
 
 
 # =============================================================================================
@@ -496,7 +521,7 @@ class MindEye1Paths:
     subject: int
 
     @classmethod
-    def locate(cls, root: Path, subject: int) -> "MindEye1Paths":
+    def locate(cls, root: Path, subject: int) -> MindEye1Paths:
         if (root / "webdataset_avg_split").is_dir():
             root = root / "webdataset_avg_split"
         return cls(root, subject)
@@ -750,18 +775,7 @@ def import_mindeye1(root: str | Path, subject: int, out: str | Path, *, overwrit
                           source_id=[str(i) for i in stimulus_ids.tolist()])
     shards = [s for split in ME1_SPLITS for s in paths.shards(split)]
     inputs = shards + ([paths.metadata] if paths.metadata.is_file() else [])
-    session_rule = ("global trial // 750 + 1 (trial.npy read as the 0-based global trial of each repeat)"
-                    if plan.global_trials_known else "unknown (trial.npy gives no per-repeat trial): 1 for all")
-    source = {"kind": "mindeye1", "root": str(paths.root.resolve()), "brainrecon_function": "import_mindeye1",
-              "options": {"subject": int(subject)},
-              "conventions": {
-                  "stimulus_id": "NSD 73k index, 0-based (coco73k.npy)",
-                  "repeats": "one trial per real repeat; all-NaN, all-zero or duplicated rows are padding",
-                  "trial_order": "global trial" if plan.global_trials_known else "shard order (train, val, test)",
-                  "session": session_rule,
-                  "split": "test = test shards; train = train + val shards",
-                  "images": "decoded jpg/png as RGB uint8 at stored size",
-                  "normalization": "session-zscore-all: MindEye1's (unreleased) normalisation, used as stored"}}
+    source = _mindeye1_source(paths, plan.global_trials_known)
     summary = {"mindeye_subject": int(subject), "global_trials_known": plan.global_trials_known,
                **_split_summary(plan.image_ids, plan.is_test)}
 
@@ -778,15 +792,34 @@ def import_mindeye1(root: str | Path, subject: int, out: str | Path, *, overwrit
                           n_stimuli=len(table), n_voxels=n_voxels, info=summary)
 
 
+def _mindeye1_source(paths: MindEye1Paths, global_trials_known: bool) -> dict:
+    """The manifest's record of what was read and how it was interpreted (checksums are added later)."""
+    session_rule = ("global trial // 750 + 1 (trial.npy read as the 0-based global trial of each repeat)"
+                    if global_trials_known else "unknown (trial.npy gives no per-repeat trial): 1 for all")
+    return {"kind": "mindeye1", "root": str(paths.root.resolve()), "brainrecon_function": "import_mindeye1",
+            "options": {"subject": paths.subject},
+            "conventions": {
+                "stimulus_id": "NSD 73k index, 0-based (coco73k.npy)",
+                "repeats": "one trial per real repeat; all-NaN, all-zero or duplicated rows are padding",
+                "trial_order": "global trial" if global_trials_known else "shard order (train, val, test)",
+                "session": session_rule,
+                "split": "test = test shards; train = train + val shards",
+                "images": "decoded jpg/png as RGB uint8 at stored size",
+                "normalization": "session-zscore-all: MindEye1's (unreleased) normalisation, used as stored"}}
+
+
 def _write_mindeye1(samples: list[Me1Sample], plan: Me1Plan, images: np.ndarray, image_row: dict[int, int],
                     betas: np.ndarray, moments: MomentAccumulator, progress: bool) -> None:
     """Pass 2: each sample's real repeats to their trial rows, its image to its stimulus row."""
-    by_key = {(s.shard, s.key): (s, dest) for s, dest in zip(samples, plan.destination)}
+    by_key = {(s.shard, s.key): (s, dest) for s, dest in zip(samples, plan.destination, strict=True)}
     for shard in tqdm(list(dict.fromkeys(s.shard for s in samples)), desc="write", unit="shard",
                       file=sys.stderr, disable=not progress):
         for key, members in iter_tar_samples(shard, {"nsdgeneral.npy", *ME1_IMAGES}, ME1_FIX):
-            sample, dest = by_key[(shard, key)]
             where = f"{shard} sample {key!r}"
+            if (shard, key) not in by_key or "nsdgeneral.npy" not in members:
+                raise StoreError(f"{where} was not there (or not complete) when the shards were first read: the "
+                                 f"file changed during the import. Run the import again.")
+            sample, dest = by_key[(shard, key)]
             voxels = _npy(members["nsdgeneral.npy"], f"{where} nsdgeneral.npy", ME1_FIX)
             rows = np.asarray(voxels[sample.real_rows], dtype=np.float32)
             betas[dest] = rows
