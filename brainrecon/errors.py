@@ -19,3 +19,7 @@ class ConfigError(BrainreconError, ValueError):
 
 class EvaluationError(BrainreconError, ValueError):
     """An evaluation or fit cannot run as asked (e.g. too few test items for N-way retrieval)."""
+
+
+class ModelPathError(BrainreconError, ValueError):
+    """A pretrained-model path is not an existing local directory (e.g. a hub id was given)."""

@@ -5,6 +5,6 @@ Import the concrete generators from their modules (`brainrecon.generate.unclip`,
 that importing it does not import diffusers.
 """
 
-from brainrecon.generate.base import GenerationRequest, Generator, ModelPathError, require_local_dir
+from brainrecon.generate.base import GenerationRequest, Generator
 
-__all__ = ["GenerationRequest", "Generator", "ModelPathError", "require_local_dir"]
+__all__ = ["GenerationRequest", "Generator"]

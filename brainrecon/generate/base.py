@@ -12,51 +12,20 @@ diffusion models loaded from local directories:
 - :mod:`brainrecon.generate.vae` — the VAE alone (MindEye's low-level path).
 
 Pretrained weights are never downloaded: every path argument must be an
-existing local directory, checked by :func:`require_local_dir`.
+existing local directory, checked by :func:`brainrecon.pretrained.require_local_dir`.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from brainrecon.errors import BrainreconError
-
 ArrayLike = np.ndarray | torch.Tensor
-
-
-class ModelPathError(BrainreconError, ValueError):
-    """A pretrained-model path is not an existing local directory."""
-
-
-def require_local_dir(path: str | Path, argument: str, expect: Sequence[str] = ()) -> Path:
-    """Return `path` as a Path if it is an existing directory, else raise ModelPathError.
-
-    brainrecon never reaches the network, so a hub id such as
-    "openai/clip-vit-large-patch14" is rejected with instructions instead of
-    being handed to `from_pretrained`, which would try to download it.
-    `expect` names files or folders that must exist inside the directory.
-    """
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        looks_like_hub_id = (isinstance(path, str) and path.count("/") == 1 and not path.startswith((".", "/", "~")))
-        hint = (f"{str(path)!r} looks like a Hugging Face hub id, but brainrecon only loads local directories. "
-                if looks_like_hub_id else f"{str(path)!r} is not an existing directory. ")
-        raise ModelPathError(
-            f"{argument}: {hint}Pass the path of a local model directory instead — e.g. one written by "
-            f"`save_pretrained(...)` or fetched on a machine with network access by "
-            f"`huggingface-cli download <repo> --local-dir <dir>` and copied here.")
-    missing = [name for name in expect if not (folder / name).exists()]
-    if missing:
-        raise ModelPathError(f"{argument}: local directory {folder} lacks {', '.join(missing)}; "
-                             f"it does not look like the expected model layout (see docs/embedders-and-generators.md)")
-    return folder
 
 
 @dataclass(frozen=True)
@@ -176,7 +145,7 @@ def run_denoising(predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Te
     if init_latents is None:
         latents = noise * scheduler.init_noise_sigma
     else:
-        n_run = min(steps, int(round(steps * strength)))
+        n_run = min(steps, round(steps * strength))
         if n_run == 0:
             return init_latents
         start = (steps - n_run) * order

@@ -20,10 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainrecon.generate.base import (GenerationRequest, Generator, as_tensor, chunks, classifier_free,
-                                      images_to_tensor, latent_size, per_sample_noise, require_local_dir,
-                                      run_denoising, sample_generators, tensor_to_images)
+from brainrecon.generate.base import (
+    GenerationRequest,
+    Generator,
+    as_tensor,
+    chunks,
+    classifier_free,
+    images_to_tensor,
+    latent_size,
+    per_sample_noise,
+    run_denoising,
+    sample_generators,
+    tensor_to_images,
+)
 from brainrecon.generate.vae import VaePath
+from brainrecon.pretrained import require_local_dir
 
 
 class UnclipGenerator(Generator):
@@ -38,7 +49,7 @@ class UnclipGenerator(Generator):
         from diffusers import StableUnCLIPImg2ImgPipeline
 
         folder = require_local_dir(path, "UnclipGenerator(path)", expect=("model_index.json", "unet", "vae"))
-        self.pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        self.pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype)
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.vae = VaePath.from_model(self.pipe.vae)

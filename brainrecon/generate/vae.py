@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainrecon.generate.base import images_to_tensor, require_local_dir, tensor_to_images
+from brainrecon.generate.base import (
+    images_to_tensor,
+    tensor_to_images,
+)
+from brainrecon.pretrained import require_local_dir
 
 
 class VaePath:
@@ -28,11 +32,11 @@ class VaePath:
         if subfolder is None and not (folder / "config.json").exists() and (folder / "vae").is_dir():
             subfolder = "vae"  # a whole pipeline directory was given: use its VAE
         self.vae = AutoencoderKL.from_pretrained(folder, subfolder=subfolder, local_files_only=True,
-                                                 torch_dtype=dtype).to(device).eval()
+                                                 dtype=dtype).to(device).eval()
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
 
     @classmethod
-    def from_model(cls, vae, batch_size: int = 8) -> "VaePath":
+    def from_model(cls, vae, batch_size: int = 8) -> VaePath:
         """Wrap an already loaded AutoencoderKL (e.g. a generator's own)."""
         self = cls.__new__(cls)
         self.vae, self.batch_size = vae, batch_size

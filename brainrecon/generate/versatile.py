@@ -30,10 +30,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainrecon.generate.base import (GenerationRequest, Generator, as_tensor, chunks, classifier_free,
-                                      images_to_tensor, latent_size, per_sample_noise, require_local_dir,
-                                      run_denoising, sample_generators, tensor_to_images)
+from brainrecon.generate.base import (
+    GenerationRequest,
+    Generator,
+    as_tensor,
+    chunks,
+    classifier_free,
+    images_to_tensor,
+    latent_size,
+    per_sample_noise,
+    run_denoising,
+    sample_generators,
+    tensor_to_images,
+)
 from brainrecon.generate.vae import VaePath
+from brainrecon.pretrained import require_local_dir
 
 
 class DualCrossAttention(nn.Module):
@@ -98,9 +109,11 @@ def _load_unet(folder: Path, subfolder: str, dtype: torch.dtype) -> nn.Module:
     class_name = json.loads((folder / subfolder / "config.json").read_text()).get("_class_name")
     cls = UNet2DConditionModel
     if class_name == "UNetFlatConditionModel":
-        from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
+        from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import (
+            UNetFlatConditionModel,
+        )
         cls = UNetFlatConditionModel
-    return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, torch_dtype=dtype)
+    return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, dtype=dtype)
 
 
 def _load_scheduler(folder: Path, class_name: str | None):
@@ -167,9 +180,13 @@ class VersatileGenerator(Generator):
             if tokens is None:  # unused side (its weight is 0): one placeholder token
                 tokens = torch.zeros(request.n, 1, self.context_dim)
             cond = as_tensor(tokens, self.device, self.dtype)
-            uncond = (torch.zeros_like(cond) if uncond_default is None
-                      else as_tensor(uncond_default, self.device, self.dtype).expand_as(cond))
-            return cond, uncond
+            if uncond_default is None:
+                return cond, torch.zeros_like(cond)
+            uncond = as_tensor(uncond_default, self.device, self.dtype)
+            if tuple(uncond.shape[-2:]) != tuple(cond.shape[1:]):
+                raise ValueError(f"unconditional tokens {tuple(uncond.shape)} do not match the request's "
+                                 f"tokens {tuple(cond.shape[1:])}")
+            return cond, uncond.expand_as(cond)
 
         image, image_uncond = pair(request.image_tokens, self.uncond_image_tokens)
         text, text_uncond = pair(request.text_tokens, self.uncond_text_tokens)
