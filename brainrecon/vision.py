@@ -65,6 +65,12 @@ def gabor_energy(images: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(spectrum[:, None] * _BANKS[h][None]).abs()
 
 
+def images_per_batch(size: int, budget_bytes: int = 1 << 28) -> int:
+    """How many size x size images to filter at once so the complex Gabor responses (which
+    dominate memory: channels x H x W x 8 bytes per image) stay within ``budget_bytes``."""
+    return max(1, budget_bytes // (GABOR_CHANNELS * size * size * 8))
+
+
 def colour_texture_maps(images: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
     """Per-pixel colour and texture channels (n, 6, H, W), in the order of COLOUR_CHANNELS."""
     r, g, b = images.unbind(-1)

@@ -46,6 +46,14 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, tiny_config):
                                                                         ).read_bytes()
 
 
+def test_world_builds_at_256_pixels(tmp_path, tiny_config):
+    big = WorldConfig.model_validate({**tiny_config.model_dump(), "image_size": 256, "n_subjects": 1,
+                                      "n_train_images": 12, "n_test_images": 12, "calibration_images": 64,
+                                      "voxels": {"min": 20, "max": 30}, "session": {"trials_per_session": 24}})
+    store = open_store(simulate_world(big, tmp_path / "big", progress=False))
+    assert store.images.shape == (24, 256, 256, 3) and store.subject("subj01").n_voxels >= 20
+
+
 def test_protocol_matches_the_nsd_design(tiny_world):
     store = open_store(tiny_world)
     config = load_world_config(store)

@@ -17,8 +17,8 @@ from brainrecon import vision
 class LowLevelEmbedder:
     """Images (n, H, W, 3) uint8 -> (n, (12 + 3) * grid^2) float32 features."""
 
-    def __init__(self, grid: int = 4, batch_size: int = 256):
-        self.grid, self.batch_size = grid, batch_size
+    def __init__(self, grid: int = 4):
+        self.grid = grid
 
     @property
     def dim(self) -> int:
@@ -26,8 +26,9 @@ class LowLevelEmbedder:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = vision.to_float_images(np.asarray(images[start:start + self.batch_size]))
+        step = vision.images_per_batch(images.shape[1])
+        for start in range(0, len(images), step):
+            pixels = vision.to_float_images(np.asarray(images[start:start + step]))
             energy = vision.gabor_energy(pixels)
             colour = vision.colour_texture_maps(pixels, energy)[:, :3]  # luminance, red-green, blue-yellow
             maps = torch.cat([torch.sqrt(energy), colour], dim=1)

@@ -53,10 +53,14 @@ class ImageFeatures:
 
 
 def image_features(images: np.ndarray, semantic: np.ndarray, grid: int) -> ImageFeatures:
-    pixels = vision.to_float_images(images)
-    energy = vision.gabor_energy(pixels)
-    mid = vision.colour_texture_maps(pixels, energy)
-    return ImageFeatures(low=vision.pool_grid(energy, grid).flatten(1), mid=vision.pool_grid(mid, grid).flatten(1),
+    low, mid = [], []
+    step = vision.images_per_batch(images.shape[1])
+    for start in range(0, len(images), step):
+        pixels = vision.to_float_images(images[start:start + step])
+        energy = vision.gabor_energy(pixels)
+        low.append(vision.pool_grid(energy, grid).flatten(1))
+        mid.append(vision.pool_grid(vision.colour_texture_maps(pixels, energy), grid).flatten(1))
+    return ImageFeatures(low=torch.cat(low), mid=torch.cat(mid),
                          semantic=torch.as_tensor(np.asarray(semantic, dtype=np.float32)))
 
 
