@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from brainrecon.data.sources import SourceData, SubjectSource, describe_inputs, write_source
-from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
+from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
 from brainrecon.errors import StoreError
 
 DATA_TYPES = {1: "train", 2: "test"}
@@ -117,16 +117,12 @@ def read_bdata(path: str | Path, images: str | Path, *, subject: str = "subj01",
     session = (data.single_column(session_key)[rows].astype(np.int64) if session_key
                else np.ones(rows.size, np.int64))
     stimulus_id = np.round(ids_float * 1e6).astype(np.int64)
-    repeat = np.zeros(rows.size, np.int64)
-    seen: dict[int, int] = {}
-    for i, s in enumerate(stimulus_id.tolist()):
-        repeat[i], seen[s] = seen.get(s, 0), seen.get(s, 0) + 1
     if not (split == "test").any():
         raise StoreError(f"{data.path} has no test-perception samples (DataType 2), so there is no test set.")
     unique, first = np.unique(stimulus_id, return_index=True)
     names = [image_name(ids_float[i]) for i in first]
     image_files = [_find_image(images, name) for name in names]  # fail before writing anything
-    trials = TrialTable(stimulus_id, session, repeat, split)
+    trials = TrialTable(stimulus_id, session, repeat_index(stimulus_id), split)
     ijk = np.stack([data.column_values(k, voxels) if k in data.keys else np.full(voxels.size, -1)
                     for k in ("voxel_x", "voxel_y", "voxel_z")], axis=1)
     voxel_table = VoxelTable(np.nan_to_num(ijk, nan=-1).astype(np.int64), np.full(voxels.size, roi))

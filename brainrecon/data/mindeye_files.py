@@ -36,8 +36,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from brainrecon.data.nsd_files import TRIALS_PER_SESSION, open_hdf5, repeat_index, require_file
-from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
+from brainrecon.data.nsd_files import TRIALS_PER_SESSION, open_hdf5, require_file
+from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
 from brainrecon.data.writer import StoreWriter
 from brainrecon.errors import StoreError
 from brainrecon.io import sha256_file

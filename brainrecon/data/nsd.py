@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from brainrecon.data.nsd_files import (TRIALS_PER_SESSION, Design, NSDPaths, betas_shape, image_brick_shape,
                                        mask_coords, open_hdf5, read_betas, read_captions, read_design,
-                                       read_images, read_mask, read_stim_info, repeat_index, subject_trial_ids,
+                                       read_images, read_mask, read_stim_info, subject_trial_ids,
                                        to_percent_signal)
 from brainrecon.data.store import BETAS_DTYPES
-from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
+from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
 from brainrecon.data.writer import StoreWriter
 from brainrecon.errors import StoreError
 from brainrecon.io import sha256_file

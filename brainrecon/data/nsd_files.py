@@ -140,16 +140,6 @@ def subject_trial_ids(design: Design, subject: int, n_sessions: int) -> np.ndarr
     return design.subjectim[subject - 1, order - 1] - 1
 
 
-def repeat_index(ids: np.ndarray) -> np.ndarray:
-    """0-based count of earlier presentations of the same id, for each position."""
-    seen: dict[int, int] = {}
-    out = np.empty(len(ids), dtype=np.int64)
-    for t, image in enumerate(ids.tolist()):
-        out[t] = seen.get(image, 0)
-        seen[image] = out[t] + 1
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Stimulus table (CSV)
 

@@ -49,6 +49,16 @@ def _csv_text(columns: dict[str, np.ndarray]) -> str:
     return out.getvalue()
 
 
+def repeat_index(ids: np.ndarray) -> np.ndarray:
+    """0-based count of earlier presentations of the same id, for each position."""
+    seen: dict[int, int] = {}
+    out = np.empty(len(ids), dtype=np.int64)
+    for t, image in enumerate(ids.tolist()):
+        out[t] = seen.get(image, 0)
+        seen[image] = out[t] + 1
+    return out
+
+
 @dataclass(frozen=True)
 class TrialTable:
     """One row per trial, in the order of the rows of the subject's betas."""

@@ -30,7 +30,7 @@ from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode,
                                                image_features, make_archetypes, make_subject, session_position,
                                                subject_archetypes)
 from brainrecon.data.store import Store
-from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
+from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
 from brainrecon.data.writer import StoreWriter
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.rng import derive_rng
@@ -63,16 +63,11 @@ def make_schedule(config: WorldConfig, test_ids: np.ndarray, train_ids: np.ndarr
     """Random presentation order; returns the trial table and each trial's position in its session."""
     ids = np.concatenate([test_ids, train_ids])
     order = rng.permutation(np.repeat(ids, config.n_repeats))
-    seen: dict[int, int] = {}
-    repeat = np.empty(order.size, dtype=np.int64)
-    for t, stim in enumerate(order.tolist()):
-        repeat[t] = seen.get(stim, 0)
-        seen[stim] = repeat[t] + 1
     per_session = config.session.trials_per_session
     position = np.arange(order.size)
     split = np.where(np.isin(order, test_ids), "test", "train")
     table = TrialTable(stimulus_id=order.astype(np.int64), session=(position // per_session + 1).astype(np.int64),
-                       repeat=repeat, split=split)
+                       repeat=repeat_index(order), split=split)
     return table, position % per_session
 
 
