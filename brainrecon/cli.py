@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from brainrecon import __version__
+from brainrecon.cli_assets import app as assets_app
 from brainrecon.cli_nsd import app as nsd_app
 from brainrecon.errors import BrainreconError
 
@@ -19,10 +18,7 @@ app = typer.Typer(help="Reconstruct and retrieve seen images from fMRI.", no_arg
 store_app = typer.Typer(help="Inspect and verify data stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 app.add_typer(nsd_app, name="nsd")
-
-SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling. These figures are not NSD results and are "
-                  "not comparable with published tables.")
-
+app.add_typer(assets_app, name="assets")
 
 def _echo(message: str = "") -> None:
     typer.echo(message)
@@ -57,6 +53,7 @@ def simulate(config: str = typer.Option("default", "--config", help="World prese
              progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Simulate a multi-subject world into a store; print the oracle's and a ridge decoder's retrieval."""
     from brainrecon.baseline import format_table
+    from brainrecon.demo import SIMULATED_NOTE
 
     world, seconds = _build_world(config, out, overwrite, seed, progress)
     _echo(f"Simulated {world.n_subjects} subjects into {out} in {seconds:.1f} s.")
@@ -71,31 +68,10 @@ def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output
                                                                           "an earlier demo)."),
          config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
-    """The main job on the simulated world: simulate, fit the ridge baseline, compare with the oracle."""
-    from brainrecon.baseline import format_table
-    from brainrecon.io import atomic_write_json, atomic_write_text
+    """The main job on the simulated world: simulate, fit ridge, compare with the oracle, reconstruct."""
+    from brainrecon.demo import run_demo
 
-    marker = out / "demo.json"
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise BrainreconError(f"{out} exists and was not made by `brainrecon demo`; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "store"
-    world, build_seconds = _build_world(config, store, True, None, progress)
-    _echo(f"1/2 simulated {world.n_subjects} subjects ({world.n_train_images} training + {world.n_test_images} "
-          f"shared test images each, {world.n_repeats} repeats) in {build_seconds:.1f} s -> {store}")
-    results, score_seconds = _score(store, 300, 30)
-    _echo(f"2/2 fitted ridge decoders and the Bayes-optimal oracle in {score_seconds:.1f} s\n")
-    table = format_table(results)
-    _echo(table)
-    _echo(f"\n{SIMULATED_NOTE}")
-    atomic_write_text(out / "retrieval.md", f"# brainrecon demo: retrieval\n\n{table}\n\n{SIMULATED_NOTE}\n")
-    atomic_write_json(out / "results.json", {
-        "brainrecon_version": __version__, "python": platform.python_version(), "data_source": "simulated",
-        "world": world.model_dump(mode="json"), "note": SIMULATED_NOTE,
-        "seconds": {"simulate": build_seconds, "score": score_seconds},
-        "subjects": [r.to_dict() for r in results]})
-    atomic_write_json(marker, {"brainrecon_version": __version__, "config": config})
-    _echo(f"Wrote {out / 'results.json'} and {out / 'retrieval.md'}")
+    run_demo(out, config, progress, echo=_echo)
 
 
 @store_app.command("info")

@@ -1,0 +1,553 @@
+"""Train the simulated world's small model set: CLIP, VAE and an unCLIP-style decoder.
+
+Everything is trained from scratch on procedural scenes rendered straight from
+`brainrecon.data.simworld.scenes` (≈2 ms a scene, so tens of thousands are cheap)
+and saved with `save_pretrained` in the layouts the real checkpoints use:
+
+    OUT/clip/      CLIPModel + byte-level CLIPTokenizer + CLIPImageProcessor config
+    OUT/decoder/   StableUnCLIPImg2ImgPipeline (unet, vae, scheduler, image_encoder,
+                   image_normalizer, image_noising_scheduler, text_encoder, tokenizer,
+                   feature_extractor); vae/ is the small VAE
+    OUT/manifest.json
+
+The three training loops are written out in plain sight (nanoGPT style):
+
+1. CLIP: symmetric InfoNCE between an image and one random caption of its four.
+2. VAE: AutoencoderKL, 64 px -> 16x16x4, MSE plus a very small KL term; the
+   latent scaling factor is set to 1 / std of the trained latents.
+3. Decoder: a latent-space UNet2DConditionModel trained to predict noise, conditioned
+   exactly the way StableUnCLIPImg2ImgPipeline conditions it at sampling time:
+   `class_labels = pipe.noise_image_embeddings(clip_image_embeds, noise_level)`
+   (normalised + noise-augmented embedding concatenated with the noise-level code),
+   zeroed with probability `cfg_dropout` (the pipeline's unconditional input is
+   zeros), and cross-attention on the text encoder's states of the empty prompt.
+
+Held-out scenes are never rendered for training: training scenes come from the
+key "assets-train" and the quality check uses the default world's shared test
+images (key "scene", ids 0..n-1), exactly what `brainrecon simulate` stores first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from brainrecon.data.simworld import scenes as sc
+from brainrecon.embed.clip import CLIP_MEAN, CLIP_STD
+from brainrecon.rng import derive_rng
+
+IMAGE_SIZE = 64
+TRAIN_KEY = "assets-train"   # scenes for training; the world's own scenes use the key "scene"
+HELDOUT_WORLD_SEED = 0       # the default world's seed: its shared test images are the held-out set
+HELDOUT_KEY = "scene"
+
+
+# ---------------------------------------------------------------------------------------------
+# plan: model sizes and step counts
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    n_scenes: int
+    # CLIP
+    clip_width: int
+    clip_layers: int
+    clip_steps: int
+    clip_batch: int
+    clip_lr: float
+    # VAE
+    vae_channels: tuple[int, ...]
+    vae_steps: int
+    vae_batch: int
+    vae_lr: float
+    vae_kl_weight: float
+    # decoder
+    unet_channels: tuple[int, ...]
+    unet_steps: int
+    unet_batch: int
+    unet_lr: float
+    cfg_dropout: float
+    max_noise_level: int   # embedding noise augmentation, sampled per batch in [0, max] half of the time
+    warmup: int
+
+    @classmethod
+    def full(cls) -> TrainPlan:
+        # sized so the whole run fits in ~45 minutes on 2 CPU cores (see docs/assets.md)
+        return cls(n_scenes=24000,
+                   clip_width=128, clip_layers=4, clip_steps=480, clip_batch=128, clip_lr=1e-3,
+                   vae_channels=(16, 32, 64), vae_steps=700, vae_batch=16, vae_lr=1e-3, vae_kl_weight=1e-7,
+                   unet_channels=(32, 64, 128), unet_steps=1000, unet_batch=64, unet_lr=5e-4, cfg_dropout=0.1,
+                   max_noise_level=300, warmup=50)
+
+    @classmethod
+    def quick(cls) -> TrainPlan:
+        # for tests: tiny models and a handful of steps, loadable but not good
+        return cls(n_scenes=64,
+                   clip_width=32, clip_layers=1, clip_steps=2, clip_batch=16, clip_lr=1e-3,
+                   vae_channels=(8, 8, 8), vae_steps=2, vae_batch=8, vae_lr=1e-3, vae_kl_weight=1e-7,
+                   unet_channels=(16, 16, 32), unet_steps=2, unet_batch=8, unet_lr=5e-4, cfg_dropout=0.1,
+                   max_noise_level=300, warmup=1)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def render_scenes(seed: int, key: str, ids, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[list[str]]]:
+    """Scenes sampled from derive_rng(seed, key, id) — the same rule `simulate_world` uses."""
+    images, caption_lists = [], []
+    for stim in ids:
+        scene = sc.sample_scene(derive_rng(seed, key, int(stim)))
+        rendered = sc.render_scene(scene, size)
+        images.append(rendered.image)
+        caption_lists.append(sc.captions(scene, rendered))
+    return np.stack(images), caption_lists
+
+
+def heldout_scenes(n: int) -> tuple[np.ndarray, list[list[str]]]:
+    """The first n shared test images of the default world (`brainrecon simulate` stores them as ids 0..n-1)."""
+    return render_scenes(HELDOUT_WORLD_SEED, HELDOUT_KEY, range(n))
+
+
+def to_clip_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, 64, 64, 3) -> CLIP-normalised (n, 3, 64, 64); equals ClipPreprocess at this size (no resize)."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def to_vae_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 -> [-1, 1], the diffusers convention (same as generate.base.images_to_tensor)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# model builders
+
+
+def byte_level_tokenizer():
+    """An offline CLIP tokenizer: the 256 byte symbols, their </w> forms and two specials (no merges)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
+    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def image_processor():
+    """64 px in, no resize or crop needed; OpenAI CLIP mean/std (what ClipImageEmbedder reads)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+def make_clip(plan: TrainPlan):
+    from transformers import CLIPConfig, CLIPModel
+
+    width, layers = plan.clip_width, plan.clip_layers
+    heads = max(1, width // 32)
+    text = dict(vocab_size=514, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                num_attention_heads=heads, max_position_embeddings=77, projection_dim=width,
+                bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    vision = dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=width, intermediate_size=4 * width,
+                  num_hidden_layers=layers, num_attention_heads=heads, projection_dim=width)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=width))
+
+
+def make_vae(plan: TrainPlan):
+    from diffusers import AutoencoderKL
+
+    n = len(plan.vae_channels)  # n blocks = n - 1 downsamplings: 64 -> 16 needs 3
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=plan.vae_channels,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         layers_per_block=1, norm_num_groups=min(8, plan.vae_channels[0]), sample_size=IMAGE_SIZE)
+
+
+def make_unet(plan: TrainPlan, embed_dim: int, text_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(plan.unet_channels)
+    # no attention at full latent resolution (16x16, costly on CPU); cross-attention + self-attention below
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=plan.unet_channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=text_dim, attention_head_dim=16, norm_num_groups=min(16, plan.unet_channels[0]),
+        # unCLIP conditioning: [noised embedding, noise-level code] -> projected and added to the time embedding
+        class_embed_type="projection", projection_class_embeddings_input_dim=2 * embed_dim)
+
+
+def diffusion_schedulers():
+    """Training (DDPM) and sampling (DDIM) schedulers with SD's scaled-linear betas."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    betas = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                 prediction_type="epsilon", clip_sample=False)
+    return DDPMScheduler(**betas), DDIMScheduler(**betas, steps_offset=1, set_alpha_to_one=False)
+
+
+def count_parameters(module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. CLIP
+
+
+def train_clip(plan: TrainPlan, images: np.ndarray, caption_lists: list[list[str]], tokenizer, seed: int,
+               log=print):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 1])
+    model = make_clip(plan).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.clip_lr, weight_decay=0.05)
+    for step in range(plan.clip_steps):
+        set_lr(optimizer, lr_at(step, plan.clip_steps, plan.clip_lr, plan.warmup))
+        idx = rng.choice(len(images), plan.clip_batch, replace=False)
+        texts = [caption_lists[i][int(rng.integers(len(caption_lists[i])))] for i in idx]
+        # no attention mask, as ClipTextEmbedder encodes: the causal mask keeps padding out of the EOS state
+        ids = tokenizer(texts, padding="longest", max_length=77, truncation=True, return_tensors="pt").input_ids
+        out = model(input_ids=ids, pixel_values=to_clip_pixels(images[idx]))
+        logits = out.logits_per_image  # (B, B), already scaled by exp(logit_scale)
+        target = torch.arange(len(idx))
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # CLIP's clamp of the temperature
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0 or step == plan.clip_steps - 1:
+            accuracy = (logits.argmax(1) == target).float().mean().item()
+            log(f"clip step {step:5d}  loss {loss.item():.3f}  in-batch top-1 {accuracy:.2f}")
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. VAE
+
+
+def train_vae(plan: TrainPlan, images: np.ndarray, seed: int, log=print):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 2])
+    vae = make_vae(plan).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
+    for step in range(plan.vae_steps):
+        set_lr(optimizer, lr_at(step, plan.vae_steps, plan.vae_lr, plan.warmup))
+        pixels = to_vae_pixels(images[rng.choice(len(images), plan.vae_batch, replace=False)])
+        posterior = vae.encode(pixels).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(recon, pixels)
+        loss = mse + plan.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == plan.vae_steps - 1:
+            log(f"vae  step {step:5d}  mse {mse.item():.4f}  (psnr {10 * math.log10(4 / max(mse.item(), 1e-8)):.1f} dB)")
+    vae.eval()
+    # unit-variance latents for the diffusion model, the role 0.18215 plays for SD's VAE
+    with torch.no_grad():
+        sample = to_vae_pixels(images[:min(len(images), 512)])
+        std = float(vae.encode(sample).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Scaled posterior means (as VaePath.encode gives them)."""
+    out = [vae.encode(to_vae_pixels(images[i:i + batch])).latent_dist.mean * vae.config.scaling_factor
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def clip_image_embeds(clip_model, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Pooled image_embeds (unnormalised), what ClipImageEmbedder.pooled returns."""
+    out = [clip_model.visual_projection(clip_model.vision_model(pixel_values=to_clip_pixels(images[i:i + batch]))
+                                        .pooler_output) for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the decoder, inside the pipeline it will be sampled with
+
+
+def build_pipeline(plan: TrainPlan, clip_model, tokenizer, vae, embeds: torch.Tensor, seed: int):
+    """A StableUnCLIPImg2ImgPipeline around a fresh UNet, reusing the small CLIP's towers."""
+    from diffusers import DDPMScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+    from transformers import CLIPTextModel, CLIPVisionModelWithProjection
+
+    config = clip_model.config
+    image_encoder = CLIPVisionModelWithProjection(config.vision_config)
+    image_encoder.vision_model.load_state_dict(clip_model.vision_model.state_dict())
+    image_encoder.visual_projection.load_state_dict(clip_model.visual_projection.state_dict())
+    text_encoder = CLIPTextModel(config.text_config)
+    text_encoder.load_state_dict(clip_model.text_model.state_dict())  # transformers 5: CLIPTextModel is flat
+
+    embed_dim = config.projection_dim
+    normalizer = StableUnCLIPImageNormalizer(embedding_dim=embed_dim)
+    with torch.no_grad():  # the noise augmentation works on standardised embeddings, as in SD-unCLIP
+        normalizer.mean.copy_(embeds.mean(0, keepdim=True))
+        normalizer.std.copy_(embeds.std(0, keepdim=True))
+    torch.manual_seed(seed)
+    unet = make_unet(plan, embed_dim, config.text_config.hidden_size)
+    _, sampler = diffusion_schedulers()
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=image_processor(), image_encoder=image_encoder.eval(), image_normalizer=normalizer,
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"), tokenizer=tokenizer,
+        text_encoder=text_encoder.eval(), unet=unet, scheduler=sampler, vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train_decoder(plan: TrainPlan, pipe, latents: torch.Tensor, embeds: torch.Tensor, seed: int, log=print):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 3])
+    noise_gen = torch.Generator().manual_seed(seed)
+    trainer, _ = diffusion_schedulers()
+    alphas_cumprod = trainer.alphas_cumprod
+    unet = pipe.unet.train()
+    with torch.no_grad():  # the prompt is always empty, so its encoder states are one constant
+        empty, _ = pipe.encode_prompt(prompt=[""], device="cpu", num_images_per_prompt=1,
+                                      do_classifier_free_guidance=False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=plan.unet_lr, weight_decay=0.0)
+    for step in range(plan.unet_steps):
+        set_lr(optimizer, lr_at(step, plan.unet_steps, plan.unet_lr, plan.warmup))
+        idx = torch.from_numpy(rng.choice(len(latents), plan.unet_batch, replace=False))
+        x0, embed = latents[idx], embeds[idx]
+        # conditioning exactly as the pipeline builds it; half the batches with some noise augmentation
+        level = int(rng.integers(1, plan.max_noise_level + 1)) if rng.random() < 0.5 else 0
+        with torch.no_grad():
+            class_labels = pipe.noise_image_embeddings(embed, noise_level=level, generator=noise_gen)
+        drop = torch.from_numpy(rng.random(len(idx)) < plan.cfg_dropout)
+        class_labels[drop] = 0.0  # the pipeline's unconditional input for classifier-free guidance
+        t = torch.randint(0, trainer.config.num_train_timesteps, (len(idx),), generator=noise_gen)
+        noise = torch.randn(x0.shape, generator=noise_gen)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        predicted = unet(noisy, t, encoder_hidden_states=empty.expand(len(idx), -1, -1),
+                         class_labels=class_labels).sample
+        loss = F.mse_loss(predicted, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == plan.unet_steps - 1:
+            log(f"unet step {step:5d}  loss {loss.item():.4f}")
+    unet.eval()
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def _half_copy(module):
+    import copy
+
+    return copy.deepcopy(module).half()
+
+
+def save_clip(clip_model, tokenizer, folder: Path) -> None:
+    _half_copy(clip_model).save_pretrained(folder)  # float16 halves the size; loaders cast back to float32
+    tokenizer.save_pretrained(folder)
+    image_processor().save_pretrained(folder)
+
+
+def save_pipeline(pipe, folder: Path) -> None:
+    """Save with float16 weights for the big parts; the normaliser's statistics stay float32."""
+    from diffusers import StableUnCLIPImg2ImgPipeline
+
+    components = dict(pipe.components)
+    for name in ("unet", "vae", "image_encoder", "text_encoder"):
+        components[name] = _half_copy(components[name])
+    StableUnCLIPImg2ImgPipeline(**components).save_pretrained(folder)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole run
+
+
+def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | None = None, log=print) -> dict:
+    """Train CLIP, VAE and decoder into `out`; returns (and writes) the manifest."""
+    torch.set_num_threads(2)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = TrainPlan.quick() if quick else TrainPlan.full()
+    seconds: dict[str, float] = {}
+    started_all = time.perf_counter()
+
+    started = time.perf_counter()
+    images, caption_lists = render_scenes(seed, TRAIN_KEY, range(plan.n_scenes))
+    seconds["data"] = time.perf_counter() - started
+    log(f"rendered {len(images)} training scenes in {seconds['data']:.0f} s")
+
+    tokenizer = byte_level_tokenizer()
+    started = time.perf_counter()
+    clip_model = train_clip(plan, images, caption_lists, tokenizer, seed, log)
+    seconds["clip"] = time.perf_counter() - started
+    save_clip(clip_model, tokenizer, out / "clip")
+
+    started = time.perf_counter()
+    vae = train_vae(plan, images, seed, log)
+    seconds["vae"] = time.perf_counter() - started
+
+    # the decoder learns from what the saved (float16) models will give at sampling time
+    started = time.perf_counter()
+    clip_model, vae = _half_copy(clip_model).float(), _half_copy(vae).float()
+    latents, embeds = encode_latents(vae, images), clip_image_embeds(clip_model, images)
+    pipe = build_pipeline(plan, clip_model, tokenizer, vae, embeds, seed)
+    seconds["encode"] = time.perf_counter() - started
+    started = time.perf_counter()
+    train_decoder(plan, pipe, latents, embeds, seed, log)
+    seconds["decoder"] = time.perf_counter() - started
+    save_pipeline(pipe, out / "decoder")
+    seconds["total"] = time.perf_counter() - started_all
+
+    manifest = {
+        "what": "small CLIP, VAE and unCLIP-style decoder trained on the brainrecon simulated world "
+                "(a testbed model set, not comparable to real CLIP / Versatile Diffusion / SD-unCLIP)",
+        "command": command or f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else ""),
+        "seed": seed,
+        "quick": quick,
+        "torch_threads": torch.get_num_threads(),
+        "data": {
+            "train": f"{plan.n_scenes} scenes sample_scene(derive_rng({seed}, '{TRAIN_KEY}', i)), i < {plan.n_scenes}, "
+                     f"rendered at {IMAGE_SIZE} px, 4 template captions each (one drawn at random per CLIP step)",
+            "heldout": f"the default world's shared test images: derive_rng({HELDOUT_WORLD_SEED}, '{HELDOUT_KEY}', i), "
+                       f"ids 0..n-1 (never used for training)",
+        },
+        "plan": asdict(plan),
+        "steps": {"clip": plan.clip_steps, "vae": plan.vae_steps, "decoder": plan.unet_steps},
+        "batch": {"clip": plan.clip_batch, "vae": plan.vae_batch, "decoder": plan.unet_batch},
+        "training_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "parameters": {"clip": count_parameters(clip_model), "vae": count_parameters(pipe.vae),
+                       "unet": count_parameters(pipe.unet)},
+        "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+        "file_bytes": {"clip": folder_bytes(out / "clip"), "decoder": folder_bytes(out / "decoder")},
+        "dtype_on_disk": "float16 (image_normalizer float32)",
+    }
+    manifest["file_bytes"]["total"] = manifest["file_bytes"]["clip"] + manifest["file_bytes"]["decoder"]
+    write_manifest(out, manifest)
+    log(f"done in {seconds['total']:.0f} s; {manifest['file_bytes']['total'] / 1e6:.1f} MB in {out}")
+    return manifest
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    (Path(out) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(out: Path) -> dict:
+    return json.loads((Path(out) / "manifest.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# quality check
+
+
+def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
+                 grid_path: Path | None = None, grid_columns: int = 10, command: str | None = None,
+                 log=print) -> dict:
+    """Decode the TRUE small-CLIP embeddings of n held-out scenes; score with the same small CLIP.
+
+    2-way identification is metrics.two_way_identification (the N-way form: each decoding's
+    embedding against every other held-out original; chance 0.5). Two references put the number
+    in context: the VAE round trip of the originals (the decoder's ceiling through its latent
+    space) and the decodings matched against shuffled originals (chance).
+    """
+    from brainrecon.embed.clip import ClipImageEmbedder, ClipTextEmbedder
+    from brainrecon.evaluate.metrics import two_way_identification
+    from brainrecon.generate.base import GenerationRequest
+    from brainrecon.generate.unclip import UnclipGenerator
+    from brainrecon.generate.vae import VaePath
+
+    torch.set_num_threads(2)
+    folder = Path(folder)
+    started = time.perf_counter()
+    originals, caption_lists = heldout_scenes(n)
+    embedder = ClipImageEmbedder(folder / "clip", batch_size=64)
+    true_embeds = embedder.pooled(originals)
+    # the CLIP on its own: image -> caption retrieval among the n held-out scenes, per caption template
+    text_embedder = ClipTextEmbedder(folder / "clip", batch_size=64)
+    unit = true_embeds / np.linalg.norm(true_embeds, axis=1, keepdims=True)
+    retrieval = {}
+    for template, name in enumerate(("full", "count", "relation", "short")):
+        text = text_embedder.pooled([captions[template] for captions in caption_lists])
+        similarity = unit @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T
+        retrieval[name] = float((similarity.argmax(axis=1) == np.arange(n)).mean())
+    generator = UnclipGenerator(folder / "decoder", batch_size=50)
+    decoded = generator.generate(GenerationRequest(image_pooled=true_embeds, steps=steps,
+                                                   guidance_scale=guidance_scale, seed=seed))
+    decoded_embeds = embedder.pooled(decoded)
+    vae = VaePath(folder / "decoder")
+    round_trip = vae.decode(vae.encode(originals))
+    shuffled = np.random.default_rng(seed).permutation(n)
+    quality = {
+        "command": command or f"brainrecon assets check {folder}",
+        "heldout_scenes": n, "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "noise_level": 0,
+        "two_way_identification": two_way_identification(true_embeds, decoded_embeds),
+        "clip_image_to_caption_top1": retrieval,
+        "two_way_identification_vae_round_trip": two_way_identification(true_embeds, embedder.pooled(round_trip)),
+        "two_way_identification_shuffled": two_way_identification(true_embeds, decoded_embeds[shuffled]),
+        "pixel_correlation": float(np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1]
+                                            for a, b in zip(originals.astype(float), decoded.astype(float))])),
+        "vae_round_trip_psnr_db": float(10 * np.log10(255.0 ** 2 / np.mean(
+            (originals.astype(float) - round_trip.astype(float)) ** 2))),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if grid_path is not None:
+        save_grid(originals[:2 * grid_columns], decoded[:2 * grid_columns], Path(grid_path), grid_columns)
+        quality["grid"] = str(grid_path)
+    if (folder / "manifest.json").is_file():
+        manifest = read_manifest(folder)
+        manifest["quality"] = quality
+        write_manifest(folder, manifest)
+    log(json.dumps(quality, indent=2))
+    return quality
+
+
+def save_grid(originals: np.ndarray, decoded: np.ndarray, path: Path, columns: int, scale: int = 2) -> None:
+    """Rows of originals each followed by a row of their decodings, upscaled (nearest) for viewing."""
+    from PIL import Image
+
+    gap, size = 4, originals.shape[1] * scale
+    n_blocks = math.ceil(len(originals) / columns)
+    canvas = Image.new("RGB", (columns * (size + gap) + gap, n_blocks * (2 * size + 3 * gap) + gap), "white")
+    for i, (orig, dec) in enumerate(zip(originals, decoded)):
+        block, col = divmod(i, columns)
+        x, y = gap + col * (size + gap), gap + block * (2 * size + 3 * gap)
+        canvas.paste(Image.fromarray(orig).resize((size, size), Image.NEAREST), (x, y))
+        canvas.paste(Image.fromarray(dec).resize((size, size), Image.NEAREST), (x, y + size + gap))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)

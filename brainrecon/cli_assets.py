@@ -1,0 +1,47 @@
+"""`brainrecon assets ...`: train and check the simulated world's small model set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Train and check the small model set for the simulated world.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+
+@app.command()
+def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, decoder/ and manifest.json."),
+          seed: int = typer.Option(0, "--seed", help="Seed for the training scenes and all training randomness."),
+          quick: bool = typer.Option(False, "--quick", help="Tiny models, a few steps (for tests)."),
+          check: bool = typer.Option(True, "--check/--no-check",
+                                     help="Measure decoding quality afterwards (skipped with --quick).")) -> None:
+    """Train the small CLIP, VAE and unCLIP-style decoder on simulator scenes and captions."""
+    from brainrecon.assets.train import check_assets, train_assets
+
+    command = f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
+    train_assets(out, seed=seed, quick=quick, command=command, log=typer.echo)
+    if check and not quick:
+        check_assets(out, command=f"brainrecon assets check {out}", log=typer.echo)
+
+
+@app.command("check")
+def check_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
+                  n: int = typer.Option(200, "--n", help="Held-out scenes (the default world's shared test images)."),
+                  steps: int = typer.Option(25, "--steps", help="DDIM steps."),
+                  guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
+                  seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+                  grid: Optional[Path] = typer.Option(None, "--grid", help="Write originals/decodings grid PNG here.")
+                  ) -> None:
+    """Decode true small-CLIP embeddings of held-out scenes; report 2-way identification (into the manifest)."""
+    from brainrecon.assets.train import check_assets
+
+    command = (f"brainrecon assets check {folder} --n {n} --steps {steps} --guidance {guidance} --seed {seed}"
+               + (f" --grid {grid}" if grid else ""))
+    check_assets(folder, n=n, steps=steps, guidance_scale=guidance, seed=seed, grid_path=grid, command=command,
+                 log=typer.echo)
+
+
+if __name__ == "__main__":
+    app()
