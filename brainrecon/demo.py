@@ -59,8 +59,9 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, n_images: 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.disable_progress_bar()  # per-load bars would drown the demo's own output
-    transformers_logging.disable_progress_bar()
+    for library in (diffusers_logging, transformers_logging):  # load-time bars and notices would drown the output
+        library.disable_progress_bar()
+        library.set_verbosity_error()
     embedder = ClipImageEmbedder(assets / "clip", batch_size=128)
     data = store.subject(subject)
     train, test = data.train(), data.test()
