@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from brainrecon.embed.clip import byte_level_tokenizer
+
 PROJ = 16        # CLIP projection width = UNet cross-attention width, so CLIP tokens can condition VD
 IMAGE = 32       # pixel size of everything
 
@@ -30,18 +32,6 @@ def one_torch_thread():
 
 # ---------------------------------------------------------------------------
 # tiny model builders
-
-
-def byte_level_tokenizer():
-    """An offline CLIP tokenizer: the 256 byte symbols, their </w> forms and two specials (no merges)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
-    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 TEXT_CONFIG = {"vocab_size": 514, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from brainrecon.data.simworld import scenes as sc
-from brainrecon.embed.clip import CLIP_MEAN, CLIP_STD
+from brainrecon.embed.clip import CLIP_MEAN, CLIP_STD, byte_level_tokenizer
 from brainrecon.rng import derive_rng
 
 IMAGE_SIZE = 64
@@ -142,18 +142,6 @@ def to_vae_pixels(images: np.ndarray) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # model builders
-
-
-def byte_level_tokenizer():
-    """An offline CLIP tokenizer: the 256 byte symbols, their </w> forms and two specials (no merges)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
-    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def image_processor():

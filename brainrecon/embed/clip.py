@@ -265,3 +265,15 @@ class ClipTextEmbedder:
         projected = self.model.text_projection(output.last_hidden_state)
         pooled = output.text_embeds
         return projected / pooled.norm(dim=-1, keepdim=True)[:, None], pooled
+
+
+def byte_level_tokenizer():
+    """An offline CLIP tokenizer (for small models trained here and tests): the 256 byte symbols, their </w> forms and two specials (no merges)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
+    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
