@@ -10,6 +10,7 @@ can reach.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +38,10 @@ class SubjectResult:
                 "oracle": self.oracle.to_dict() if self.oracle else None}
 
 
-def fit_ridge_decoder(store: Store, subject: str, embedder: LowLevelEmbedder, config: RidgeConfig | None = None):
-    """Fit on training trials only; targets are standardised with training-image statistics."""
+def fit_ridge_decoder(store: Store, subject: str, embedder: Callable[[np.ndarray], np.ndarray],
+                      config: RidgeConfig | None = None):
+    """Ridge from voxels to ``embedder(images)``, fitted on training trials only (folds split by stimulus);
+    targets are standardised with training-image statistics. Returns (ridge, mean, std)."""
     data = store.subject(subject)
     train = data.train()
     unique_ids, trial_to_unique = np.unique(train.stimulus_ids, return_inverse=True)

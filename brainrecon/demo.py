@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from brainrecon import __version__
-from brainrecon.baseline import ceiling_table, format_table
+from brainrecon.baseline import ceiling_table, fit_ridge_decoder, format_table
 from brainrecon.config import load_config
 from brainrecon.data import Store, open_store
 from brainrecon.data.simworld import WorldConfig, simulate_world
 from brainrecon.errors import BrainreconError
 from brainrecon.evaluate.retrieval import RetrievalScore, cosine_scores, retrieval_top1
 from brainrecon.io import atomic_write_json, atomic_write_text
-from brainrecon.models.ridge import Ridge
 
 SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling. These figures are not NSD results and are "
                   "not comparable with published tables.")
@@ -63,12 +62,8 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, n_images: 
         library.disable_progress_bar()
         library.set_verbosity_error()
     embedder = ClipImageEmbedder(assets / "clip", batch_size=128)
-    data = store.subject(subject)
-    train, test = data.train(), data.test()
-    unique_ids, trial_to_unique = np.unique(train.stimulus_ids, return_inverse=True)
-    targets = embedder.pooled(store.images_for(unique_ids))
-    mean, std = targets.mean(0), targets.std(0) + 1e-6  # training images only
-    ridge = Ridge().fit(train.betas, ((targets - mean) / std)[trial_to_unique], groups=train.stimulus_ids)
+    ridge, mean, std = fit_ridge_decoder(store, subject, embedder.pooled)
+    test = store.subject(subject).test()
     predicted = ridge.predict(test.betas).numpy() * std + mean
     truth = embedder.pooled(store.images_for(test.stimulus_ids))
     retrieval = retrieval_top1(cosine_scores(predicted, truth))
