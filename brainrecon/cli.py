@@ -11,6 +11,7 @@ import typer
 
 from brainrecon.cli_assets import app as assets_app
 from brainrecon.cli_nsd import app as nsd_app
+from brainrecon.cli_train import train_command
 from brainrecon.errors import BrainreconError
 
 app = typer.Typer(help="Reconstruct and retrieve seen images from fMRI.", no_args_is_help=True,
@@ -19,6 +20,7 @@ store_app = typer.Typer(help="Inspect and verify data stores.", no_args_is_help=
 app.add_typer(store_app, name="store")
 app.add_typer(nsd_app, name="nsd")
 app.add_typer(assets_app, name="assets")
+app.command("train")(train_command)
 
 def _echo(message: str = "") -> None:
     typer.echo(message)

@@ -5,6 +5,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_target_cache(tmp_path_factory):
+    """Training targets are cached per test session, never in the user's ~/.cache."""
+    previous = os.environ.get("BRAINRECON_CACHE")
+    os.environ["BRAINRECON_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("BRAINRECON_CACHE", None)
+    else:
+        os.environ["BRAINRECON_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The `tiny` preset world, built once per test session."""
@@ -22,3 +34,20 @@ def tiny_config():
     from brainrecon.data.simworld import WorldConfig
 
     return load_config(WorldConfig, "tiny", "worlds")
+
+
+TRAIN_WORLD = {"n_subjects": 3, "n_train_images": 400, "n_test_images": 100,
+               "voxels": {"min": 300, "max": 400},
+               "noise": {"code_noise": 1.0, "median_voxel_snr": 1.5, "log_spread": 0.5, "subject_spread": 0.15,
+                         "drift_fraction": 0.15}}
+
+
+@pytest.fixture(scope="session")
+def train_world(tmp_path_factory):
+    """A small 3-subject world with a clear signal, so short training runs rise well above chance."""
+    from brainrecon.config import load_config
+    from brainrecon.data.simworld import WorldConfig, simulate_world
+
+    path = tmp_path_factory.mktemp("train-world") / "store"
+    simulate_world(load_config(WorldConfig, "tiny", "worlds", **TRAIN_WORLD), path, progress=False)
+    return path

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save
 from brainrecon.config import StrictConfig
 from brainrecon.errors import EvaluationError
 from brainrecon.io import atomic_write_bytes, atomic_write_json
+from brainrecon.models.base import BrainModel
 
 
 class RidgeConfig(StrictConfig):
@@ -41,7 +42,7 @@ class _Spectrum:
     dual: bool
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> "_Spectrum":
+    def of(cls, x: torch.Tensor) -> _Spectrum:
         dual = x.shape[0] < x.shape[1]
         gram = x @ x.T if dual else x.T @ x
         values, vectors = torch.linalg.eigh(gram)
@@ -75,7 +76,7 @@ class Ridge:
         return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a,
                                dtype=getattr(torch, self.config.dtype), device=self.config.device)
 
-    def fit(self, x, y, groups=None, target_groups: list[slice] | None = None) -> "Ridge":
+    def fit(self, x, y, groups=None, target_groups: list[slice] | None = None) -> Ridge:
         """Fit ``y`` (n, t) from ``x`` (n, p). ``groups``: stimulus id per row, keeping repeats in one fold.
 
         ``target_groups`` lists slices of target columns that share one alpha (default: all targets).
@@ -132,8 +133,59 @@ class Ridge:
                                                       "cv_scores": self.cv_scores})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Ridge":
+    def load(cls, path: str | Path) -> Ridge:
         path = Path(path)
         meta = json.loads(path.with_suffix(".json").read_text())
         tensors = load_file(str(path.with_suffix(".safetensors")))
         return cls(config=RidgeConfig.model_validate(meta["config"]), cv_scores=meta.get("cv_scores", {}), **tensors)
+
+
+# -- the ridge as a brain model, so runs, evaluation and reconstruction treat it like the rest ----------
+
+
+class RidgeDecoderConfig(StrictConfig):
+    """Closed-form ridge from one subject's voxels to one flattened target (Brain-Diffuser / Takagi baseline)."""
+
+    target: str = "image_tokens"
+    alphas: tuple[float, ...] = RidgeConfig().alphas
+    folds: int = 5
+    dtype: str = "float64"
+    device: str = "cpu"
+
+
+class RidgeDecoder(BrainModel):
+    """Per-subject ridge weights held as buffers (saved in safetensors like any model's state)."""
+
+    kind = "ridge"
+    config_class = RidgeDecoderConfig
+    required_targets = ()
+
+    def __init__(self, config: RidgeDecoderConfig, subjects: dict[str, int], space):
+        super().__init__(config, subjects, space)
+        space.require((config.target,), "model 'ridge'")
+        self.retrieval_target = config.target
+        self.target_shape = tuple(space[config.target])
+        n_targets = int(np.prod(self.target_shape))
+        for subject, n_voxels in self.subjects.items():
+            self.register_buffer(f"{subject}__weight", torch.zeros(n_voxels, n_targets))
+            self.register_buffer(f"{subject}__x_mean", torch.zeros(n_voxels))
+            self.register_buffer(f"{subject}__y_mean", torch.zeros(n_targets))
+            self.register_buffer(f"{subject}__alpha", torch.zeros(n_targets))
+
+    def fit_subject(self, subject: str, betas: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict:
+        ridge = Ridge(RidgeConfig(alphas=self.config.alphas, folds=self.config.folds, dtype=self.config.dtype,
+                                  device=self.config.device))
+        ridge.fit(betas, targets.reshape(len(targets), -1), groups=groups)
+        for name in ("weight", "x_mean", "y_mean", "alpha"):
+            getattr(self, f"{subject}__{name}").copy_(getattr(ridge, name).float())
+        return {"alpha": float(ridge.alpha[0]), "cv_errors": next(iter(ridge.cv_scores.values()))}
+
+    def predict(self, betas: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
+        self.check_subject(subject, betas)
+        weight = getattr(self, f"{subject}__weight")
+        out = (betas - getattr(self, f"{subject}__x_mean")) @ weight + getattr(self, f"{subject}__y_mean")
+        return {self.config.target: out.reshape(len(betas), *self.target_shape)}
+
+    def training_loss(self, batches, info, generator):
+        raise RuntimeError("the ridge is fitted in closed form (fit_subject), not by gradient steps")
+

@@ -1,0 +1,45 @@
+"""`brainrecon train`: one command for every model, from one CPU to many GPUs (via torchrun)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train_command(config: str = typer.Option(..., "--config", help="Train preset name (see `brainrecon train "
+                                                                   "--list`) or a YAML path."),
+                  data: Path = typer.Option(..., "--data", help="The store to train on."),
+                  out: Path = typer.Option(..., "--out", help="Run directory to create (or continue)."),
+                  resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest "
+                                                                       "checkpoint."),
+                  clip: Optional[str] = typer.Option(None, "--clip", help="Local CLIP directory for the targets "
+                                                                          "(overrides targets.clip)."),
+                  vae: Optional[str] = typer.Option(None, "--vae", help="Local VAE directory for low-level "
+                                                                        "targets (overrides targets.vae)."),
+                  max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
+                  progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Train a brain model on a store; writes weights, logs, checkpoints and held-out retrieval to --out.
+
+    Multi-GPU / multi-node: `torchrun --nproc_per_node=N -m brainrecon.cli train ...` (or `accelerate launch`).
+    """
+    from brainrecon.config import load_config
+    from brainrecon.train.config import TrainConfig
+    from brainrecon.train.trainer import train
+
+    cfg = load_config(TrainConfig, config, "train")
+    targets = cfg.targets.model_copy(update={k: v for k, v in {"clip": clip, "vae": vae}.items() if v})
+    cfg = cfg.model_copy(update={"targets": targets, **({"max_steps": max_steps} if max_steps else {})})
+    run = train(cfg, data, out, resume=resume, progress=progress)
+    metrics_path = run / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        for subject, result in metrics["subjects"].items():
+            r = result["retrieval"]
+            typer.echo(f"{subject}: {r['way']}-way retrieval image {100 * r['image_top1']:.1f}% "
+                       f"brain {100 * r['brain_top1']:.1f}% (chance {100 / r['way']:.2f}%)")
+        if metrics.get("note"):
+            typer.echo(metrics["note"])
+    typer.echo(f"Run written to {run}")

@@ -1,0 +1,137 @@
+"""Losses shared by the brain models: BiMixCo, SoftCLIP and its schedule, normalised MSE, Mind Reader's mse_cos.
+
+All contrastive losses act on flattened, L2-normalised vectors (MindEye's
+convention: 257x768 tokens become one 197,376-d vector). Formulas follow
+mindeye.md section 6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import scipy.special
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from brainrecon.config import StrictConfig
+
+
+def flat_normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.flatten(1), dim=-1)
+
+
+@dataclass(frozen=True)
+class MixCo:
+    """One MixCo draw: which samples were mixed with which, and by how much."""
+
+    perm: torch.Tensor  # (B,) global index of each sample's mixing partner
+    beta: torch.Tensor  # (B,) weight of the sample itself; 1 where not mixed
+    select: torch.Tensor  # (B,) bool, mixed or not
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Mix x (B, ...) as the draw says: beta * x + (1 - beta) * x[perm] on the selected rows."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        mixed = self.beta.reshape(shape) * x + (1 - self.beta.reshape(shape)) * x[self.perm]
+        return torch.where(self.select.reshape(shape), mixed, x)
+
+
+def draw_mixco(group_sizes: list[int], generator: torch.Generator, beta: float = 0.15,
+               s_thresh: float = 0.5) -> MixCo:
+    """MixCo draws for a batch made of consecutive per-subject groups.
+
+    Partners are drawn *within* each group (a subject's betas are only mixed with
+    the same subject's betas) and returned as indices into the whole batch. This
+    is where MindEye2's multi-subject pretraining goes wrong: it concatenates each
+    subject's local permutation without adding the group's offset.
+    """
+    perms, offset = [], 0
+    for size in group_sizes:
+        perms.append(torch.randperm(size, generator=generator) + offset)
+        offset += size
+    n = offset
+    # torch's Beta sampler takes no generator: draw by inverse transform from our generator instead
+    uniform = torch.rand(n, generator=generator, dtype=torch.float64)
+    betas = torch.from_numpy(scipy.special.betaincinv(beta, beta, uniform.numpy())).float()
+    select = torch.rand(n, generator=generator) <= s_thresh
+    betas = torch.where(select, betas, torch.ones_like(betas))
+    return MixCo(torch.cat(perms), betas, select)
+
+
+def bimixco_loss(preds: torch.Tensor, targets: torch.Tensor, temperature: float,
+                 mix: MixCo | None = None) -> torch.Tensor:
+    """Bidirectional MixCo NCE (mixco_nce). Without `mix` it is the symmetric CLIP loss."""
+    preds, targets = flat_normalize(preds), flat_normalize(targets)
+    logits = preds @ targets.T / temperature
+    n = logits.shape[0]
+    if mix is None:
+        labels = torch.arange(n, device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    probs = torch.diag(mix.beta.to(logits))
+    probs[torch.arange(n), mix.perm] += (1 - mix.beta.to(logits))
+    forward = -(probs * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    backward = -(probs.T * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+def soft_clip_loss(preds: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SoftCLIP: cross-entropy against the soft labels softmax(targets . targets^T / t), both directions."""
+    preds, targets = flat_normalize(preds), flat_normalize(targets)
+    soft = (targets @ targets.T / temperature).softmax(-1)
+    logits = preds @ targets.T / temperature
+    forward = -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    backward = -(soft * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+def cosine_anneal(start: float, end: float, n: int) -> list[float]:
+    """MindEye's cosine_anneal: n values from start to end along half a cosine."""
+    if n <= 1:
+        return [end] * max(n, 0)
+    return [end + (start - end) / 2 * (1 + math.cos(math.pi * i / (n - 1))) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ContrastiveSchedule:
+    """BiMixCo for the first `mixup_pct` of epochs, then SoftCLIP with a per-epoch temperature that rises.
+
+    Defaults are MindEye1/2's published values (mixup_pct 0.33, tau 0.006, then
+    cosine_anneal(0.004, 0.0075) over the remaining epochs).
+    """
+
+    mixup_pct: float = 0.33
+    mixco_temperature: float = 0.006
+    soft_start: float = 0.004
+    soft_end: float = 0.0075
+
+    def phase(self, epoch: int, n_epochs: int) -> tuple[str, float]:
+        mix_epochs = int(self.mixup_pct * n_epochs)
+        if epoch < mix_epochs:
+            return "bimixco", self.mixco_temperature
+        temps = cosine_anneal(self.soft_start, self.soft_end, n_epochs - mix_epochs)
+        return "softclip", temps[min(epoch - mix_epochs, len(temps) - 1)]
+
+
+class ContrastiveConfig(StrictConfig):
+    """The config-file form of :class:`ContrastiveSchedule` (same fields and defaults)."""
+
+    mixup_pct: float = Field(0.33, ge=0.0, le=1.0)
+    mixco_temperature: float = Field(0.006, gt=0)
+    soft_start: float = Field(0.004, gt=0)
+    soft_end: float = Field(0.0075, gt=0)
+
+    def schedule(self) -> ContrastiveSchedule:
+        return ContrastiveSchedule(**self.model_dump())
+
+
+def normalized_mse(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """MSE between flattened, L2-normalised vectors (Psychometry / MindBridge's MSE term)."""
+    return F.mse_loss(flat_normalize(preds), flat_normalize(targets))
+
+
+def mse_cos_loss(preds: torch.Tensor, targets: torch.Tensor, cos_weight: float = 0.6) -> torch.Tensor:
+    """Mind Reader's mse_cos: (1 - w) * MSE + w * (1 - cosine), on flattened vectors."""
+    preds, targets = preds.flatten(1), targets.flatten(1)
+    cosine = F.cosine_similarity(preds, targets, dim=-1).mean()
+    return (1 - cos_weight) * F.mse_loss(preds, targets) + cos_weight * (1 - cosine)

@@ -1,0 +1,169 @@
+"""The run directory: what a training run leaves on disk, and how it is read back.
+
+    RUN/config.yaml              the full config, written before the first step
+    RUN/model.json               model kind, options, subjects (name -> voxels), target space, store
+    RUN/model.safetensors        final weights (written when training ends)
+    RUN/metrics.json             held-out retrieval per subject (written after the final weights)
+    RUN/log.csv                  step, epoch, metric, value (one row per logged number)
+    RUN/checkpoints/step-N/      model.safetensors, optimizer.safetensors, state.json
+    RUN/checkpoints/latest.json  which checkpoint is the newest complete one
+
+Checkpoints are assembled in `step-N.partial/` and renamed into place, and
+`latest.json` is replaced only afterwards, so a kill at any moment leaves the
+previous checkpoint intact. Weights are safetensors; everything else is JSON.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from brainrecon import __version__
+from brainrecon.config import load_config
+from brainrecon.errors import ConfigError
+from brainrecon.io import atomic_write_json
+from brainrecon.models import build_model
+from brainrecon.models.base import BrainModel, TargetSpace
+from brainrecon.train.config import TrainConfig
+
+RUN_FORMAT = 1
+
+
+class RunError(ConfigError):
+    """A run directory is missing, incomplete, or does not match what was asked."""
+
+
+@dataclass
+class RunInfo:
+    kind: str
+    options: dict
+    subjects: dict[str, int]
+    space: TargetSpace
+    store: str
+
+    def to_dict(self) -> dict:
+        return {"format": RUN_FORMAT, "brainrecon": __version__, "kind": self.kind, "options": self.options,
+                "subjects": self.subjects, "space": self.space.to_dict(), "store": self.store}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunInfo:
+        return cls(data["kind"], data["options"], {k: int(v) for k, v in data["subjects"].items()},
+                   TargetSpace.from_dict(data["space"]), data.get("store", ""))
+
+
+def _save_model_atomic(model: torch.nn.Module, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    save_model(model, str(temporary))  # handles tied weights, unlike save_file
+    os.replace(temporary, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    # -- starting ---------------------------------------------------------------------------------
+    def start(self, config: TrainConfig, resume: bool) -> None:
+        """Create the run, or check that `--resume` continues the same config."""
+        saved = self.path / "config.yaml"
+        if saved.is_file():
+            if not resume:
+                raise RunError(f"{self.path} already holds a run; pass --resume to continue it, or choose a "
+                               f"new --out")
+            previous = load_config(TrainConfig, saved, "train")
+            if previous != config:
+                raise RunError(f"{saved} differs from the config given now; a resumed run must use the same "
+                               f"config (or start a new run with a new --out)")
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise RunError(f"{self.path} exists and is not a brainrecon run; choose an empty or new --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        config.save(saved)
+
+    def write_info(self, info: RunInfo) -> None:
+        atomic_write_json(self.path / "model.json", info.to_dict())
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        extra: dict, keep: int) -> None:
+        name = f"step-{step:08d}"
+        final, partial = self.checkpoints / name, self.checkpoints / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_model(model, str(partial / "model.safetensors"))
+        tensors, meta = optimizer_to_safetensors(optimizer.state_dict())
+        save_file(tensors, str(partial / "optimizer.safetensors"))
+        (partial / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, **extra}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        atomic_write_json(self.checkpoints / "latest.json", {"checkpoint": name, "step": step})
+        for old in sorted(self.checkpoints.glob("step-????????"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.checkpoints / "latest.json"
+        if not pointer.is_file():
+            return None
+        folder = self.checkpoints / json.loads(pointer.read_text())["checkpoint"]
+        if not (folder / "state.json").is_file():
+            raise RunError(f"{pointer} names {folder}, which is incomplete; delete {pointer} to fall back")
+        return folder
+
+    @staticmethod
+    def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        load_model(model, str(folder / "model.safetensors"), strict=True, device="cpu")
+        state = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        optimizer.load_state_dict(optimizer_from_safetensors(tensors, state["optimizer"]))
+        return state
+
+    # -- the finished run -------------------------------------------------------------------------
+    def save_final(self, model: torch.nn.Module) -> None:
+        _save_model_atomic(model, self.path / "model.safetensors")
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "model.safetensors").is_file() and (self.path / "model.json").is_file()
+
+
+def optimizer_to_safetensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, per_param in state["state"].items():
+        meta["state"][str(index)] = {}
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+                meta["state"][str(index)][key] = "tensor"
+            else:
+                meta["state"][str(index)][key] = value
+    return tensors, meta
+
+
+def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state = {}
+    for index, per_param in meta["state"].items():
+        state[int(index)] = {key: tensors[f"{index}.{key}"] if value == "tensor" else value
+                             for key, value in per_param.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def load_run(path: str | Path, device: str = "cpu") -> tuple[BrainModel, RunInfo]:
+    """A finished run's model (eval mode) and its description."""
+    run = RunDir(path)
+    if not (run.path / "model.json").is_file():
+        raise RunError(f"{run.path} is not a brainrecon run (no model.json); train one with `brainrecon train`")
+    if not (run.path / "model.safetensors").is_file():
+        raise RunError(f"{run.path} has no final model.safetensors: training has not finished; continue it "
+                       f"with `brainrecon train ... --out {run.path} --resume`")
+    info = RunInfo.from_dict(json.loads((run.path / "model.json").read_text()))
+    model = build_model(info.kind, info.options, info.subjects, info.space)
+    load_model(model, str(run.path / "model.safetensors"), strict=True, device=device)
+    return model.to(device).eval(), info

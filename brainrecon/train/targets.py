@@ -1,0 +1,209 @@
+"""Training targets: every stimulus of a store embedded once, kept on disk as float16 memmaps.
+
+A run names an embedding space (a CLIP directory, optionally a VAE for the
+low-level targets); the targets of every stimulus in the store are computed in
+chunks, written into a `.partial` file whose progress is recorded after each
+chunk (an interrupted computation resumes there), then renamed into place. The
+cache key combines the model directory's identity, the store's image checksum
+and the target name, so two stores never share rows by accident.
+
+Test stimuli are embedded too: evaluation needs their true embeddings. Nothing
+computed here depends on brain data, so no test statistic can leak through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from brainrecon.config import StrictConfig
+from brainrecon.data.store import Store
+from brainrecon.errors import ConfigError
+from brainrecon.io import atomic_write_json
+from brainrecon.models.base import TargetSpace
+
+SIMWORLD = "simworld"  # names the shipped small CLIP / VAE instead of a directory
+
+
+class TargetsConfig(StrictConfig):
+    """Which embedding space a run predicts, and from which local model directories."""
+
+    clip: str | None = SIMWORLD  # a local CLIP directory, or "simworld" for the shipped small CLIP
+    vae: str | None = None  # for `lowlevel`: a local AutoencoderKL (or pipeline) dir, or "simworld"
+    image_tokens: bool = True
+    image_pooled: bool = False
+    text_tokens: bool = False
+    text_pooled: bool = False
+    lowlevel: bool = False
+    caption: Literal["first"] = "first"  # which of a stimulus's captions gives the text targets
+    batch_size: int = 64
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # model dtype while embedding
+    cache_dir: str | None = None  # default: $BRAINRECON_CACHE or ~/.cache/brainrecon/targets
+
+    def wanted(self) -> list[str]:
+        return [name for name in ("image_tokens", "image_pooled", "text_tokens", "text_pooled", "lowlevel")
+                if getattr(self, name)]
+
+
+def _resolve_dir(value: str | None, what: str, simworld_sub: str) -> Path:
+    if value is None:
+        raise ConfigError(f"targets.{what} is not set; give a local model directory (e.g. `--clip PATH` on "
+                          f"the command line or `targets: {{{what}: /path/to/model}}` in the config), "
+                          f"or '{SIMWORLD}' for the simulated world's shipped model")
+    if value == SIMWORLD:
+        from brainrecon.assets import SIMWORLD_ASSETS
+
+        return SIMWORLD_ASSETS / simworld_sub
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"targets.{what} = {value!r} is not a local directory; nothing is downloaded, so "
+                          f"point it at a model saved on disk")
+    return path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BRAINRECON_CACHE", Path.home() / ".cache" / "brainrecon")) / "targets"
+
+
+@dataclass
+class Targets:
+    """Per-stimulus targets of one store: `array(name)` rows follow `stimulus_ids`."""
+
+    space: TargetSpace
+    stimulus_ids: np.ndarray
+    arrays: dict[str, np.ndarray]  # name -> float16 memmap (n_stimuli, *shape)
+
+    def __post_init__(self):
+        self._row = {int(s): i for i, s in enumerate(self.stimulus_ids.tolist())}
+
+    def rows(self, stimulus_ids: np.ndarray) -> np.ndarray:
+        return np.asarray([self._row[int(s)] for s in np.asarray(stimulus_ids).tolist()], dtype=np.int64)
+
+    def get(self, name: str, stimulus_ids: np.ndarray) -> np.ndarray:
+        """float32 targets for the given stimuli, in the order given."""
+        rows = self.rows(stimulus_ids)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((rows.size, *self.space[name]), dtype=np.float32)
+        out[order] = self.arrays[name][rows[order]]
+        return out
+
+    def get_all(self, stimulus_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: self.get(name, stimulus_ids) for name in self.arrays}
+
+
+class _Embedders:
+    """Loads the models a targets config needs, once, and says what each target is computed from."""
+
+    def __init__(self, config: TargetsConfig):
+        import torch
+
+        self.config = config
+        self.dtype = getattr(torch, config.dtype)
+        self._image = self._text = self._vae = None
+
+    def image(self):
+        if self._image is None:
+            from brainrecon.embed.clip import ClipImageEmbedder
+
+            self._image = ClipImageEmbedder(_resolve_dir(self.config.clip, "clip", "clip"), self.config.device,
+                                            self.dtype, self.config.batch_size)
+        return self._image
+
+    def text(self):
+        if self._text is None:
+            from brainrecon.embed.clip import ClipTextEmbedder
+
+            self._text = ClipTextEmbedder(_resolve_dir(self.config.clip, "clip", "clip"), self.config.device,
+                                          self.dtype, self.config.batch_size)
+        return self._text
+
+    def vae(self):
+        if self._vae is None:
+            from brainrecon.generate.vae import VaePath
+
+            self._vae = VaePath(_resolve_dir(self.config.vae, "vae", "decoder"), self.config.device, self.dtype,
+                                self.config.batch_size)
+        return self._vae
+
+    def model_dir(self, name: str) -> Path:
+        if name == "lowlevel":
+            return _resolve_dir(self.config.vae, "vae", "decoder")
+        return _resolve_dir(self.config.clip, "clip", "clip")
+
+    def compute(self, name: str, store: Store, ids: np.ndarray) -> np.ndarray:
+        if name.startswith("image_"):
+            tokens, pooled = self.image().embed(store.images_for(ids))
+            return tokens if name == "image_tokens" else pooled
+        if name.startswith("text_"):
+            captions = [caps[0] if caps else "" for caps in store.captions_for(ids)]
+            tokens, pooled = self.text().embed(captions)
+            return tokens if name == "text_tokens" else pooled
+        return self.vae().encode(store.images_for(ids)).numpy()
+
+
+def _cache_key(model_dir: Path, store: Store, name: str, config: TargetsConfig) -> str:
+    from brainrecon.embed.cache import model_identity
+
+    images = store.manifest.get("files", {}).get("stimuli/images.npy", {}).get("sha256") or str(store.root)
+    digest = hashlib.sha256(f"{model_identity(model_dir, weights='stat')}|{images}|{name}|"
+                            f"{config.caption}|{config.dtype}".encode()).hexdigest()[:20]
+    return f"{name}-{digest}"
+
+
+def load_targets(store: Store, config: TargetsConfig, progress: bool = True) -> Targets:
+    """Targets for every stimulus in `store`, computed on first use and memory-mapped afterwards."""
+    wanted = config.wanted()
+    if not wanted:
+        raise ConfigError("targets: no target is enabled; set at least one of image_tokens, image_pooled, "
+                          "text_tokens, text_pooled, lowlevel to true")
+    if "lowlevel" in wanted and config.vae is None:
+        raise ConfigError("targets.lowlevel needs targets.vae: a local VAE directory, or 'simworld'")
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    embedders = _Embedders(config)
+    ids = np.asarray(store.stimuli.stimulus_id)
+    arrays, shapes = {}, {}
+    for name in wanted:
+        path = cache / f"{_cache_key(embedders.model_dir(name), store, name, config)}.npy"
+        if not path.is_file():
+            _compute_to_file(path, name, store, ids, embedders, progress)
+        arrays[name] = np.load(path, mmap_mode="r")
+        if len(arrays[name]) != len(ids):
+            raise ConfigError(f"{path} holds {len(arrays[name])} rows for a store of {len(ids)} stimuli; "
+                              f"delete it to recompute")
+        shapes[name] = tuple(arrays[name].shape[1:])
+    return Targets(TargetSpace(shapes), ids, arrays)
+
+
+def _compute_to_file(path: Path, name: str, store: Store, ids: np.ndarray, embedders: _Embedders,
+                     progress: bool) -> None:
+    """Fill `path` chunk by chunk through a resumable `.partial` file, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial, state_path = path.with_suffix(".partial.npy"), path.with_suffix(".partial.json")
+    chunk = max(1, embedders.config.batch_size) * 8
+    done = 0
+    if partial.is_file() and state_path.is_file():
+        done = int(json.loads(state_path.read_text())["rows_done"])
+        out = np.load(partial, mmap_mode="r+")
+    else:
+        first = embedders.compute(name, store, ids[:1])
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(ids), *first.shape[1:]))
+    bar = tqdm(total=len(ids), initial=done, desc=f"embedding {name}", unit="img", disable=not progress)
+    while done < len(ids):
+        stop = min(done + chunk, len(ids))
+        out[done:stop] = embedders.compute(name, store, ids[done:stop]).astype(np.float16)
+        out.flush()
+        atomic_write_json(state_path, {"rows_done": stop})  # after the flush: never claims unwritten rows
+        bar.update(stop - done)
+        done = stop
+    bar.close()
+    del out
+    os.replace(partial, path)
+    state_path.unlink(missing_ok=True)

@@ -1,0 +1,301 @@
+"""One trainer for every brain model, from a laptop CPU to many GPUs.
+
+The loop is plain to see in :func:`train`: draw balanced per-subject batches,
+compute the model's loss, step AdamW, log, checkpoint. accelerate supplies
+the device, data parallelism (DDP; launch with `torchrun` or `accelerate
+launch`) and mixed precision; the rest is ours:
+
+- batches, learning rate and all loss randomness are pure functions of
+  (seed, step, rank), so `--resume` after a kill reproduces the uninterrupted
+  run exactly on CPU (and with the same kernels on GPU);
+- each process takes its rows of the global batch, so N processes with the same
+  global batch follow the 1-process loss curve;
+- evaluation uses the held-out test set once, after training: no checkpoint
+  is chosen by test performance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from brainrecon.data.store import Store, open_store
+from brainrecon.errors import ConfigError
+from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
+from brainrecon.io import atomic_write_json
+from brainrecon.models import build_model
+from brainrecon.models.base import BrainModel, StepInfo, TrainingStep
+from brainrecon.rng import derive_rng
+from brainrecon.train.batches import BalancedBatches, SubjectStream
+from brainrecon.train.config import OptimConfig, TrainConfig
+from brainrecon.train.run import RunDir, RunInfo, load_run
+from brainrecon.train.targets import Targets, load_targets
+
+
+def learning_rate(step: int, total: int, optim: OptimConfig, epochs: int) -> float:
+    """LR at an optimiser step: torch's OneCycleLR (cosine, two phases), a cosine decay, or constant."""
+    if optim.schedule == "constant":
+        return optim.lr
+    if optim.schedule == "cosine":
+        return optim.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    pct = optim.pct_start if optim.pct_start is not None else min(0.5, 2 / epochs)
+    warm = max(1.0, pct * total - 1)
+    start, floor = optim.lr / optim.div_factor, optim.lr / optim.div_factor / optim.final_div_factor
+    cos_between = lambda a, b, t: b + (a - b) / 2 * (1 + math.cos(math.pi * min(1.0, t)))
+    if step <= warm:
+        return cos_between(start, optim.lr, step / warm)
+    return cos_between(optim.lr, floor, (step - warm) / max(1.0, total - 1 - warm))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(derive_rng(seed, "step", step, rank).integers(2**62))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (anything with fewer than 2 dims)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_subjects(store: Store, config: TrainConfig) -> dict[str, int]:
+    names = config.subjects or store.subjects
+    missing = [s for s in names if s not in store.subjects]
+    if missing:
+        raise ConfigError(f"subjects {missing} are not in the store {store.root} (it holds "
+                          f"{', '.join(store.subjects)}); fix `subjects:` in the config")
+    return {name: store.subject(name).n_voxels for name in names}
+
+
+def initial_model(config: TrainConfig, subjects: dict[str, int], targets: Targets) -> tuple[BrainModel, list[str]]:
+    """A fresh model, or one from `init_from` extended with the subjects it has not seen (returned too)."""
+    torch.manual_seed(config.seed)
+    if config.init_from is None:
+        if config.tune != "all":
+            raise ConfigError("tune: new-subjects needs init_from: a finished run to start from")
+        return build_model(config.model_kind, config.model_options, subjects, targets.space), []
+    model, info = load_run(config.init_from)
+    if info.kind != config.model_kind:
+        raise ConfigError(f"init_from {config.init_from} is a {info.kind!r} run but the config's model kind is "
+                          f"{config.model_kind!r}")
+    if info.space != targets.space:
+        raise ConfigError(f"init_from {config.init_from} predicts {info.space.shapes}, but the config's targets "
+                          f"give {targets.space.shapes}; use the same `targets:`")
+    new = [s for s in subjects if s not in model.subjects]
+    for subject, n_voxels in subjects.items():
+        if subject in model.subjects and model.subjects[subject] != n_voxels:
+            raise ConfigError(f"subject {subject} has {n_voxels} voxels in the store but "
+                              f"{model.subjects[subject]} in {config.init_from}; voxel counts must match")
+    for subject in new:
+        model.add_subject(subject, subjects[subject])
+        model.subjects[subject] = subjects[subject]
+    if config.tune == "new-subjects":
+        if not new:
+            raise ConfigError("tune: new-subjects, but every subject is already in init_from")
+        keep = {id(p) for s in new for p in model.subject_parameters(s)}
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in keep)
+    return model.train(), new
+
+
+class CsvLog:
+    """Tidy CSV (step, epoch, metric, value): new metrics can appear without changing the header."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if resume_step and path.is_file():  # drop rows the killed run logged after its last checkpoint
+            rows = [r for r in csv.reader(path.open()) if r and (r[0] == "step" or int(r[0]) <= resume_step)]
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(rows)
+            path.write_text(buffer.getvalue())
+        elif not path.is_file() or not resume_step:
+            path.write_text("step,epoch,metric,value\n")
+
+    def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            for key, value in values.items():
+                writer.writerow([step, epoch, key, f"{value:.6g}"])
+
+
+def _tensorboard(run: RunDir, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run.path / "tensorboard"))
+
+
+def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train (or continue) a run; returns the run directory."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # cpu=True on CPU-only machines: without it accelerate does not set up gloo under torchrun, and each
+    # process would train alone, as if it were rank 0
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    run = RunDir(out)
+    if main:
+        run.start(config, resume)
+    accelerator.wait_for_everyone()
+    store = open_store(store_path)
+    subjects = resolve_subjects(store, config)
+    with accelerator.main_process_first():  # one process computes the targets cache, the others read it
+        targets = load_targets(store, config.targets, progress=progress and main)
+
+    model, _ = initial_model(config, subjects, targets)
+    info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space, str(store.root))
+    if main:
+        run.write_info(info)
+    if config.model_kind == "ridge":
+        return _fit_ridge(config, store, model, targets, run, info, accelerator)
+
+    streams = [SubjectStream(store, s, targets, config.seed, config.sessions, config.max_trials) for s in subjects]
+    batches = BalancedBatches(streams, config.batch_size, rank, world)
+    steps_per_epoch = -(-batches.draws_per_epoch() // config.grad_accum)
+    total_steps = config.epochs * steps_per_epoch
+    last_step = min(total_steps, config.max_steps or total_steps)
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr,
+                                  betas=config.optim.betas)
+    start_step = 0
+    checkpoint = run.latest_checkpoint() if resume else None
+    if checkpoint is not None:
+        start_step = int(RunDir.load_checkpoint(checkpoint, model, optimizer)["step"])
+    step_module, optimizer = accelerator.prepare(TrainingStep(model), optimizer)
+    unwrapped = accelerator.unwrap_model(step_module).model
+    log = CsvLog(run.path / "log.csv", start_step) if main else None
+    board = _tensorboard(run, config.tensorboard) if main else None
+    checkpoint_every = config.checkpoint_every or steps_per_epoch
+
+    bar = tqdm(total=last_step, initial=start_step, desc=f"train {config.model_kind}", unit="step",
+               disable=not (progress and main))
+    samples, clock = 0, time.perf_counter()
+    for step in range(start_step, last_step):
+        epoch = step // steps_per_epoch
+        info_step = StepInfo(step, total_steps, epoch, config.epochs)
+        lr = learning_rate(step, total_steps, config.optim, config.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logged: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            seed = step_seed(config.seed, step * config.grad_accum + micro, rank)
+            torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+            generator = torch.Generator().manual_seed(seed + 1)
+            parts = [b.to(accelerator.device) for b in batches(step * config.grad_accum + micro)]
+            syncing = micro == config.grad_accum - 1
+            context = accelerator.no_sync(step_module) if not syncing else contextlib.nullcontext()
+            with context, accelerator.autocast():
+                loss, values = step_module(parts, info_step, generator)
+                accelerator.backward(loss / config.grad_accum)
+            for key, value in {"loss": float(loss.detach()), **values}.items():
+                logged[key] = logged.get(key, 0.0) + value / config.grad_accum
+            samples += sum(len(b) for b in parts) * world
+        if config.optim.grad_clip:
+            accelerator.clip_grad_norm_(step_module.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % config.log_every == 0 or done == last_step:
+            logged = _mean_over_processes(logged, accelerator)  # every process takes part in the reduction
+        if main and (done % config.log_every == 0 or done == last_step):
+            rate = samples / max(1e-9, time.perf_counter() - clock)
+            logged.update(lr=lr, samples_per_second=rate)
+            log.write(done, epoch, logged)
+            if board:
+                for key, value in logged.items():
+                    board.add_scalar(key, value, done)
+            bar.set_postfix(loss=f"{logged['loss']:.4g}", samples_s=f"{rate:.0f}")
+        bar.update(1)
+        if done % checkpoint_every == 0 or done == last_step:
+            accelerator.wait_for_everyone()
+            if main:
+                run.save_checkpoint(done, unwrapped, optimizer.optimizer, {"epoch": epoch}, config.keep_checkpoints)
+    bar.close()
+    if board:
+        board.close()
+    accelerator.wait_for_everyone()
+    if main:
+        run.save_final(unwrapped)
+        evaluate_run(unwrapped.eval(), store, targets, run.path, config, accelerator.device)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.path
+
+
+def _mean_over_processes(values: dict[str, float], accelerator) -> dict[str, float]:
+    """Logged numbers averaged over processes, so a DDP run logs the global batch's loss."""
+    if accelerator.num_processes == 1:
+        return values
+    keys = sorted(values)
+    stacked = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(stacked, reduction="mean").tolist()))
+
+
+def _fit_ridge(config, store, model, targets, run, info, accelerator) -> Path:
+    """The ridge's closed-form fit: one solve per subject on all its training trials."""
+    if accelerator.is_main_process:
+        fits = {}
+        for subject in model.subjects:
+            train = store.subject(subject).train(config.sessions)
+            fits[subject] = model.fit_subject(subject, train.betas, targets.get(model.config.target,
+                                                                                train.stimulus_ids),
+                                              train.stimulus_ids)
+        atomic_write_json(run.path / "ridge_fit.json", fits)
+        run.save_final(model)
+        evaluate_run(model.eval(), store, targets, run.path, config, accelerator.device)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.path
+
+
+@torch.no_grad()
+def predict_test(model: BrainModel, store: Store, subject: str, batch_size: int = 256,
+                 device: str = "cpu") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The model's predictions for a subject's test stimuli (repeats averaged at the input, as MindEye1)."""
+    test = store.subject(subject).test()
+    outputs: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(test), batch_size):
+        betas = torch.from_numpy(test.betas[start:start + batch_size]).to(device)
+        for key, value in model.predict(betas, subject).items():
+            outputs.setdefault(key, []).append(value.float().cpu().numpy())
+    return {key: np.concatenate(value) for key, value in outputs.items()}, test.stimulus_ids
+
+
+def evaluate_run(model: BrainModel, store: Store, targets: Targets, run_path: Path, config: TrainConfig,
+                 device: torch.device | str = "cpu") -> dict:
+    """Held-out retrieval for each subject, written to RUN/metrics.json."""
+    key = model.retrieval_target
+    results = {}
+    for subject in model.subjects:
+        predicted, ids = predict_test(model, store, subject, config.eval.batch_size, device)
+        truth = targets.get(key, ids)
+        scores = cosine_scores(predicted[key], truth)
+        way = min(config.eval.way, len(ids))
+        score = retrieval_top1(scores, way, config.eval.draws, config.eval.seed)
+        results[subject] = {"retrieval": score.to_dict(), "embedding_cosine": float(np.mean(np.diag(scores))),
+                            "n_test": len(ids), "target": key}
+    metrics = {"kind": "held-out retrieval", "way_requested": config.eval.way, "subjects": results,
+               "mean_image_top1": float(np.mean([r["retrieval"]["image_top1"] for r in results.values()])),
+               "mean_brain_top1": float(np.mean([r["retrieval"]["brain_top1"] for r in results.values()])),
+               "source": store.source.get("kind", "?"),
+               "note": ("Simulated world: a testbed, not an NSD result." if store.source.get("kind") == "simulated"
+                        else "")}
+    atomic_write_json(run_path / "metrics.json", metrics)
+    return metrics
+

@@ -1,0 +1,241 @@
+"""The trainer: every model learns on the simulated world, resume after a kill is exact, DDP matches 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brainrecon.config import validate_config
+from brainrecon.data import open_store
+from brainrecon.errors import ConfigError
+from brainrecon.train.batches import BalancedBatches, SubjectStream
+from brainrecon.train.config import OptimConfig, TrainConfig
+from brainrecon.train.run import load_run
+from brainrecon.train.targets import TargetsConfig, load_targets
+from brainrecon.train.trainer import learning_rate, train
+
+torch.set_num_threads(1)
+
+# Small versions of each model, sized to learn the train_world in a minute of CPU
+SMALL = {
+    "ridge": ({"kind": "ridge", "alphas": [10.0, 100.0, 1000.0, 10000.0], "folds": 3}, {}),
+    "mindreader": ({"kind": "mindreader", "channels": 16, "n_res_blocks": 1, "token_channels": 64,
+                    "fc_hidden": 32}, {"image_tokens": False, "image_pooled": True, "text_pooled": True}),
+    "mindbridge": ({"kind": "mindbridge", "pool_length": 256, "adapter_bottleneck": 16, "hidden": 256,
+                    "n_blocks": 1}, {"text_tokens": True}),
+    "psychometry": ({"kind": "psychometry", "d_model": 64, "fmri_seq_len": 8, "encoder_hidden": [128],
+                     "decoder_layers": 1, "heads": 4, "ff": 128, "num_experts": 4, "slots_per_expert": 2},
+                    {"text_tokens": True}),
+    "mindeye1": ({"kind": "mindeye1", "hidden": 256, "n_blocks": 1, "projector_hidden": 256,
+                  "prior": {"depth": 1, "heads": 2, "dim_head": 32}}, {}),
+    "mindeye2": ({"kind": "mindeye2", "hidden": 256, "n_blocks": 1, "prior": {"depth": 1, "heads": 2,
+                                                                               "dim_head": 32}}, {}),
+}
+SINGLE_SUBJECT = {"mindeye1", "mindreader"}
+EPOCHS = {"mindreader": 8, "mindeye2": 1}  # the 1-D conv mapper learns pooled embeddings more slowly
+
+
+def small_config(kind: str, **overrides) -> TrainConfig:
+    model, targets = SMALL[kind]
+    data = {"model": model, "targets": {"clip": "simworld", **targets}, "batch_size": 32, "epochs": EPOCHS.get(kind, 2),
+            "eval": {"way": 100, "draws": 5}, "optim": {"lr": 1e-3}, "log_every": 5, "tensorboard": False}
+    if kind in SINGLE_SUBJECT:
+        data["subjects"] = ["subj01"]
+    data.update(overrides)
+    return validate_config(TrainConfig, data)
+
+
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_every_model_learns_above_chance(kind, train_world, tmp_path):
+    run = train(small_config(kind), train_world, tmp_path / "run", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for subject, result in metrics["subjects"].items():
+        retrieval = result["retrieval"]
+        assert retrieval["way"] == 100
+        print(kind, subject, retrieval["image_top1"], retrieval["brain_top1"])
+        assert retrieval["image_top1"] > 3 * (1 / 100), (kind, subject, retrieval)
+    model, info = load_run(run)  # the saved run reloads into the same predictions
+    assert info.kind == kind and set(info.subjects) == set(metrics["subjects"])
+    if kind != "ridge":
+        assert (run / "log.csv").read_text().startswith("step,epoch,metric,value")
+
+
+def test_learning_rate_follows_one_cycle():
+    optim = OptimConfig(lr=1e-3, pct_start=0.25)
+    lrs = [learning_rate(s, 100, optim, epochs=10) for s in range(100)]
+    peak = int(np.argmax(lrs))
+    assert lrs[0] == pytest.approx(1e-3 / 25)
+    assert max(lrs) == pytest.approx(1e-3) and 20 <= peak <= 26
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1000, rel=1e-3)
+    assert all(np.diff(lrs[peak:]) <= 0)
+
+
+def test_batches_are_balanced_deterministic_and_split_across_ranks(train_world):
+    store = open_store(train_world)
+    targets = load_targets(store, TargetsConfig(), progress=False)
+    streams = [SubjectStream(store, s, targets, seed=3) for s in store.subjects]
+    whole = BalancedBatches(streams, 8)(5)
+    assert [b.subject for b in whole] == store.subjects and all(len(b) == 8 for b in whole)
+    again = BalancedBatches(streams, 8)(5)
+    assert all(torch.equal(a.betas, b.betas) for a, b in zip(whole, again))
+    ranks = [BalancedBatches(streams, 8, rank=r, world=2)(5) for r in range(2)]
+    for i, part in enumerate(whole):
+        union = torch.cat([ranks[0][i].stimulus_ids, ranks[1][i].stimulus_ids]).sort().values
+        assert torch.equal(union, part.stimulus_ids.sort().values)
+    # one pass of draws covers every training trial of the largest subject exactly once
+    draws = BalancedBatches(streams, 8)
+    seen = np.concatenate([draws(i)[0].stimulus_ids.numpy() for i in range(len(streams[0]) // 8)])
+    assert len(seen) == len(streams[0]) // 8 * 8
+    with pytest.raises(ConfigError, match="divisible"):
+        BalancedBatches(streams, 7, rank=0, world=2)
+
+
+def test_targets_resume_an_interrupted_computation(train_world, tmp_path, monkeypatch):
+    from brainrecon.train import targets as targets_module
+
+    store = open_store(train_world)
+    config = TargetsConfig(cache_dir=str(tmp_path), batch_size=16)
+    calls = {"n": 0}
+    original = targets_module._Embedders.compute
+
+    def failing(self, name, store, ids):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, name, store, ids)
+
+    monkeypatch.setattr(targets_module._Embedders, "compute", failing)
+    with pytest.raises(KeyboardInterrupt):
+        load_targets(store, config, progress=False)
+    assert list(tmp_path.glob("*.partial.json"))
+    monkeypatch.setattr(targets_module._Embedders, "compute", original)
+    resumed = load_targets(store, config, progress=False)
+    fresh = load_targets(store, config.model_copy(update={"cache_dir": str(tmp_path / "fresh")}), progress=False)
+    np.testing.assert_array_equal(resumed.arrays["image_tokens"], fresh.arrays["image_tokens"])
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_bad_configs_fail_clearly(train_world, tmp_path):
+    with pytest.raises(ConfigError, match="unknown_key"):
+        validate_config(TrainConfig, {"model": {"kind": "mindbridge"}, "unknown_key": 1})
+    with pytest.raises(ConfigError, match="hidden_size"):
+        train(small_config("mindbridge", model={"kind": "mindbridge", "hidden_size": 3}), train_world,
+              tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="subj09"):
+        train(small_config("mindbridge", subjects=["subj01", "subj09"]), train_world, tmp_path / "b",
+              progress=False)
+    with pytest.raises(ConfigError, match="unknown model kind"):
+        train(small_config("mindbridge", model={"kind": "mindeye9"}), train_world, tmp_path / "c", progress=False)
+    with pytest.raises(ConfigError, match="single-subject|one subject|1 subject"):
+        train(small_config("mindreader", subjects=None), train_world, tmp_path / "d", progress=False)
+
+
+def test_voxel_count_mismatch_with_init_run_is_an_error(train_world, tiny_world, tmp_path):
+    # a run trained on one store cannot be continued on a store whose subject has other voxels
+    first = train(small_config("mindbridge", max_steps=2, subjects=["subj01"]), tiny_world, tmp_path / "first",
+                  progress=False)
+    with pytest.raises(ConfigError, match="voxels"):
+        train(small_config("mindbridge", init_from=str(first), subjects=["subj01"]), train_world,
+              tmp_path / "second", progress=False)
+
+
+def test_existing_run_needs_resume(train_world, tmp_path):
+    config = small_config("mindbridge", max_steps=2)
+    train(config, train_world, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, train_world, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="differs"):
+        train(small_config("mindbridge", max_steps=3), train_world, tmp_path / "run", resume=True, progress=False)
+
+
+def test_reset_tuning_trains_only_the_new_subject(train_world, tmp_path):
+    base = train(small_config("mindbridge", subjects=["subj01", "subj02"], max_steps=10), train_world,
+                 tmp_path / "base", progress=False)
+    tuned = train(small_config("mindbridge", subjects=["subj01", "subj02", "subj03"], init_from=str(base),
+                               tune="new-subjects", max_steps=10), train_world, tmp_path / "tuned", progress=False)
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), name
+    assert any("subj03" in name for name in after)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "brainrecon.cli", *args]
+
+
+def _write_config(path: Path, config: TrainConfig) -> Path:
+    config.save(path)
+    return path
+
+
+def test_kill_and_resume_equals_uninterrupted(train_world, tmp_path):
+    config = _write_config(tmp_path / "c.yaml", small_config("mindbridge", epochs=1, checkpoint_every=3,
+                                                             keep_checkpoints=50, log_every=1))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--config", str(config), "--data", str(train_world), "--no-progress"]
+    subprocess.run(_cli("train", *common, "--out", str(tmp_path / "whole")), check=True, env=env,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_cli("train", *common, "--out", str(killed)), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["step"] >= 6:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    subprocess.run(_cli("train", *common, "--out", str(killed), "--resume"), check=True, env=env,
+                   capture_output=True)
+
+    whole, resumed = load_file(str(tmp_path / "whole" / "model.safetensors")), \
+        load_file(str(killed / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+    losses = lambda run: [line.split(",")[3] for line in (run / "log.csv").read_text().splitlines()  # noqa: E731
+                          if ",loss," in line]
+    assert losses(tmp_path / "whole") == losses(killed)
+
+
+def test_two_process_ddp_follows_one_process(train_world, tmp_path):
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    config = _write_config(tmp_path / "c.yaml", small_config("mindreader", max_steps=12, log_every=1,
+                                                             optim={"lr": 1e-3, "schedule": "constant"}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--config", str(config), "--data", str(train_world), "--no-progress"]
+    subprocess.run(_cli("train", *common, "--out", str(tmp_path / "one")), check=True, env=env,
+                   capture_output=True)
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "brainrecon.cli", "train",
+                           *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def losses(run):
+        return np.array([float(line.split(",")[3]) for line in (run / "log.csv").read_text().splitlines()
+                         if ",loss," in line])
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 12
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    assert one[-1] < one[0]
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" /
+                                                                                "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
