@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from brainrecon.cli_assets import app as assets_app
 from brainrecon.cli_nsd import app as nsd_app
+from brainrecon.cli_reconstruct import bank_app, memory_app, reconstruct_command
 from brainrecon.cli_train import train_command
 from brainrecon.errors import BrainreconError
 
@@ -21,12 +21,15 @@ app.add_typer(store_app, name="store")
 app.add_typer(nsd_app, name="nsd")
 app.add_typer(assets_app, name="assets")
 app.command("train")(train_command)
+app.command("reconstruct")(reconstruct_command)
+app.add_typer(memory_app, name="memory")
+app.add_typer(bank_app, name="bank")
 
 def _echo(message: str = "") -> None:
     typer.echo(message)
 
 
-def _build_world(config_name: str, out: Path, overwrite: bool, seed: Optional[int], progress: bool):
+def _build_world(config_name: str, out: Path, overwrite: bool, seed: int | None, progress: bool):
     from brainrecon.config import load_config
     from brainrecon.data.simworld import WorldConfig, simulate_world
 
@@ -48,7 +51,7 @@ def _score(store_path: Path, way: int, draws: int):
 @app.command()
 def simulate(config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
              out: Path = typer.Option(..., "--out", help="Store to create."),
-             seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+             seed: int | None = typer.Option(None, "--seed", help="Override the config's seed."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
              score: bool = typer.Option(True, "--score/--no-score", help="Print ridge and oracle retrieval."),
              way: int = typer.Option(300, "--way", help="N-way retrieval (the field reports 300)."),

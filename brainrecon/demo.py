@@ -52,15 +52,10 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, n_images: 
     """Ridge from voxels to the small CLIP's pooled embedding, then decode with the small unCLIP decoder."""
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.evaluate.metrics import two_way_identification
-    from brainrecon.generate.base import GenerationRequest
+    from brainrecon.generate.base import GenerationRequest, quiet_model_loading
     from brainrecon.generate.unclip import UnclipGenerator
 
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):  # load-time bars and notices would drown the output
-        library.disable_progress_bar()
-        library.set_verbosity_error()
+    quiet_model_loading()
     embedder = ClipImageEmbedder(assets / "clip", batch_size=128)
     ridge, mean, std = fit_ridge_decoder(store, subject, embedder.pooled)
     test = store.subject(subject).test()

@@ -63,7 +63,6 @@ def test_every_model_learns_above_chance(kind, train_world, tmp_path):
     for subject, result in metrics["subjects"].items():
         retrieval = result["retrieval"]
         assert retrieval["way"] == 100
-        print(kind, subject, retrieval["image_top1"], retrieval["brain_top1"])
         assert retrieval["image_top1"] > 3 * (1 / 100), (kind, subject, retrieval)
     model, info = load_run(run)  # the saved run reloads into the same predictions
     assert info.kind == kind and set(info.subjects) == set(metrics["subjects"])
@@ -239,3 +238,15 @@ def test_two_process_ddp_follows_one_process(train_world, tmp_path):
                                                                                 "model.safetensors"))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+def test_every_preset_is_valid_for_its_model():
+    from brainrecon.config import load_config, preset_names
+    from brainrecon.models import model_class
+
+    names = preset_names("train")
+    assert {f"{p}-{k}" for p in ("sim", "nsd") for k in SMALL} <= set(names)
+    for name in names:
+        config = load_config(TrainConfig, name, "train")
+        validate_config(model_class(config.model_kind).config_class, config.model_options, source=name)
+        assert (config.targets.clip == "simworld") == name.startswith("sim-")

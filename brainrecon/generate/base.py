@@ -96,6 +96,16 @@ class Generator(abc.ABC):
 # helpers shared by the diffusion generators
 
 
+def quiet_model_loading() -> None:
+    """Silence transformers/diffusers load bars and notices: in a command's output they drown the results."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+
+
 def as_tensor(value: ArrayLike, device, dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).to(device, dtype)
 

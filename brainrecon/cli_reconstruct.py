@@ -1,0 +1,116 @@
+"""`brainrecon memory build`, `brainrecon reconstruct`, `brainrecon bank build/search`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+memory_app = typer.Typer(help="Ecphory: per-subject memories of a trained run.", no_args_is_help=True)
+bank_app = typer.Typer(help="Retrieval from a large local image bank (MindEye1's LAION-style retrieval).",
+                       no_args_is_help=True)
+
+
+def _subjects(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+@memory_app.command("build")
+def memory_build(run: Path = typer.Option(..., "--run", help="A finished training run."),
+                 data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
+                 subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated (default: all)."),
+                 search: str = typer.Option("pca", "--search", help="Search keys: pca, pooled or full."),
+                 index: str = typer.Option("auto", "--index", help="faiss index: auto, exact, ivf or hnsw."),
+                 progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Keys = the run's predictions for each subject's training trials; values = their true embeddings."""
+    from brainrecon.memory import MemoryConfig
+    from brainrecon.reconstruct import (
+        RunContext,
+        build_memory,
+        ecphory_embedding_scores,
+        memory_dir,
+    )
+
+    context = RunContext.open(run, data)
+    for subject in context.subjects(_subjects(subjects)):
+        config = MemoryConfig(search=search, index=index, search_on=(context.model.retrieval_target,))
+        memory = build_memory(context, run, subject, config, progress)
+        scores = ecphory_embedding_scores(context, memory, subject)
+        typer.echo(f"{subject}: {memory.n_entries} memories from {memory.n_trials} trials -> "
+                   f"{memory_dir(run, subject)}")
+        for row in scores["rows"]:
+            typer.echo(f"  alpha {row['alpha']:.1f}: cosine to truth {row['embedding_cosine']:.3f}, "
+                       f"{scores['way']}-way retrieval {100 * row['image_top1']:.1f}% / "
+                       f"{100 * row['brain_top1']:.1f}%" + ("  (no Ecphory)" if row["alpha"] == 1.0 else ""))
+        from brainrecon.io import atomic_write_json
+
+        atomic_write_json(memory_dir(run, subject) / "ecphory_scores.json", scores)
+
+
+def reconstruct_command(
+        run: Path = typer.Option(..., "--run", help="A finished training run."),
+        out: Path = typer.Option(..., "--out", help="Folder for PNGs and manifest.json."),
+        data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
+        subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated (default: all)."),
+        ecphory: bool = typer.Option(True, "--ecphory/--no-ecphory", help="Retrieval-enhanced inference."),
+        k: int = typer.Option(10, "--k", help="Memories (Ecphory) or samples (without) per image."),
+        alpha: float = typer.Option(0.6, "--alpha", help="Ecphory: weight of the brain prediction."),
+        oracle_selection: bool = typer.Option(False, "--oracle-selection",
+                                              help="Pick samples by the TRUE image (leaks the answer; only to "
+                                                   "compare with published figures). Labelled in every output."),
+        generator: str = typer.Option("unclip", "--generator", help="unclip or versatile."),
+        generator_path: str = typer.Option("simworld", "--generator-path",
+                                           help="Local pipeline directory ('simworld': the shipped decoder)."),
+        steps: int = typer.Option(25, "--steps"), guidance: float = typer.Option(3.0, "--guidance"),
+        n_images: int | None = typer.Option(None, "--n-images", help="Only the first N test images."),
+        device: str = typer.Option("cpu", "--device"), seed: int = typer.Option(0, "--seed"),
+        progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Reconstruct test images from brain activity with a trained run; honest selection by default."""
+    from brainrecon.reconstruct import ReconstructConfig, reconstruct
+
+    config = ReconstructConfig(generator=generator, generator_path=generator_path, ecphory=ecphory, k=k,
+                               alpha=alpha, selection="oracle" if oracle_selection else "brain", steps=steps,
+                               guidance=guidance, n_images=n_images, device=device, seed=seed)
+    manifest = reconstruct(run, out, config, _subjects(subjects), data, progress)
+    typer.echo(f"Wrote {len(manifest['images'])} images to {out} (selection: {manifest['selection']}).")
+
+
+@bank_app.command("build")
+def bank_build(images: Path = typer.Option(..., "--images", help="Folder of images (searched recursively)."),
+               clip: Path = typer.Option(..., "--clip", help="Local CLIP directory ('simworld' allowed)."),
+               out: Path = typer.Option(..., "--out", help="Bank directory (resumes an interrupted build)."),
+               index: str = typer.Option("auto", "--index", help="auto, exact, ivf, ivfpq or hnsw."),
+               batch_size: int = typer.Option(64, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+               progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Embed a folder of images with CLIP into a faiss index."""
+    from brainrecon.embed.clip import ClipImageEmbedder
+    from brainrecon.memory import build_bank
+    from brainrecon.train.targets import _resolve_dir
+
+    embedder = ClipImageEmbedder(_resolve_dir(str(clip), "clip", "clip"), device, batch_size=batch_size)
+    bank = build_bank(images, embedder, out, batch_size=batch_size, index=index,
+                      image_size=embedder.model.config.image_size, progress=progress)
+    typer.echo(f"Indexed {len(bank)} images into {out}")
+
+
+@bank_app.command("search")
+def bank_search(bank: Path = typer.Option(..., "--bank", help="A bank from `brainrecon bank build`."),
+                run: Path = typer.Option(..., "--run", help="A finished run predicting CLIP image embeddings."),
+                out: Path = typer.Option(..., "--out", help="JSON file for the results."),
+                data: Path | None = typer.Option(None, "--data"),
+                subjects: str | None = typer.Option(None, "--subjects"),
+                k: int = typer.Option(16, "--k")) -> None:
+    """The bank images nearest to each test trial's predicted embedding."""
+    from brainrecon.io import atomic_write_json
+    from brainrecon.memory import ImageBank
+    from brainrecon.reconstruct import RunContext, pooled_query
+
+    bank_index, context = ImageBank.load(bank), RunContext.open(run, data)
+    results = {}
+    for subject in context.subjects(_subjects(subjects)):
+        ids, queries = pooled_query(context, subject)
+        scores, paths = bank_index.search(queries, k)
+        results[subject] = [{"stimulus_id": int(s), "paths": p, "scores": sc.tolist()}
+                            for s, p, sc in zip(ids.tolist(), paths, scores)]
+    atomic_write_json(out, {"bank": str(bank), "run": str(run), "k": k, "results": results})
+    typer.echo(f"Wrote {out}")
