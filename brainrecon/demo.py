@@ -8,22 +8,24 @@ the true image (one sample per embedding, no selection at all).
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from brainrecon import __version__
-from brainrecon.baseline import ceiling_table, fit_ridge_decoder, format_table
+from brainrecon.baseline import ceiling_table, format_table
 from brainrecon.config import load_config
 from brainrecon.data import Store, open_store
 from brainrecon.data.simworld import WorldConfig, simulate_world
 from brainrecon.errors import BrainreconError
-from brainrecon.evaluate.retrieval import RetrievalScore, cosine_scores, retrieval_top1
 from brainrecon.io import atomic_write_json, atomic_write_text
 
+ROWS = 4  # grid rows per block: original, from true embedding, from brain, with Ecphory
 SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling. These figures are not NSD results and are "
                   "not comparable with published tables.")
 
@@ -34,64 +36,93 @@ class Reconstructions:
     stimulus_ids: np.ndarray
     originals: np.ndarray  # uint8 (n, H, W, 3)
     from_truth: np.ndarray  # decoded from the true small-CLIP embedding (the decoder's ceiling)
-    from_brain: np.ndarray  # decoded from the ridge-predicted embedding
-    clip_retrieval: RetrievalScore  # ridge into small-CLIP space, 300-way
-    two_way_brain: float  # two-way identification of from_brain in small-CLIP space (chance 0.5)
-    two_way_truth: float
+    from_brain: np.ndarray  # decoded from the ridge-predicted embedding, no Ecphory, one sample
+    from_ecphory: np.ndarray  # Ecphory (k memories, alpha 0.6), one sample each, honest selection
+    clip_retrieval: dict  # the run's held-out retrieval in small-CLIP space (metrics.json)
+    ecphory_scores: dict  # embedding-level: cosine to the truth and retrieval per alpha
+    two_way: dict[str, float]  # two-way identification in small-CLIP space (chance 0.5), per row of the grid
+    selection: str
 
     def to_dict(self) -> dict:
-        return {"subject": self.subject, "n_images": int(len(self.stimulus_ids)),
-                "stimulus_ids": self.stimulus_ids.tolist(), "selection": "none (one sample per embedding)",
-                "ridge_small_clip_retrieval": self.clip_retrieval.to_dict(),
-                "two_way_identification_from_brain": self.two_way_brain,
-                "two_way_identification_from_true_embedding": self.two_way_truth}
+        return {"subject": self.subject, "n_images": len(self.stimulus_ids),
+                "stimulus_ids": self.stimulus_ids.tolist(), "selection": self.selection,
+                "ridge_small_clip_retrieval": self.clip_retrieval, "ecphory_embedding_scores": self.ecphory_scores,
+                "two_way_identification": self.two_way}
 
 
-def reconstruct_with_assets(store: Store, subject: str, assets: Path, n_images: int = 30, steps: int = 25,
-                            seed: int = 0) -> Reconstructions:
-    """Ridge from voxels to the small CLIP's pooled embedding, then decode with the small unCLIP decoder."""
+def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path, n_images: int = 30,
+                            k: int = 4, steps: int = 25, seed: int = 0) -> Reconstructions:
+    """Train a ridge run into the small CLIP's pooled embedding, then reconstruct with and without Ecphory.
+
+    Uses the same pieces as `brainrecon train` / `memory build` / `reconstruct`: the
+    demo is those commands run in sequence on a simulated world.
+    """
+    import shutil
+
+    from brainrecon.config import validate_config
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.evaluate.metrics import two_way_identification
     from brainrecon.generate.base import GenerationRequest, quiet_model_loading
     from brainrecon.generate.unclip import UnclipGenerator
+    from brainrecon.reconstruct import (
+        ReconstructConfig,
+        RunContext,
+        build_memory,
+        ecphory_embedding_scores,
+    )
+    from brainrecon.reconstruct import reconstruct as run_reconstruct
+    from brainrecon.train import TrainConfig, train
 
     quiet_model_loading()
-    embedder = ClipImageEmbedder(assets / "clip", batch_size=128)
-    ridge, mean, std = fit_ridge_decoder(store, subject, embedder.pooled)
-    test = store.subject(subject).test()
-    predicted = ridge.predict(test.betas).numpy() * std + mean
-    truth = embedder.pooled(store.images_for(test.stimulus_ids))
-    retrieval = retrieval_top1(cosine_scores(predicted, truth))
+    run_dir = out / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = validate_config(TrainConfig, {"model": {"kind": "ridge", "target": "image_pooled"},
+                                           "targets": {"clip": "simworld", "image_tokens": False,
+                                                       "image_pooled": True}, "subjects": [subject]})
+    run = train(config, store.root, run_dir, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())["subjects"][subject]
+    context = RunContext.open(run)
+    scores = ecphory_embedding_scores(context, build_memory(context, run, subject, progress=False), subject, k=k)
 
-    pick = np.arange(min(n_images, len(test)))
+    settings = {"n_images": n_images, "steps": steps, "seed": seed, "batch_size": 32}
+    plain = run_reconstruct(run, out / "reconstructions" / "plain",
+                            ReconstructConfig(ecphory=False, k=1, **settings), progress=False)
+    fused = run_reconstruct(run, out / "reconstructions" / "ecphory", ReconstructConfig(k=k, **settings),
+                            progress=False)
+    read = lambda manifest, folder: np.stack([np.asarray(Image.open(folder / e["file"]))
+                                              for e in manifest["images"]])
+    from_brain = read(plain, out / "reconstructions" / "plain")
+    from_ecphory = read(fused, out / "reconstructions" / "ecphory")
+    ids = np.asarray([e["stimulus_id"] for e in plain["images"]])
+
+    embedder = ClipImageEmbedder(assets / "clip", batch_size=128)
+    originals = store.images_for(ids)
     generator = UnclipGenerator(assets / "decoder", batch_size=32)
-    decode = lambda embeds: generator.generate(GenerationRequest(  # noqa: E731
-        image_pooled=embeds.astype(np.float32), steps=steps, seed=seed))
-    from_brain, from_truth = decode(predicted[pick]), decode(truth[pick])
-    originals = store.images_for(test.stimulus_ids[pick])
+    from_truth = generator.generate(GenerationRequest(image_pooled=embedder.pooled(originals), steps=steps,
+                                                      seed=seed))
     reference = embedder.pooled(originals)
-    return Reconstructions(subject, test.stimulus_ids[pick], originals, from_truth, from_brain, retrieval,
-                           two_way_identification(reference, embedder.pooled(from_brain)),
-                           two_way_identification(reference, embedder.pooled(from_truth)))
+    two_way = {name: two_way_identification(reference, embedder.pooled(images)) for name, images in
+               (("from_brain", from_brain), ("from_brain_ecphory", from_ecphory), ("from_true_embedding",
+                                                                                    from_truth))}
+    return Reconstructions(subject, ids, originals, from_truth, from_brain, from_ecphory, metrics["retrieval"],
+                           scores, two_way, fused["selection"])
 
 
 def save_reconstruction_grid(rec: Reconstructions, path: Path, columns: int = 10, scale: int = 2) -> None:
-    """Blocks of three rows: originals, decoded from the true embedding, decoded from the brain."""
-    from PIL import Image
-
+    """Blocks of ROWS rows: originals, decoded from the true embedding, from the brain, with Ecphory."""
     size, gap = rec.originals.shape[1] * scale, 4
     blocks = int(np.ceil(len(rec.originals) / columns))
-    canvas = Image.new("RGB", (columns * (size + gap) + gap, blocks * (3 * size + 4 * gap) + gap), "white")
+    canvas = Image.new("RGB", (columns * (size + gap) + gap, blocks * (ROWS * size + (ROWS + 1) * gap) + gap), "white")
     for i in range(len(rec.originals)):
         block, col = divmod(i, columns)
-        for row, images in enumerate((rec.originals, rec.from_truth, rec.from_brain)):
+        for row, images in enumerate((rec.originals, rec.from_truth, rec.from_brain, rec.from_ecphory)):
             tile = Image.fromarray(images[i]).resize((size, size), Image.NEAREST)
-            canvas.paste(tile, (gap + col * (size + gap), gap + block * (3 * size + 4 * gap) + row * (size + gap)))
+            canvas.paste(tile, (gap + col * (size + gap), gap + block * (ROWS * size + (ROWS + 1) * gap) + row * (size + gap)))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
 
-def run_demo(out: Path, config: str = "default", progress: bool = True, echo=print) -> dict:
+def run_demo(out: Path, config: str = "default", progress: bool = True, echo=print, n_images: int = 30) -> dict:
     """Run the demo into ``out`` (replacing an earlier demo there); return what it wrote to results.json."""
     from brainrecon.assets import SIMWORLD_ASSETS
 
@@ -118,19 +149,25 @@ def run_demo(out: Path, config: str = "default", progress: bool = True, echo=pri
     report = f"# brainrecon demo\n\n## Retrieval\n\n{table}\n"
     if (SIMWORLD_ASSETS / "manifest.json").is_file():
         started = time.perf_counter()
-        rec = reconstruct_with_assets(store, store.subjects[0], SIMWORLD_ASSETS)
+        rec = reconstruct_with_assets(store, store.subjects[0], SIMWORLD_ASSETS, out, n_images=n_images)
         seconds["reconstruct"] = time.perf_counter() - started
         save_reconstruction_grid(rec, out / "reconstructions.png")
         summary["reconstructions"] = rec.to_dict()
-        r = rec.clip_retrieval
+        r, rows = rec.clip_retrieval, {row["alpha"]: row for row in rec.ecphory_scores["rows"]}
+        plain, fused = rows[1.0], rows[0.6]
         lines = (f"3/3 reconstructed {len(rec.stimulus_ids)} test images of {rec.subject} in "
-                 f"{seconds['reconstruct']:.1f} s (ridge -> small-CLIP embedding -> small unCLIP decoder; one "
-                 f"sample per embedding, no selection)\n"
-                 f"    ridge in small-CLIP space, 300-way: image {100 * r.image_top1:.1f}%, brain "
-                 f"{100 * r.brain_top1:.1f}% (chance {100 * r.chance:.2f}%)\n"
-                 f"    two-way identification of the reconstructions (small CLIP, chance 50%): from brain "
-                 f"{100 * rec.two_way_brain:.1f}%, from the true embedding {100 * rec.two_way_truth:.1f}%\n"
-                 f"    grid (original / from true embedding / from brain): {out / 'reconstructions.png'}")
+                 f"{seconds['reconstruct']:.1f} s (ridge run -> small-CLIP embedding -> small unCLIP decoder)\n"
+                 f"    ridge in small-CLIP space, {r['way']}-way: image {100 * r['image_top1']:.1f}%, brain "
+                 f"{100 * r['brain_top1']:.1f}% (chance {100 / r['way']:.2f}%)\n"
+                 f"    Ecphory (k={rec.ecphory_scores['k']}, alpha 0.6) vs none, embedding level: cosine to the "
+                 f"truth {fused['embedding_cosine']:.3f} vs {plain['embedding_cosine']:.3f}; retrieval "
+                 f"{100 * fused['image_top1']:.1f}% vs {100 * plain['image_top1']:.1f}%\n"
+                 f"    two-way identification (small CLIP, chance 50%): from brain "
+                 f"{100 * rec.two_way['from_brain']:.1f}%, with Ecphory {100 * rec.two_way['from_brain_ecphory']:.1f}% "
+                 f"(selection: {rec.selection}), from the true embedding "
+                 f"{100 * rec.two_way['from_true_embedding']:.1f}%\n"
+                 f"    grid (original / from true embedding / from brain / with Ecphory): "
+                 f"{out / 'reconstructions.png'}")
         echo(lines)
         report += f"\n## Reconstructions\n\n![reconstructions](reconstructions.png)\n\n```\n{lines}\n```\n"
     else:

@@ -7,30 +7,44 @@ guarantees to be atomic.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def _atomic_write(path: Path, write_fn, mode: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to `path`; on success it is fsynced and renamed onto `path`.
+
+    For writers that want a file name rather than a handle (faiss.write_index,
+    safetensors) or that stream large data. On any exception the temporary file
+    is removed and `path` is untouched, so a reader never sees a half-written file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            write_fn(handle)
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write(path: Path, write_fn, mode: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        write_fn(handle)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

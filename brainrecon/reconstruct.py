@@ -39,6 +39,7 @@ from brainrecon.train.run import RunInfo, load_run
 from brainrecon.train.targets import SIMWORLD, Targets, _resolve_dir, load_targets
 
 MEMORY_NAMES = ("image_tokens", "text_tokens", "image_pooled", "text_pooled")
+FULL_KEY_WIDTH = 2048  # keys up to this many numbers are searched in full, larger ones via PCA
 SEED_STRIDE = 1_000_003  # seeds of different candidates of one image never collide with other images'
 
 
@@ -118,8 +119,12 @@ def build_memory(context: RunContext, run: str | Path, subject: str, config: Mem
     keys = _predict(context.model, train.betas, subject)
     names = [n for n in keys if n in context.targets.space]
     values = {n: context.targets.get(n, train.stimulus_ids) for n in names}
-    memory = SubjectMemory.build(subject, {n: keys[n] for n in names}, values, train.stimulus_ids,
-                                 config or MemoryConfig(search_on=(context.model.retrieval_target,)),
+    if config is None:
+        # small keys are searched exactly as they are; large token keys through PCA (memory/store.py)
+        width = int(np.prod(context.targets.space[context.model.retrieval_target]))
+        config = MemoryConfig(search="full" if width <= FULL_KEY_WIDTH else "pca",
+                              search_on=(context.model.retrieval_target,))
+    memory = SubjectMemory.build(subject, {n: keys[n] for n in names}, values, train.stimulus_ids, config,
                                  progress=progress)
     memory.save(memory_dir(run, subject))
     return memory

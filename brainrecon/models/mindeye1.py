@@ -47,6 +47,26 @@ class MindEye1Config(StrictConfig):
     schedule: ContrastiveConfig = ContrastiveConfig()
 
 
+def prior_and_lowlevel_losses(model, out: dict, target: torch.Tensor, latents: torch.Tensor | None,
+                              mix: MixCo | None, generator: torch.Generator, prior_mult: float,
+                              lowlevel_mult: float) -> tuple[torch.Tensor | float, dict[str, float]]:
+    """The MindEye heads' extra terms: prior_mult * prior loss + lowlevel_mult * L1 on (mixed) VAE latents.
+
+    As upstream, the prior's condition comes from the (possibly mixed) betas and its target is the clean
+    embedding; the low-level target is mixed with the same MixCo draw as the betas.
+    """
+    loss, log = 0.0, {}
+    if model.prior is not None:
+        loss_prior = model.prior.loss(out["backbone"], target, generator)
+        loss = loss + prior_mult * loss_prior
+        log["loss_prior"] = loss_prior.item()
+    if model.lowlevel is not None:
+        loss_low = F.l1_loss(out["lowlevel"], mix.apply(latents) if mix is not None else latents)
+        loss = loss + lowlevel_mult * loss_low
+        log["loss_lowlevel"] = loss_low.item()
+    return loss, log
+
+
 def token_shape(space: TargetSpace, name: str) -> tuple[int, int]:
     """(T, D) of a token target; a pooled (D,) target counts as one token."""
     shape = space[name]
@@ -118,17 +138,10 @@ class MindEye1(BrainModel):
         loss_clip = contrastive_loss(out["image_tokens"], target, phase, temperature, mix)
         loss = loss_clip
         log = {"loss_clip": loss_clip.item(), "temperature": temperature, "mixco": float(mix is not None)}
-        if self.prior is not None:
-            # as upstream: the condition comes from the (possibly mixed) betas, the target is the clean embedding
-            loss_prior = self.prior.loss(out["backbone"], target, generator)
-            loss = loss + self.config.prior_mult * loss_prior
-            log["loss_prior"] = loss_prior.item()
-        if self.lowlevel is not None:
-            latents = targets["lowlevel"]
-            loss_low = F.l1_loss(out["lowlevel"], mix.apply(latents) if mix is not None else latents)
-            loss = loss + self.config.lowlevel_mult * loss_low
-            log["loss_lowlevel"] = loss_low.item()
-        log["loss"] = loss.item()
+        extra, extra_log = prior_and_lowlevel_losses(self, out, target, targets.get("lowlevel"), mix, generator,
+                                                     self.config.prior_mult, self.config.lowlevel_mult)
+        loss = loss + extra
+        log.update(extra_log, loss=loss.item())
         return loss, log
 
     @torch.no_grad()

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -29,7 +28,12 @@ from brainrecon.errors import ConfigError
 from brainrecon.models.base import BrainModel, StepInfo, SubjectBatch, TargetSpace
 from brainrecon.models.blocks import LowLevelHead, ResidualMLP, TokenProjector
 from brainrecon.models.losses import ContrastiveConfig, MixCo, draw_mixco
-from brainrecon.models.mindeye1 import contrastive_loss, mix_on, token_shape
+from brainrecon.models.mindeye1 import (
+    contrastive_loss,
+    mix_on,
+    prior_and_lowlevel_losses,
+    token_shape,
+)
 from brainrecon.models.prior import DiffusionPrior, PriorConfig
 
 
@@ -144,16 +148,11 @@ class MindEye2(BrainModel):
         loss_clip = contrastive_loss(out["tokens"], target, phase, temperature, mix)
         loss = self.config.clip_scale * loss_clip
         log = {"loss_clip": loss_clip.item(), "temperature": temperature, "mixco": float(mix is not None)}
-        if self.prior is not None:
-            loss_prior = self.prior.loss(out["backbone"], target, generator)
-            loss = loss + self.config.prior_scale * loss_prior
-            log["loss_prior"] = loss_prior.item()
-        if self.lowlevel is not None:
-            latents = torch.cat([b.targets["lowlevel"] for b in batches])
-            loss_low = F.l1_loss(out["lowlevel"], mix.apply(latents) if mix is not None else latents)
-            loss = loss + self.config.blur_scale * loss_low
-            log["loss_lowlevel"] = loss_low.item()
-        log["loss"] = loss.item()
+        latents = torch.cat([b.targets["lowlevel"] for b in batches]) if self.lowlevel is not None else None
+        extra, extra_log = prior_and_lowlevel_losses(self, out, target, latents, mix, generator,
+                                                     self.config.prior_scale, self.config.blur_scale)
+        loss = loss + extra
+        log.update(extra_log, loss=loss.item())
         return loss, log
 
     @torch.no_grad()

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from brainrecon import __version__
 from brainrecon.config import load_config
 from brainrecon.errors import ConfigError
-from brainrecon.io import atomic_write_json
+from brainrecon.io import atomic_path, atomic_write_json
 from brainrecon.models import build_model
 from brainrecon.models.base import BrainModel, TargetSpace
 from brainrecon.train.config import TrainConfig
@@ -59,9 +59,8 @@ class RunInfo:
 
 
 def _save_model_atomic(model: torch.nn.Module, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    save_model(model, str(temporary))  # handles tied weights, unlike save_file
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_model(model, str(temporary))  # handles tied weights, unlike save_file
 
 
 class RunDir:
