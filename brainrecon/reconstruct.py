@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -33,7 +32,7 @@ from brainrecon.memory.selection import (
     select_samples,
     select_samples_oracle,
 )
-from brainrecon.models.base import BrainModel
+from brainrecon.models.base import BrainModel, predict_in_batches
 from brainrecon.train.config import TrainConfig
 from brainrecon.train.run import RunInfo, load_run
 from brainrecon.train.targets import SIMWORLD, Targets, _resolve_dir, load_targets
@@ -91,21 +90,11 @@ class RunContext:
         return names
 
 
-@torch.no_grad()
 def _predict(model: BrainModel, betas: np.ndarray, subject: str, batch_size: int = 256,
              for_generation: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
-    device = next(iter(model.parameters()), next(iter(model.buffers()))).device
-    outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(betas), batch_size):
-        chunk = torch.from_numpy(np.asarray(betas[start:start + batch_size], np.float32)).to(device)
-        if for_generation:
-            result = model.embeddings_for_generation(chunk, subject, torch.Generator().manual_seed(seed + start))
-        else:
-            result = model.predict(chunk, subject)
-        for key, value in result.items():
-            if key in MEMORY_NAMES:
-                outputs.setdefault(key, []).append(value.float().cpu().numpy())
-    return {key: np.concatenate(value) for key, value in outputs.items()}
+    """Predictions restricted to the embedding names a memory or generator can use."""
+    out = predict_in_batches(model, betas, subject, batch_size, for_generation, seed)
+    return {key: value for key, value in out.items() if key in MEMORY_NAMES}
 
 
 def memory_dir(run: str | Path, subject: str) -> Path:

@@ -29,6 +29,7 @@ import abc
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -148,6 +149,23 @@ class BrainModel(nn.Module, abc.ABC):
     def subject_parameters(self, subject: str) -> list[nn.Parameter]:
         """The parameters that belong to `subject` alone (trained in reset-tuning, everything else frozen)."""
         raise ConfigError(f"model {self.kind!r} has no subject-specific parameters to tune alone")
+
+
+@torch.no_grad()
+def predict_in_batches(model: BrainModel, betas, subject: str, batch_size: int = 256, for_generation: bool = False,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """A model's predictions (or generation embeddings) for many trials, as float32 numpy arrays."""
+    device = next(iter(model.parameters()), next(iter(model.buffers()), torch.empty(0))).device
+    outputs: dict[str, list] = {}
+    for start in range(0, len(betas), batch_size):
+        chunk = torch.as_tensor(np.asarray(betas[start:start + batch_size], np.float32)).to(device)
+        if for_generation:
+            result = model.embeddings_for_generation(chunk, subject, torch.Generator().manual_seed(seed + start))
+        else:
+            result = model.predict(chunk, subject)
+        for key, value in result.items():
+            outputs.setdefault(key, []).append(value.float().cpu().numpy())
+    return {key: np.concatenate(value) for key, value in outputs.items()}
 
 
 class TrainingStep(nn.Module):

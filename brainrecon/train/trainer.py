@@ -32,7 +32,12 @@ from brainrecon.errors import ConfigError
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
 from brainrecon.io import atomic_write_json
 from brainrecon.models import build_model
-from brainrecon.models.base import BrainModel, StepInfo, TrainingStep
+from brainrecon.models.base import (
+    BrainModel,
+    StepInfo,
+    TrainingStep,
+    predict_in_batches,
+)
 from brainrecon.rng import derive_rng
 from brainrecon.train.batches import BalancedBatches, SubjectStream
 from brainrecon.train.config import OptimConfig, TrainConfig
@@ -232,7 +237,7 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     accelerator.wait_for_everyone()
     if main:
         run.save_final(unwrapped)
-        evaluate_run(unwrapped.eval(), store, targets, run.path, config, accelerator.device)
+        evaluate_run(unwrapped.eval(), store, targets, run.path, config)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
@@ -258,38 +263,36 @@ def _fit_ridge(config, store, model, targets, run, info, accelerator) -> Path:
                                               train.stimulus_ids)
         atomic_write_json(run.path / "ridge_fit.json", fits)
         run.save_final(model)
-        evaluate_run(model.eval(), store, targets, run.path, config, accelerator.device)
+        evaluate_run(model.eval(), store, targets, run.path, config)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
 
 
-@torch.no_grad()
-def predict_test(model: BrainModel, store: Store, subject: str, batch_size: int = 256,
-                 device: str = "cpu") -> tuple[dict[str, np.ndarray], np.ndarray]:
+def predict_test(model: BrainModel, store: Store, subject: str,
+                 batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The model's predictions for a subject's test stimuli (repeats averaged at the input, as MindEye1)."""
     test = store.subject(subject).test()
-    outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(test), batch_size):
-        betas = torch.from_numpy(test.betas[start:start + batch_size]).to(device)
-        for key, value in model.predict(betas, subject).items():
-            outputs.setdefault(key, []).append(value.float().cpu().numpy())
-    return {key: np.concatenate(value) for key, value in outputs.items()}, test.stimulus_ids
+    return predict_in_batches(model, test.betas, subject, batch_size), test.stimulus_ids
 
 
-def evaluate_run(model: BrainModel, store: Store, targets: Targets, run_path: Path, config: TrainConfig,
-                 device: torch.device | str = "cpu") -> dict:
+def evaluate_run(model: BrainModel, store: Store, targets: Targets, run_path: Path, config: TrainConfig) -> dict:
     """Held-out retrieval for each subject, written to RUN/metrics.json."""
     key = model.retrieval_target
     results = {}
     for subject in model.subjects:
-        predicted, ids = predict_test(model, store, subject, config.eval.batch_size, device)
+        predicted, ids = predict_test(model, store, subject, config.eval.batch_size)
         truth = targets.get(key, ids)
         scores = cosine_scores(predicted[key], truth)
         way = min(config.eval.way, len(ids))
         score = retrieval_top1(scores, way, config.eval.draws, config.eval.seed)
+        normalization = store.subject(subject).normalization
         results[subject] = {"retrieval": score.to_dict(), "embedding_cosine": float(np.mean(np.diag(scores))),
-                            "n_test": len(ids), "target": key}
+                            "n_test": len(ids), "target": key, "normalization": normalization}
+        if normalization == "session-zscore-all":
+            # e.g. MindEye's released betas: z-scored with statistics that include the test trials
+            results[subject]["warning"] = ("betas were normalised with test-trial statistics "
+                                           "(session-zscore-all); not a strictly held-out result")
     metrics = {"kind": "held-out retrieval", "way_requested": config.eval.way, "subjects": results,
                "mean_image_top1": float(np.mean([r["retrieval"]["image_top1"] for r in results.values()])),
                "mean_brain_top1": float(np.mean([r["retrieval"]["brain_top1"] for r in results.values()])),
