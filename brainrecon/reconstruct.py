@@ -218,7 +218,8 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
             candidates, retrieved = result.embeddings, result.stimulus_ids
         else:
             candidates = {name: np.repeat(x[:, None], config.k, axis=1) for name, x in conditioning.items()}
-        train_ids = context.store.subject(subject).train().stimulus_ids
+        data = context.store.subject(subject)
+        train_ids = data.trials.stimulus_id[data.train_rows()]
         pooled_norm = float(np.linalg.norm(clip.pooled(context.store.images_for(np.unique(train_ids)[:512])),
                                            axis=1).mean())
         images = None
