@@ -97,3 +97,23 @@ def test_cli_memory_build_and_reconstruct(ridge_run, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["settings"]["ecphory"] is False and manifest["images"][0]["retrieved_stimuli"] is None
+
+
+def test_cli_bank_build_and_search(ridge_run, train_world, tmp_path):
+    from brainrecon.data import open_store
+
+    store = open_store(train_world)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    ids = store.subject("subj01").test().stimulus_ids[:12]
+    for stimulus, image in zip(ids.tolist(), store.images_for(ids)):
+        Image.fromarray(image).save(folder / f"{stimulus}.png")
+    runner = CliRunner()
+    result = runner.invoke(app, ["bank", "build", "--images", str(folder), "--clip", "simworld", "--out",
+                                 str(tmp_path / "bank"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["bank", "search", "--bank", str(tmp_path / "bank"), "--run", str(ridge_run),
+                                 "--out", str(tmp_path / "nearest.json"), "--k", "3"])
+    assert result.exit_code == 0, result.output
+    nearest = json.loads((tmp_path / "nearest.json").read_text())["results"]["subj01"]
+    assert len(nearest) == len(store.subject("subj01").test()) and len(nearest[0]["paths"]) == 3
