@@ -1,0 +1,290 @@
+"""Benchmark: our closed-form multi-target Ridge vs scikit-learn's Ridge (not a test; run on demand).
+
+    .venv/bin/python benchmarks/bench_ridge.py --workdir /tmp/bench-ridge --threads 2
+
+Figures go to docs/benchmarks/training.md. For each problem size the parent process writes one seeded
+synthetic data set (float64 .npy files), then runs every fit in a FRESH child process. The child loads
+the data, records its RSS (the baseline), fits, predicts a held-out block and reports its wall time and
+its own peak RSS (VmHWM from /proc/self/status: ru_maxrss is not used because Linux carries the
+parent's RSS at fork into the child's ru_maxrss, even across exec). So each memory figure is that fit's.
+
+Fits (one child each):
+
+- ``ours-cv``: ``brainrecon.models.ridge.Ridge().fit`` as shipped: 13 alphas (1 .. 1e6), 5-fold CV,
+  then a refit on all rows at the chosen alpha. float64, the default ``RidgeConfig.dtype``.
+- ``ours-1a`` / ``ours-1a-f32``: one alpha, no CV. ``Ridge.fit`` has no switch for that: it always
+  cross-validates, even with a single alpha. So this child runs the refit step of ``Ridge.fit`` itself
+  (centre, ``_Spectrum.of``, ``project``, ``weights``), the same code path without the CV loop. This is
+  the like-for-like comparison with sklearn. f32 is the dtype of the ``nsd-ridge`` preset on a GPU.
+- ``sklearn``: ``sklearn.linear_model.Ridge(alpha, solver="auto")`` with ``fit_intercept=True``. On dense
+  data with one shared alpha, "auto" resolves to "cholesky" (recorded from ``solver_``): it solves
+  ``(X'X + aI) W = X'Y`` when n >= p and the kernel system ``(XX' + aI) D = Y`` when n < p.
+
+The single-alpha fits use the alpha ``ours-cv`` chose where CV ran on that size, else ``--alpha``.
+Predictions on 500 held-out rows are compared with sklearn's:
+``max|ours - sk| / max|sk|`` and ``||ours - sk||_F / ||sk||_F``.
+
+Data (float64): X = Z A + noise and Y = Z B + noise, with Z a 48-d latent with a decaying spectrum.
+So X is correlated, like voxels, and the chosen alpha is not at an edge of the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# (n trials, p voxels, t targets). t = 65 x 128, the simulated world's image tokens.
+SIZES = {
+    "tiny": (600, 300, 1040),  # for debugging the script
+    "tiny-wide": (300, 600, 1040),
+    "small": (4000, 2000, 8320),  # ~ one simulated-world subject (5,000 train trials x 1,700-2,400 voxels)
+    "large": (8000, 4000, 8320),  # 2x trials, 2x voxels: ~0.8 GB of float64 data, a few minutes
+    "wide": (2000, 8000, 8320),  # more voxels than trials: the dual (n x n Gram) path
+}
+N_TEST = 500
+LATENT = 48
+SEED = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def make_data(n: int, p: int, t: int, out: Path) -> None:
+    rng = np.random.default_rng([SEED, n, p, t])
+    strength = 1.0 / np.sqrt(1.0 + np.arange(LATENT))
+    z = rng.standard_normal((n + N_TEST, LATENT)) * strength
+    a = rng.standard_normal((LATENT, p))
+    b = rng.standard_normal((LATENT, t)) / np.sqrt(LATENT)
+    x = z @ a
+    x += 2.0 * rng.standard_normal(x.shape)
+    np.save(out / "x.npy", x[:n])
+    np.save(out / "x_test.npy", x[n:])
+    del x
+    y = np.empty((n, t))
+    for start in range(0, n, 1000):  # in chunks: the parent's memory is not measured, but keep it small
+        stop = min(n, start + 1000)
+        y[start:stop] = z[start:stop] @ b + 0.5 * rng.standard_normal((stop - start, t))
+    np.save(out / "y.npy", y)
+
+
+# --------------------------------------------------------------------------------------------------
+# child: one fit, measured
+
+
+def status_mb(field: str) -> float:
+    """A /proc/self/status field in MiB. VmHWM is this process image's peak RSS: unlike ru_maxrss it is
+    reset by exec, so it does not inherit the parent's RSS at fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def child(args) -> None:
+    data = Path(args.data)
+    info: dict = {"method": args.method}
+    # imports first, so that neither the baseline RSS nor the fit time counts them
+    if args.method == "sklearn":
+        from sklearn.linear_model import Ridge as SkRidge
+    else:
+        import torch
+
+        from brainrecon.models.ridge import Ridge, RidgeConfig, _Spectrum
+
+        torch.set_num_threads(args.threads)
+        info["torch_threads"] = torch.get_num_threads()
+    x, y, x_test = (np.load(data / f) for f in ("x.npy", "y.npy", "x_test.npy"))
+    info["baseline_mb"] = status_mb("VmRSS")
+    started = time.perf_counter()
+    if args.method == "sklearn":
+        model = SkRidge(alpha=args.alpha, solver="auto", fit_intercept=True).fit(x, y)
+        info["fit_s"] = time.perf_counter() - started
+        info["solver"] = model.solver_
+        started = time.perf_counter()
+        pred = model.predict(x_test)
+    else:
+        dtype = "float32" if args.method.endswith("f32") else "float64"
+        if args.method == "ours-cv":
+            ridge = Ridge(RidgeConfig(dtype=dtype)).fit(x, y)
+            info["alpha"] = float(ridge.alpha[0])
+            info["cv_errors"] = next(iter(ridge.cv_scores.values()))
+        else:  # the refit step of Ridge.fit, without its CV loop
+            ridge = Ridge(RidgeConfig(alphas=(args.alpha,), dtype=dtype))
+            xt, yt = ridge._tensor(x), ridge._tensor(y)
+            ridge.x_mean, ridge.y_mean = xt.mean(0), yt.mean(0)
+            spectrum = _Spectrum.of(xt - ridge.x_mean)
+            alpha = torch.full((yt.shape[1],), args.alpha, dtype=xt.dtype)
+            ridge.weight = spectrum.weights(spectrum.project(yt - ridge.y_mean), alpha)
+            info["form"] = "dual" if spectrum.dual else "primal"
+            del xt, yt, spectrum
+        info["fit_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        pred = ridge.predict(x_test).double().numpy()
+    info["predict_s"] = time.perf_counter() - started
+    info["peak_mb"] = status_mb("VmHWM")
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = sorted({f"{i['internal_api']}:{i['num_threads']}" for i in threadpool_info()})
+    except ImportError:
+        pass
+    np.save(Path(args.pred), pred)
+    print(json.dumps(info))
+
+
+# --------------------------------------------------------------------------------------------------
+# parent
+
+
+def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path) -> dict:
+    env = dict(os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                        "MKL_NUM_THREADS")})
+    cmd = [sys.executable, __file__, "--child", method, "--data", str(data), "--alpha", repr(alpha),
+           "--threads", str(threads), "--pred", str(pred)]
+    started = time.perf_counter()
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def working_set(n: int, p: int, t: int, cv: bool) -> int:
+    """Elements our fit holds at its peak on top of its inputs X (n, p) and Y (n, t), from reading ridge.py.
+
+    Refit on all rows, m = min(n, p): the centred X (n p), then the largest of: eigh (Gram, its
+    column-major copy and LAPACK syevd's ~2 m^2 workspace: 4 m^2); during `project`, the centred Y (n t)
+    with its two products (primal: 2 p t; dual: n t) next to the eigenvectors (m^2); during `weights`,
+    the projection, its scaled copy and coef (3 m t), plus the dual's X' coef (p t).
+    The CV loop, per fold (n' = 0.8 n training rows, v = 0.2 n validation rows): the same with n' rows,
+    where y[train] and its centred copy are briefly alive at once (2 n' t), plus the left factor (v m) and about
+    4 v t for one alpha's prediction and its squared error. The loop's variables (spectrum, projected,
+    left, prediction: n' p + m^2 + m t + v m + v t) are only rebound once the next fold has computed
+    its own, so one fold's set stays alive through the next fold and through the final refit.
+    """
+    m = min(n, p)
+
+    def refit(rows: float) -> float:
+        project = rows * t + (2 * p * t if rows >= p else rows * t)
+        weights = 3 * m * t + (p * t if rows < p else 0)
+        return rows * p + max(4 * m * m, m * m + project, m * m + weights)
+
+    if not cv:
+        return int(refit(n))
+    nf, v = 0.8 * n, 0.2 * n
+    mf = min(nf, p)
+    fold = nf * p + max(4 * mf * mf, mf * mf + max(2 * nf * t, nf * t + (2 * p * t if nf >= p else nf * t)),
+                        mf * mf + mf * t + v * mf + 4 * v * t)
+    retained = nf * p + mf * mf + mf * t + v * mf + v * t
+    return int(max(refit(n), fold) + retained)
+
+
+def predicted_extra_mb(n: int, p: int, t: int, method: str) -> float | None:
+    """Expected peak RSS above the baseline (inputs loaded as float64) for one of our fits."""
+    if method == "sklearn":
+        return None
+    itemsize = 4 if method.endswith("f32") else 8
+    copies = (n * p + n * t) if itemsize == 4 else 0  # float64 inputs converted to float32 tensors
+    return (copies + working_set(n, p, t, cv=method == "ours-cv")) * itemsize / 2**20
+
+
+def compare(pred: np.ndarray, ref: np.ndarray) -> dict:
+    return {"max_rel": float(np.abs(pred - ref).max() / np.abs(ref).max()),
+            "fro_rel": float(np.linalg.norm(pred - ref) / np.linalg.norm(ref))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-ridge"))
+    parser.add_argument("--sizes", default="small,large,wide")
+    parser.add_argument("--cv-sizes", default="small", help="sizes on which ours-cv runs (13 alphas x 5 folds)")
+    parser.add_argument("--alpha", type=float, default=1e4, help="alpha where CV did not run on that size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    # child mode
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--pred", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.method = args.child
+        child(args)
+        return
+
+    import torch
+
+    header = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+              "cpus": os.cpu_count(), "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    import sklearn
+
+    header["sklearn"] = sklearn.__version__
+    print(json.dumps(header))
+    total = time.perf_counter()
+    results = []
+    cv_sizes = set(args.cv_sizes.split(",")) if args.cv_sizes else set()
+    for size in args.sizes.split(","):
+        n, p, t = SIZES[size]
+        data = args.workdir / size
+        data.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        make_data(n, p, t, data)
+        print(f"\n== {size}: n={n} trials, p={p} voxels, t={t} targets "
+              f"(data written in {time.perf_counter() - started:.1f} s)", flush=True)
+        alpha = args.alpha
+        rows = {}
+        methods = (["ours-cv"] if size in cv_sizes else []) + ["ours-1a", "ours-1a-f32", "sklearn"]
+        for method in methods:
+            rows[method] = run_child(method, data, alpha, args.threads, data / f"pred-{method}.npy")
+            if method == "ours-cv":
+                alpha = rows[method]["alpha"]
+            rows[method]["alpha_used"] = alpha
+            r = rows[method]
+            r["predicted_extra_mb"] = predicted_extra_mb(n, p, t, method)
+            print(f"{method:12s} fit {r['fit_s']:7.2f} s  peak RSS {r['peak_mb']:7.0f} MB  "
+                  f"(baseline {r['baseline_mb']:6.0f} MB, +{r['peak_mb'] - r['baseline_mb']:6.0f} MB; "
+                  + (f"model +{r['predicted_extra_mb']:.0f} MB)  " if r["predicted_extra_mb"] is not None
+                     else "model -)  ")
+                  + f"alpha {alpha:g}" + (f"  solver {r['solver']}" if "solver" in r else "")
+                  + (f"  form {r['form']}" if "form" in r else ""), flush=True)
+        ref = np.load(data / "pred-sklearn.npy")
+        for method in methods:
+            if method != "sklearn":
+                rows[method]["vs_sklearn"] = compare(np.load(data / f"pred-{method}.npy"), ref)
+                d = rows[method]["vs_sklearn"]
+                print(f"{method:12s} vs sklearn: max rel diff {d['max_rel']:.2e}, Frobenius rel {d['fro_rel']:.2e}")
+        results.append({"size": size, "n": n, "p": p, "t": t, "fits": rows})
+        for f in data.glob("*.npy"):
+            f.unlink()
+    print("\n== NSD scale (analytic, not run): subj01 15,724 voxels x 257 x 768 = 197,376 targets; GB = 10^9 B")
+    for label, n in (("all training trials, repeats kept", 24980),
+                     ("repeats averaged (MindEye1 / Brain-Diffuser)", 8859)):
+        p, t = 15724, 197376
+        form = "primal (p x p Gram)" if n >= p else "dual (n x n Gram)"
+        print(f"n = {n:,} ({label}): {form}")
+        for itemsize, name in ((8, "float64"), (4, "float32")):
+            inputs = (n * p + n * t) * itemsize / 1e9
+            refit, cv = (working_set(n, p, t, c) * itemsize / 1e9 for c in (False, True))
+            print(f"   {name}: inputs X+Y {inputs:.1f} GB; + refit working set {refit:.1f} GB; "
+                  f"+ CV working set {cv:.1f} GB -> peak ~{inputs + cv:.0f} GB; weights alone (p x t) "
+                  f"{p * t * itemsize / 1e9:.1f} GB")
+        m = min(n, p)
+        refit_flop = 2 * n * p * m + 2 * n * p * t + 2 * 2 * m * m * t  # Gram; X'Y or X'coef; Q'(.) and Q(.)
+        cv_flop = 5 * 13 * 2 * (0.2 * n) * m * t
+        print(f"   work: refit ~{refit_flop / 1e12:.0f} TFLOP + eigh of {m:,} (~{9 * m ** 3 / 1e12:.0f} TFLOP); "
+              f"CV: 5 folds' eighs and projections ~{5 * 0.8 * refit_flop / 1e12:.0f} TFLOP, "
+              f"13 alphas' validation predictions ~{cv_flop / 1e12:.0f} TFLOP")
+    print(f"\ntotal {time.perf_counter() - total:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
