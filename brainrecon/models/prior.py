@@ -24,6 +24,10 @@ Deliberate differences from upstream, each for a stated reason:
   MindEye1's choice) inside the prior so that tokens normalised to unit norm
   have elements of unit variance, matching the unit-variance noise; outputs of
   `sample` are divided by it again. MindEye2 uses 1 for its unnormalised tokens.
+* Attention gives every head its own keys and values (standard multi-head
+  attention); dalle2 shares one key/value head across the query heads. With a
+  two-layer time MLP (dalle2 has three) this makes our prior +4.1M parameters at
+  MindEye1's size and +21.1M at MindEye2's (docs/benchmarks/training.md).
 
 All randomness (timesteps, noise, dropout mask) is drawn on the CPU from the
 `torch.Generator` passed in and then moved to the model's device, so a run is

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from safetensors.torch import load_file, save
 
 from brainrecon.config import StrictConfig
@@ -26,7 +27,7 @@ from brainrecon.models.base import BrainModel
 
 class RidgeConfig(StrictConfig):
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(0, 6, 13))
-    folds: int = 5
+    folds: int = Field(5, ge=2)  # cross-validation needs at least two folds
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"
@@ -148,7 +149,7 @@ class RidgeDecoderConfig(StrictConfig):
 
     target: str = "image_tokens"
     alphas: tuple[float, ...] = RidgeConfig().alphas
-    folds: int = 5
+    folds: int = Field(5, ge=2)  # cross-validation needs at least two folds
     dtype: str = "float64"
     device: str = "cpu"
 
