@@ -85,9 +85,9 @@ def bank_build(images: Path = typer.Option(..., "--images", help="Folder of imag
     """Embed a folder of images with CLIP into a faiss index."""
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.memory import build_bank
-    from brainrecon.train.targets import _resolve_dir
+    from brainrecon.train.targets import resolve_model_dir
 
-    embedder = ClipImageEmbedder(_resolve_dir(str(clip), "clip", "clip"), device, batch_size=batch_size)
+    embedder = ClipImageEmbedder(resolve_model_dir(str(clip), "clip", "clip"), device, batch_size=batch_size)
     bank = build_bank(images, embedder, out, batch_size=batch_size, index=index,
                       image_size=embedder.model.config.image_size, progress=progress)
     typer.echo(f"Indexed {len(bank)} images into {out}")

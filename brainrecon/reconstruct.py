@@ -32,12 +32,12 @@ from brainrecon.memory.selection import (
     select_samples,
     select_samples_oracle,
 )
+from brainrecon.memory.store import MEMORY_NAMES
 from brainrecon.models.base import BrainModel, predict_in_batches
 from brainrecon.train.config import TrainConfig
 from brainrecon.train.run import RunInfo, load_run
-from brainrecon.train.targets import SIMWORLD, Targets, _resolve_dir, load_targets
+from brainrecon.train.targets import SIMWORLD, Targets, load_targets, resolve_model_dir
 
-MEMORY_NAMES = ("image_tokens", "text_tokens", "image_pooled", "text_pooled")
 FULL_KEY_WIDTH = 2048  # keys up to this many numbers are searched in full, larger ones via PCA
 SEED_STRIDE = 1_000_003  # seeds of different candidates of one image never collide with other images'
 
@@ -161,7 +161,7 @@ def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndar
 
 
 def _generator(config: ReconstructConfig):
-    path = _resolve_dir(config.generator_path, "generator_path", "decoder")
+    path = resolve_model_dir(config.generator_path, "generator_path", "decoder")
     if config.generator == "unclip":
         from brainrecon.generate.unclip import UnclipGenerator
 
@@ -201,7 +201,7 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
     context = RunContext.open(run, data, config.device)
     out = Path(out)
     generator = _generator(config)
-    clip = ClipImageEmbedder(_resolve_dir(context.config.targets.clip, "clip", "clip"), config.device,
+    clip = ClipImageEmbedder(resolve_model_dir(context.config.targets.clip, "clip", "clip"), config.device,
                              batch_size=64)
     key = context.model.retrieval_target
     entries, summary = [], {}
@@ -210,7 +210,9 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
         n = min(config.n_images or len(test), len(test))
         ids, betas = test.stimulus_ids[:n], test.betas[:n]
         brain = _predict(context.model, betas, subject)  # the honest reference for selection
-        conditioning = _predict(context.model, betas, subject, for_generation=True, seed=config.seed)
+        conditioning = brain  # models with a prior condition the generator on its sample instead
+        if type(context.model).embeddings_for_generation is not BrainModel.embeddings_for_generation:
+            conditioning = _predict(context.model, betas, subject, for_generation=True, seed=config.seed)
         retrieved = None
         if config.ecphory:
             memory = open_memory(context, run, subject, progress)

@@ -53,7 +53,7 @@ class TargetsConfig(StrictConfig):
                 if getattr(self, name)]
 
 
-def _resolve_dir(value: str | None, what: str, simworld_sub: str) -> Path:
+def resolve_model_dir(value: str | None, what: str, simworld_sub: str) -> Path:
     if value is None:
         raise ConfigError(f"targets.{what} is not set; give a local model directory (e.g. `--clip PATH` on "
                           f"the command line or `targets: {{{what}: /path/to/model}}` in the config), "
@@ -113,7 +113,7 @@ class _Embedders:
         if self._image is None:
             from brainrecon.embed.clip import ClipImageEmbedder
 
-            self._image = ClipImageEmbedder(_resolve_dir(self.config.clip, "clip", "clip"), self.config.device,
+            self._image = ClipImageEmbedder(resolve_model_dir(self.config.clip, "clip", "clip"), self.config.device,
                                             self.dtype, self.config.batch_size)
         return self._image
 
@@ -121,7 +121,7 @@ class _Embedders:
         if self._text is None:
             from brainrecon.embed.clip import ClipTextEmbedder
 
-            self._text = ClipTextEmbedder(_resolve_dir(self.config.clip, "clip", "clip"), self.config.device,
+            self._text = ClipTextEmbedder(resolve_model_dir(self.config.clip, "clip", "clip"), self.config.device,
                                           self.dtype, self.config.batch_size)
         return self._text
 
@@ -129,14 +129,14 @@ class _Embedders:
         if self._vae is None:
             from brainrecon.generate.vae import VaePath
 
-            self._vae = VaePath(_resolve_dir(self.config.vae, "vae", "decoder"), self.config.device, self.dtype,
+            self._vae = VaePath(resolve_model_dir(self.config.vae, "vae", "decoder"), self.config.device, self.dtype,
                                 self.config.batch_size)
         return self._vae
 
     def model_dir(self, name: str) -> Path:
         if name == "lowlevel":
-            return _resolve_dir(self.config.vae, "vae", "decoder")
-        return _resolve_dir(self.config.clip, "clip", "clip")
+            return resolve_model_dir(self.config.vae, "vae", "decoder")
+        return resolve_model_dir(self.config.clip, "clip", "clip")
 
     def compute(self, name: str, store: Store, ids: np.ndarray) -> np.ndarray:
         if name.startswith("image_"):
