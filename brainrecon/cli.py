@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from brainrecon.cli_assets import app as assets_app
+from brainrecon.cli_evaluate import evaluate_command, report_command
 from brainrecon.cli_nsd import app as nsd_app
 from brainrecon.cli_reconstruct import bank_app, memory_app, reconstruct_command
 from brainrecon.cli_train import train_command
@@ -22,6 +23,8 @@ app.add_typer(nsd_app, name="nsd")
 app.add_typer(assets_app, name="assets")
 app.command("train")(train_command)
 app.command("reconstruct")(reconstruct_command)
+app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 app.add_typer(memory_app, name="memory")
 app.add_typer(bank_app, name="bank")
 

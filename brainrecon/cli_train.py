@@ -35,11 +35,7 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
     run = train(cfg, data, out, resume=resume, progress=progress)
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        for subject, result in metrics["subjects"].items():
-            r = result["retrieval"]
-            typer.echo(f"{subject}: {r['way']}-way retrieval image {100 * r['image_top1']:.1f}% "
-                       f"brain {100 * r['brain_top1']:.1f}% (chance {100 / r['way']:.2f}%)")
-        if metrics.get("note"):
-            typer.echo(metrics["note"])
+        from brainrecon.evaluate.evaluation import metrics_table
+
+        typer.echo(metrics_table(json.loads(metrics_path.read_text())))
     typer.echo(f"Run written to {run}")

@@ -19,6 +19,15 @@ from typing import Any
 import numpy as np
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)  # reading the umask means setting it; it is restored at once, at import
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path next to `path`; on success it is fsynced and renamed onto `path`.
@@ -31,6 +40,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _DEFAULT_MODE)  # mkstemp makes 0600; a finished file gets what open() would give it
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as handle:

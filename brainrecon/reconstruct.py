@@ -34,6 +34,7 @@ from brainrecon.memory.selection import (
 )
 from brainrecon.memory.store import MEMORY_NAMES
 from brainrecon.models.base import BrainModel, predict_in_batches
+from brainrecon.train.batches import training_rows
 from brainrecon.train.config import TrainConfig
 from brainrecon.train.run import RunInfo, load_run
 from brainrecon.train.targets import SIMWORLD, Targets, load_targets, resolve_model_dir
@@ -104,16 +105,19 @@ def memory_dir(run: str | Path, subject: str) -> Path:
 def build_memory(context: RunContext, run: str | Path, subject: str, config: MemoryConfig | None = None,
                  progress: bool = True) -> SubjectMemory:
     """Keys: the model's predictions for the subject's training trials; values: their true embeddings."""
-    train = context.store.subject(subject).train(context.config.sessions)
-    keys = _predict(context.model, train.betas, subject)
+    run_config = context.config
+    rows = training_rows(context.store, subject, run_config.seed, run_config.sessions, run_config.max_trials)
+    data = context.store.subject(subject)
+    train_ids = data.trials.stimulus_id[rows]  # exactly the trials the run trained on
+    keys = _predict(context.model, data.read_trials(rows), subject)
     names = [n for n in keys if n in context.targets.space]
-    values = {n: context.targets.get(n, train.stimulus_ids) for n in names}
+    values = {n: context.targets.get(n, train_ids) for n in names}
     if config is None:
         # small keys are searched exactly as they are; large token keys through PCA (memory/store.py)
         width = int(np.prod(context.targets.space[context.model.retrieval_target]))
         config = MemoryConfig(search="full" if width <= FULL_KEY_WIDTH else "pca",
                               search_on=(context.model.retrieval_target,))
-    memory = SubjectMemory.build(subject, {n: keys[n] for n in names}, values, train.stimulus_ids, config,
+    memory = SubjectMemory.build(subject, {n: keys[n] for n in names}, values, train_ids, config,
                                  progress=progress)
     memory.save(memory_dir(run, subject))
     return memory

@@ -51,3 +51,17 @@ def train_world(tmp_path_factory):
     path = tmp_path_factory.mktemp("train-world") / "store"
     simulate_world(load_config(WorldConfig, "tiny", "worlds", **TRAIN_WORLD), path, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def ridge_run(train_world, tmp_path_factory):
+    """A ridge run on subj01 of the train world, decoding small-CLIP image tokens (seconds to fit)."""
+    from brainrecon.config import validate_config
+    from brainrecon.train.config import TrainConfig
+    from brainrecon.train.trainer import train
+
+    config = validate_config(TrainConfig, {
+        "model": {"kind": "ridge", "alphas": [100.0, 1000.0, 10000.0], "folds": 3},
+        "targets": {"clip": "simworld", "image_tokens": True}, "subjects": ["subj01"],
+        "eval": {"way": 100, "draws": 5}})
+    return train(config, train_world, tmp_path_factory.mktemp("runs") / "ridge", progress=False)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from brainrecon.cli import app
-from brainrecon.config import validate_config
 from brainrecon.memory import SubjectMemory
 from brainrecon.reconstruct import (
     ReconstructConfig,
@@ -20,19 +18,8 @@ from brainrecon.reconstruct import (
     ecphory_embedding_scores,
     reconstruct,
 )
-from brainrecon.train.config import TrainConfig
-from brainrecon.train.trainer import train
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def ridge_run(train_world, tmp_path_factory):
-    config = validate_config(TrainConfig, {
-        "model": {"kind": "ridge", "alphas": [100.0, 1000.0, 10000.0], "folds": 3},
-        "targets": {"clip": "simworld", "image_tokens": True}, "subjects": ["subj01"],
-        "eval": {"way": 100, "draws": 5}})
-    return train(config, train_world, tmp_path_factory.mktemp("runs") / "ridge", progress=False)
 
 
 def test_memory_holds_training_stimuli_only(ridge_run):

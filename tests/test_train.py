@@ -61,9 +61,9 @@ def test_every_model_learns_above_chance(kind, train_world, tmp_path):
     run = train(small_config(kind), train_world, tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     for subject, result in metrics["subjects"].items():
-        retrieval = result["retrieval"]
+        retrieval = result["values"]["image_retrieval"]
         assert retrieval["way"] == 100
-        assert retrieval["image_top1"] > 3 * (1 / 100), (kind, subject, retrieval)
+        assert retrieval["value"] > 3 * (1 / 100), (kind, subject, retrieval)
     model, info = load_run(run)  # the saved run reloads into the same predictions
     assert info.kind == kind and set(info.subjects) == set(metrics["subjects"])
     if kind != "ridge":

@@ -69,7 +69,8 @@ def check_images(images, name: str) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         tensor = images.detach().cpu()
     elif isinstance(images, np.ndarray):
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
+        # read-only arrays (a store's memory map) are copied: torch wants writable memory
+        tensor = torch.from_numpy(np.array(images) if not images.flags.writeable else np.ascontiguousarray(images))
     else:
         raise EvaluationError(f"{name} must be a NumPy array or torch tensor of images (n, H, W, 3), "
                               f"got {type(images).__name__}")
@@ -395,7 +396,7 @@ def extract_features(images, metric: FeatureMetric, encoder: Callable[[torch.Ten
     return torch.cat(out)
 
 
-def _net_encoder(net: torch.nn.Module, node: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def net_encoder(net: torch.nn.Module, node: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if node == "avgpool":
         return net.avgpool_features
     return lambda x: net.feature_maps(x, (node,))[node]
@@ -428,7 +429,7 @@ def feature_metric(metric: str, gt, recon, *, weights_dir: str | Path | None = N
             net = load_feature_net(spec.net, weights_dir).to(device)
         except WeightsUnavailable as error:
             return MetricUnavailable(spec.name, str(error))
-        encoder = _net_encoder(net, spec.node)
+        encoder = net_encoder(net, spec.node)
     common = {"size": size, "antialias": antialias, "batch_size": batch_size, "device": device,
               "preresize": preresize}
     gt_features = extract_features(gt_t, spec, encoder, name="gt", **common)
@@ -451,6 +452,7 @@ __all__ = [
     "correlation_distance",
     "extract_features",
     "feature_metric",
+    "net_encoder",
     "network_inputs",
     "pixcorr",
     "protocol_images",

@@ -3,7 +3,7 @@
 from brainrecon.train.config import EvalConfig, OptimConfig, TrainConfig
 from brainrecon.train.run import RunDir, RunInfo, load_run
 from brainrecon.train.targets import Targets, TargetsConfig, load_targets
-from brainrecon.train.trainer import evaluate_run, predict_test, train
+from brainrecon.train.trainer import train
 
 __all__ = ["EvalConfig", "OptimConfig", "RunDir", "RunInfo", "Targets", "TargetsConfig", "TrainConfig",
-           "evaluate_run", "load_run", "load_targets", "predict_test", "train"]
+           "load_run", "load_targets", "train"]

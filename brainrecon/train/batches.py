@@ -21,19 +21,30 @@ from brainrecon.rng import derive_rng
 from brainrecon.train.targets import Targets
 
 
+def training_rows(store: Store, subject: str, seed: int, sessions: list[int] | None = None,
+                  max_trials: int | None = None) -> np.ndarray:
+    """The trial rows a run trains on: the training split (some sessions only), optionally a seeded subset.
+
+    One function for every model (ridge included) and for the run's record of its training
+    stimuli, so the leakage check sees exactly what training saw.
+    """
+    rows = store.subject(subject).train_rows(sessions)
+    if max_trials is not None:
+        # a fixed, seeded subset of trials (data-efficiency runs): the same whatever the batch size
+        rows = np.sort(derive_rng(seed, "subset", subject).permutation(rows)[:max_trials])
+    if rows.size == 0:
+        raise StoreError(f"subject {subject} has no training trials in {store.root}"
+                         + (f" in sessions {sessions}" if sessions else ""))
+    return rows
+
+
 class SubjectStream:
     """One subject's training trials: normalised betas held in memory as float16, and their targets."""
 
     def __init__(self, store: Store, subject: str, targets: Targets, seed: int,
                  sessions: list[int] | None = None, max_trials: int | None = None):
         data = store.subject(subject)
-        rows = data.train_rows(sessions)
-        if max_trials is not None:
-            # a fixed, seeded subset of trials (data-efficiency runs): the same whatever the batch size
-            rows = np.sort(derive_rng(seed, "subset", subject).permutation(rows)[:max_trials])
-        if rows.size == 0:
-            raise StoreError(f"subject {subject} has no training trials in {store.root}"
-                             + (f" in sessions {sessions}" if sessions else ""))
+        rows = training_rows(store, subject, seed, sessions, max_trials)
         self.subject, self.seed = subject, seed
         self.betas = torch.from_numpy(data.read_trials(rows).astype(np.float16))
         self.stimulus_ids = data.trials.stimulus_id[rows].astype(np.int64)

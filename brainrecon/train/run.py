@@ -3,7 +3,8 @@
     RUN/config.yaml              the full config, written before the first step
     RUN/model.json               model kind, options, subjects (name -> voxels), target space, store
     RUN/model.safetensors        final weights (written when training ends)
-    RUN/metrics.json             held-out retrieval per subject (written after the final weights)
+    RUN/training_stimuli.json    per subject, every stimulus id the run trained on (init_from's included)
+    RUN/metrics.json             held-out evaluation (docs/evaluation.md; after the final weights)
     RUN/log.csv                  step, epoch, metric, value (one row per logged number)
     RUN/checkpoints/step-N/      model.safetensors, optimizer.safetensors, state.json
     RUN/checkpoints/latest.json  which checkpoint is the newest complete one
@@ -22,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -34,6 +36,7 @@ from brainrecon.models.base import BrainModel, TargetSpace
 from brainrecon.train.config import TrainConfig
 
 RUN_FORMAT = 1
+TRAINING_STIMULI = "training_stimuli.json"
 
 
 class RunError(ConfigError):
@@ -88,6 +91,18 @@ class RunDir:
 
     def write_info(self, info: RunInfo) -> None:
         atomic_write_json(self.path / "model.json", info.to_dict())
+
+    def write_training_stimuli(self, store_root: str, stimuli: dict[str, np.ndarray],
+                               inherited: dict[str, list[int]] | None = None) -> None:
+        """Record what training saw, so evaluation can prove no test stimulus was among it.
+
+        ``inherited``: the record of an ``init_from`` run, whose training is part of this one.
+        """
+        merged = {subject: set(ids) for subject, ids in (inherited or {}).items()}
+        for subject, ids in stimuli.items():
+            merged.setdefault(subject, set()).update(np.unique(ids).tolist())
+        atomic_write_json(self.path / TRAINING_STIMULI, {
+            "store": store_root, "subjects": {s: sorted(int(i) for i in ids) for s, ids in merged.items()}})
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -166,3 +181,11 @@ def load_run(path: str | Path, device: str = "cpu") -> tuple[BrainModel, RunInfo
     model = build_model(info.kind, info.options, info.subjects, info.space)
     load_model(model, str(run.path / "model.safetensors"), strict=True, device=device)
     return model.to(device).eval(), info
+
+
+def read_training_stimuli(run: str | Path) -> dict[str, list[int]] | None:
+    """A run's record of the stimulus ids it trained on, per subject (None for runs made before the record)."""
+    path = Path(run) / TRAINING_STIMULI
+    if not path.is_file():
+        return None
+    return {subject: list(ids) for subject, ids in json.loads(path.read_text())["subjects"].items()}

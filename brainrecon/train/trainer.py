@@ -23,25 +23,22 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from brainrecon.data.store import Store, open_store
 from brainrecon.errors import ConfigError
-from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
 from brainrecon.io import atomic_write_json
 from brainrecon.models import build_model
 from brainrecon.models.base import (
     BrainModel,
     StepInfo,
     TrainingStep,
-    predict_in_batches,
 )
 from brainrecon.rng import derive_rng
-from brainrecon.train.batches import BalancedBatches, SubjectStream
+from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
-from brainrecon.train.run import RunDir, RunInfo, load_run
+from brainrecon.train.run import RunDir, RunInfo, load_run, read_training_stimuli
 from brainrecon.train.targets import Targets, load_targets
 
 
@@ -164,9 +161,14 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
         targets = load_targets(store, config.targets, progress=progress and main)
 
     model, _ = initial_model(config, subjects, targets)
-    info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space, str(store.root))
+    store_root = str(store.root.resolve())
+    info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space, store_root)
     if main:
         run.write_info(info)
+        seen = {s: store.subject(s).trials.stimulus_id[training_rows(store, s, config.seed, config.sessions,
+                                                                      config.max_trials)] for s in subjects}
+        run.write_training_stimuli(store_root, seen,
+                                   read_training_stimuli(config.init_from) if config.init_from else None)
     if config.model_kind == "ridge":
         return _fit_ridge(config, store, model, targets, run, info, accelerator)
 
@@ -237,7 +239,7 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     accelerator.wait_for_everyone()
     if main:
         run.save_final(unwrapped)
-        evaluate_run(unwrapped.eval(), store, targets, run.path, config)
+        final_evaluation(run.path, config, str(accelerator.device))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
@@ -257,48 +259,27 @@ def _fit_ridge(config, store, model, targets, run, info, accelerator) -> Path:
     if accelerator.is_main_process:
         fits = {}
         for subject in model.subjects:
-            train = store.subject(subject).train(config.sessions)
-            fits[subject] = model.fit_subject(subject, train.betas, targets.get(model.config.target,
-                                                                                train.stimulus_ids),
-                                              train.stimulus_ids)
+            data = store.subject(subject)
+            rows = training_rows(store, subject, config.seed, config.sessions, config.max_trials)
+            ids = data.trials.stimulus_id[rows]
+            fits[subject] = model.fit_subject(subject, data.read_trials(rows), targets.get(model.config.target, ids),
+                                              ids)
         atomic_write_json(run.path / "ridge_fit.json", fits)
         run.save_final(model)
-        evaluate_run(model.eval(), store, targets, run.path, config)
+        final_evaluation(run.path, config, str(accelerator.device))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
 
 
-def predict_test(model: BrainModel, store: Store, subject: str,
-                 batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The model's predictions for a subject's test stimuli (repeats averaged at the input, as MindEye1)."""
-    test = store.subject(subject).test()
-    return predict_in_batches(model, test.betas, subject, batch_size), test.stimulus_ids
+def final_evaluation(run_path: Path, config: TrainConfig, device: str) -> dict:
+    """Held-out retrieval right after training, in the same metrics.json as `brainrecon evaluate` writes.
 
+    Stores normalised with test statistics (MindEye's released files) are scored, not refused,
+    and labelled as not held out; `brainrecon evaluate` refuses them unless asked.
+    """
+    from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run
 
-def evaluate_run(model: BrainModel, store: Store, targets: Targets, run_path: Path, config: TrainConfig) -> dict:
-    """Held-out retrieval for each subject, written to RUN/metrics.json."""
-    key = model.retrieval_target
-    results = {}
-    for subject in model.subjects:
-        predicted, ids = predict_test(model, store, subject, config.eval.batch_size)
-        truth = targets.get(key, ids)
-        scores = cosine_scores(predicted[key], truth)
-        way = min(config.eval.way, len(ids))
-        score = retrieval_top1(scores, way, config.eval.draws, config.eval.seed)
-        normalization = store.subject(subject).normalization
-        results[subject] = {"retrieval": score.to_dict(), "embedding_cosine": float(np.mean(np.diag(scores))),
-                            "n_test": len(ids), "target": key, "normalization": normalization}
-        if normalization == "session-zscore-all":
-            # e.g. MindEye's released betas: z-scored with statistics that include the test trials
-            results[subject]["warning"] = ("betas were normalised with test-trial statistics "
-                                           "(session-zscore-all); not a strictly held-out result")
-    metrics = {"kind": "held-out retrieval", "way_requested": config.eval.way, "subjects": results,
-               "mean_image_top1": float(np.mean([r["retrieval"]["image_top1"] for r in results.values()])),
-               "mean_brain_top1": float(np.mean([r["retrieval"]["brain_top1"] for r in results.values()])),
-               "source": store.source.get("kind", "?"),
-               "note": ("Simulated world: a testbed, not an NSD result." if store.source.get("kind") == "simulated"
-                        else "")}
-    atomic_write_json(run_path / "metrics.json", metrics)
-    return metrics
-
+    settings = EvaluateConfig(way=config.eval.way, draws=config.eval.draws, seed=config.eval.seed,
+                              device=device, allow_test_normalization=True)
+    return evaluate_run(run_path, config=settings, progress=False)

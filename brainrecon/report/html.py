@@ -1,0 +1,221 @@
+"""`brainrecon report`: one self-contained HTML page for a run, plus its PNG figures.
+
+    RUN/metrics.json (+ the reconstructions it names, RUN/log.csv)
+      -> OUT/figures/grid-<subject>.png, training-curves.png, per-subject.png
+      -> OUT/index.html (figures embedded as data URIs: the page is one file that can be mailed)
+
+The page states the data source and the selection mode at the top, shows this run's table
+with 95% CIs, and the published NSD table in a separate, labelled section: the two are
+never mixed in one table.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+
+from brainrecon.errors import EvaluationError
+from brainrecon.evaluate.evaluation import METRIC_COLUMNS, format_cell, is_available, read_manifest
+from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
+from brainrecon.io import atomic_write_text
+from brainrecon.report import figures
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1b1b1b; }
+h1 { margin-bottom: 0.2rem; } .meta { color: #555; margin-top: 0; }
+.banner { padding: 0.6rem 0.9rem; border-radius: 6px; margin: 0.6rem 0; }
+.simulated { background: #fff4d6; border: 1px solid #e0b84c; }
+.honest { background: #e7f5ea; border: 1px solid #77b88a; }
+.oracle { background: #fde3e1; border: 1px solid #d9534f; font-weight: bold; }
+.warning { background: #fde3e1; border: 1px solid #d9534f; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.92rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.55rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.average td { font-weight: bold; background: #f3f3f3; }
+td.na { color: #999; }
+img.figure { max-width: 100%; border: 1px solid #ddd; }
+.published { background: #f4f6fb; border: 1px solid #aab4cf; padding: 0.4rem 0.9rem; border-radius: 6px; }
+"""
+
+# After load, the page records how many of its images decoded: a browser test reads it from the DOM.
+LOAD_SCRIPT = """
+window.addEventListener('load', function () {
+  var images = Array.from(document.images);
+  var decoded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesDecoded = decoded.length;
+});
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _figure(path: Path, alt: str, element_id: str) -> str:
+    return f'<img class="figure" id="{element_id}" alt="{html.escape(alt)}" src="{_data_uri(path)}">'
+
+
+def metrics_html(metrics: dict) -> str:
+    """This run's table: one row per subject, the average in bold; n/a cells carry their reason."""
+    rows = {**{s: e["values"] for s, e in metrics["subjects"].items()}, "average": metrics["average"]}
+    names = [n for n in METRIC_COLUMNS if any(n in values for values in rows.values())]
+    head = "".join(f"<th>{html.escape(METRIC_COLUMNS[n][0])}{'' if METRIC_COLUMNS[n][1] else ' ↓'}</th>"
+                   for n in names)
+    body = []
+    for subject, values in rows.items():
+        cells = []
+        for name in names:
+            entry = values.get(name)
+            if entry is not None and not is_available(entry):
+                cells.append(f'<td class="na" title="{html.escape(entry["reason"])}">n/a</td>')
+            else:
+                cells.append(f"<td>{html.escape(format_cell(entry, METRIC_COLUMNS[name][2]))}</td>")
+        css = ' class="average"' if subject == "average" else ""
+        body.append(f"<tr{css}><td>{html.escape(subject)}</td>{''.join(cells)}</tr>")
+    reasons = [f"<li>{html.escape(METRIC_COLUMNS[n][0])}: not available "
+               f"({html.escape(metrics['average'][n]['reason'])})</li>"
+               for n in names if not is_available(metrics["average"].get(n, {}))]
+    return (f'<table id="metrics-table"><thead><tr><th>subject</th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>"
+            + (f"<ul id=\"unavailable\">{''.join(reasons)}</ul>" if reasons else ""))
+
+
+def published_html() -> str:
+    names = list(PUBLISHED_NSD[0].values)
+    head = "".join(f"<th>{html.escape(METRIC_COLUMNS[n][0])}{'' if METRIC_COLUMNS[n][1] else ' ↓'}</th>"
+                   for n in names)
+    body = "".join(f"<tr><td>{html.escape(row.model)}<br><small>{html.escape(row.source)}</small></td>"
+                   + "".join(f"<td>{row.values[n]:g}</td>" for n in names) + "</tr>" for row in PUBLISHED_NSD)
+    return (f'<div class="published" id="published"><h2>Published on NSD, for context</h2>'
+            f"<p><strong>{html.escape(PUBLISHED_CAVEAT)}</strong></p>"
+            f'<table id="published-table"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f"</div>")
+
+
+def _selection_banner(selection: dict) -> str:
+    if selection["oracle"]:
+        return (f'<div class="banner oracle" id="selection">Selection: {html.escape(selection["label"])}. '
+                f"Samples were chosen by comparing them with the true image: an upper bound, not a "
+                f"brain-decoding result.</div>")
+    return f'<div class="banner honest" id="selection">Selection: {html.escape(selection["label"])}.</div>'
+
+
+def _grids(metrics: dict, out: Path, max_images: int) -> list[str]:
+    """One grid per subject, truth above reconstruction, from the reconstructions metrics.json names."""
+    from brainrecon.data.store import open_store
+    from brainrecon.evaluate.evaluation import read_reconstructions
+
+    recons = metrics.get("reconstructions")
+    if not recons:
+        return ['<p id="no-grid">No reconstructions were scored for this run (evaluate with --recons DIR).</p>']
+    if not Path(recons).is_dir():
+        raise EvaluationError(f"the reconstructions {recons} named in metrics.json are gone; evaluate again")
+    manifest = read_manifest(recons)
+    store = open_store(metrics["store"])
+    parts = []
+    for subject in metrics["subjects"]:
+        ids, images = read_reconstructions(Path(recons), subject, manifest)
+        ids, images = ids[:max_images], images[:max_images]
+        truth = store.images_for(ids)
+        path = out / "figures" / f"grid-{subject}.png"
+        figures.truth_and_reconstruction_grid(truth, images, path)
+        parts.append(f'<h3>{html.escape(subject)}</h3><p>First {len(ids)} test images: ground truth (top) and '
+                     f'reconstruction (bottom).</p>' + _figure(path, f"{subject}: truth and reconstructions",
+                                                               f"grid-{subject}"))
+    return parts
+
+
+def _curves(run: Path, out: Path) -> str:
+    log = run / "log.csv"
+    if not log.is_file():
+        fit = run / "ridge_fit.json"
+        detail = ""
+        if fit.is_file():
+            fits = json.loads(fit.read_text())
+            detail = " " + "; ".join(f"{s}: alpha {f.get('alpha', '?')}" for s, f in fits.items()
+                                     if isinstance(f, dict))
+        return (f'<p id="no-curves">No training curves: a closed-form fit, not iterative training.'
+                f'{html.escape(detail)}</p>')
+    path = out / "figures" / "training-curves.png"
+    names = figures.training_curves(log, path)
+    if not names:
+        return '<p id="no-curves">The training log holds no loss values.</p>'
+    return _figure(path, "training curves", "training-curves")
+
+
+def _per_subject(metrics: dict, out: Path) -> str:
+    labels = {n: METRIC_COLUMNS[n][0] for n in ("image_retrieval", "brain_retrieval", "clip", "ssim", "pixcorr")}
+    values = {}
+    for subject, entry in metrics["subjects"].items():
+        values[subject] = {n: (v["value"], v.get("ci95", 0.0)) for n, v in entry["values"].items()
+                           if n in labels and is_available(v)}
+    if not values or not any(values.values()):
+        return ""
+    path = out / "figures" / "per-subject.png"
+    figures.per_subject_bars(values, labels, path)
+    return _figure(path, "per-subject metrics", "per-subject")
+
+
+def _clip_label(clip: str | None) -> str:
+    if clip == "simworld":
+        return "the shipped small CLIP of the simulated world, not OpenAI ViT-L/14"
+    return str(clip) if clip else "not scored"
+
+
+def build_report(run: str | Path, out: str | Path | None = None, metrics_path: str | Path | None = None,
+                 max_images: int = 12) -> Path:
+    """Write OUT/index.html (default RUN/report/) from RUN/metrics.json; returns the page's path."""
+    run = Path(run)
+    metrics_path = Path(metrics_path) if metrics_path else run / "metrics.json"
+    if not metrics_path.is_file():
+        raise EvaluationError(f"{metrics_path} not found: run `brainrecon evaluate --run {run}` first")
+    metrics = json.loads(metrics_path.read_text())
+    out = Path(out) if out else run / "report"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    title = f"brainrecon report: {metrics['model']} run"
+    source = metrics["data_source"]
+    banners = [_selection_banner(metrics["selection"])]
+    if metrics.get("note"):
+        banners.insert(0, f'<div class="banner simulated" id="source-note">{html.escape(metrics["note"])}</div>')
+    for warning in metrics["leakage"]["warnings"]:
+        banners.append(f'<div class="banner warning">{html.escape(warning)}</div>')
+    protocol = metrics["protocol"]
+    retrieval = next(iter(metrics["subjects"].values()))["values"].get("image_retrieval", {})
+    checks = "".join(f"<li>{html.escape(c)}</li>" for c in metrics["leakage"]["checks"])
+    versions = ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="meta">run {html.escape(metrics['run'])} · data: {html.escape(source)} ({html.escape(metrics['store'])}) ·
+retrieval target {html.escape(metrics['retrieval_target'])}</p>
+{''.join(banners)}
+<h2>Reconstructions</h2>
+{''.join(_grids(metrics, out, max_images))}
+<h2>Metrics</h2>
+<p>Two-way identification (AlexNet, Inception, CLIP) and retrieval in %; ↓ lower is better; ± 95% CI (per subject
+over images or retrieval draws; average: over subjects). Retrieval: {retrieval.get('way', '?')}-way top-1 over
+{protocol['draws']} draws (seed {protocol['seed']}). Images: resized to {protocol['preresize']} then to each
+metric's size, antialias {protocol['antialias']}. CLIP metric: {html.escape(_clip_label(protocol.get('clip')))}.</p>
+{metrics_html(metrics)}
+<h2>Per subject</h2>
+{_per_subject(metrics, out)}
+<h2>Training curves</h2>
+{_curves(run, out)}
+{published_html()}
+<h2>Honesty checks</h2>
+<ul id="leakage">{checks}</ul>
+<p class="meta">{html.escape(versions)}</p>
+<script>{LOAD_SCRIPT}</script>
+</body></html>
+"""
+    path = out / "index.html"
+    atomic_write_text(path, page)
+    return path
+
+
+__all__ = ["build_report", "metrics_html", "published_html"]
