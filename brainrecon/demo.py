@@ -23,6 +23,7 @@ from brainrecon.config import load_config
 from brainrecon.data import Store, open_store
 from brainrecon.data.simworld import WorldConfig, simulate_world
 from brainrecon.errors import BrainreconError
+from brainrecon.evaluate.evaluation import metrics_table
 from brainrecon.io import atomic_write_json, atomic_write_text
 
 ROWS = 4  # grid rows per block: original, from true embedding, from brain, with Ecphory
@@ -42,6 +43,7 @@ class Reconstructions:
     ecphory_scores: dict  # embedding-level: cosine to the truth and retrieval per alpha
     two_way: dict[str, float]  # two-way identification in small-CLIP space (chance 0.5), per row of the grid
     selection: str
+    run: Path  # the ridge run; its reconstructions with Ecphory are in <out>/reconstructions/ecphory
 
     def to_dict(self) -> dict:
         return {"subject": self.subject, "n_images": len(self.stimulus_ids),
@@ -80,7 +82,9 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
                                            "targets": {"clip": "simworld", "image_tokens": False,
                                                        "image_pooled": True}, "subjects": [subject]})
     run = train(config, store.root, run_dir, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())["subjects"][subject]
+    values = json.loads((run / "metrics.json").read_text())["subjects"][subject]["values"]
+    retrieval = {"way": values["image_retrieval"]["way"], "chance": values["image_retrieval"]["chance"],
+                 "image_top1": values["image_retrieval"]["value"], "brain_top1": values["brain_retrieval"]["value"]}
     context = RunContext.open(run)
     scores = ecphory_embedding_scores(context, build_memory(context, run, subject, progress=False), subject, k=k)
 
@@ -104,8 +108,17 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     two_way = {name: two_way_identification(reference, embedder.pooled(images)) for name, images in
                (("from_brain", from_brain), ("from_brain_ecphory", from_ecphory), ("from_true_embedding",
                                                                                     from_truth))}
-    return Reconstructions(subject, ids, originals, from_truth, from_brain, from_ecphory, metrics["retrieval"],
-                           scores, two_way, fused["selection"])
+    return Reconstructions(subject, ids, originals, from_truth, from_brain, from_ecphory, retrieval,
+                           scores, two_way, fused["selection"], run)
+
+
+def evaluate_and_report(run: Path, recons: Path, report_dir: Path) -> tuple[dict, Path]:
+    """`brainrecon evaluate --run RUN --recons DIR` then `brainrecon report`: metrics.json and the HTML page."""
+    from brainrecon.evaluate.evaluation import evaluate_run
+    from brainrecon.report.html import build_report
+
+    metrics = evaluate_run(run, recons, progress=False)
+    return metrics, build_report(run, report_dir)
 
 
 def save_reconstruction_grid(rec: Reconstructions, path: Path, columns: int = 10, scale: int = 2) -> None:
@@ -170,6 +183,13 @@ def run_demo(out: Path, config: str = "default", progress: bool = True, echo=pri
                  f"{out / 'reconstructions.png'}")
         echo(lines)
         report += f"\n## Reconstructions\n\n![reconstructions](reconstructions.png)\n\n```\n{lines}\n```\n"
+        started = time.perf_counter()
+        metrics, page = evaluate_and_report(rec.run, out / "reconstructions" / "ecphory", out / "report")
+        seconds["evaluate_and_report"] = time.perf_counter() - started
+        summary["evaluation"] = {"metrics": str(rec.run / "metrics.json"), "report": str(page)}
+        table = metrics_table(metrics)
+        echo(f"\nEvaluation of the reconstructions with Ecphory ({rec.subject}; `brainrecon evaluate`):\n\n{table}")
+        report += f"\n## Evaluation\n\n{table}\n"
     else:
         echo("3/3 skipped reconstruction: the small model set is not installed (brainrecon/assets/simworld)")
     echo(f"\n{SIMULATED_NOTE}")
@@ -178,4 +198,6 @@ def run_demo(out: Path, config: str = "default", progress: bool = True, echo=pri
     atomic_write_json(out / "results.json", summary)
     atomic_write_json(marker, {"brainrecon_version": __version__, "config": config})
     echo(f"Wrote {out / 'results.json'}, {out / 'report.md'}")
+    if "evaluation" in summary:
+        echo(f"Report: {summary['evaluation']['report']}")
     return summary

@@ -34,6 +34,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert 0.0 <= rec["two_way_identification"]["from_brain_ecphory"] <= 1.0
     alphas = [row["alpha"] for row in rec["ecphory_embedding_scores"]["rows"]]
     assert 1.0 in alphas and 0.6 in alphas  # with and without Ecphory, measured
+    # it ends with the evaluation table and the report's path
+    assert "| average |" in result.stdout and f"Report: {out / 'report' / 'index.html'}" in result.stdout
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["reconstructions"] == str((out / "reconstructions" / "ecphory").resolve())
+    assert (out / "report" / "index.html").read_text().count("data:image/png;base64,") >= 2
     manifest = json.loads((out / "reconstructions" / "ecphory" / "manifest.json").read_text())
     assert manifest["settings"]["ecphory"] and len(manifest["images"]) == rec["n_images"]
     run("demo", "--out", str(out), "--config", "tiny", "--images", "2", "--no-progress")  # replaces its own output
