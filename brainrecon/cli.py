@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from brainrecon.cli_assets import app as assets_app
+from brainrecon.cli_bench import app as bench_app
 from brainrecon.cli_evaluate import evaluate_command, report_command
 from brainrecon.cli_nsd import app as nsd_app
 from brainrecon.cli_reconstruct import bank_app, memory_app, reconstruct_command
@@ -27,6 +28,7 @@ app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
 app.add_typer(memory_app, name="memory")
 app.add_typer(bank_app, name="bank")
+app.add_typer(bench_app, name="bench")
 
 def _echo(message: str = "") -> None:
     typer.echo(message)

@@ -106,7 +106,8 @@ def build_memory(context: RunContext, run: str | Path, subject: str, config: Mem
                  progress: bool = True) -> SubjectMemory:
     """Keys: the model's predictions for the subject's training trials; values: their true embeddings."""
     run_config = context.config
-    rows = training_rows(context.store, subject, run_config.seed, run_config.sessions, run_config.max_trials)
+    rows = training_rows(context.store, subject, run_config.seed, run_config.sessions_for(subject),
+                         run_config.max_trials)
     data = context.store.subject(subject)
     train_ids = data.trials.stimulus_id[rows]  # exactly the trials the run trained on
     keys = _predict(context.model, data.read_trials(rows), subject)

@@ -344,7 +344,7 @@ def guard(run: Path, context, test_ids: dict[str, np.ndarray], manifest: dict | 
         from brainrecon.train.batches import training_rows
 
         cfg, store = context.config, context.store
-        record = {s: store.subject(s).trials.stimulus_id[training_rows(store, s, cfg.seed, cfg.sessions,
+        record = {s: store.subject(s).trials.stimulus_id[training_rows(store, s, cfg.seed, cfg.sessions_for(s),
                                                                         cfg.max_trials)].tolist()
                   for s in context.model.subjects if s in store.subjects}
     normalizations = {s: context.store.subject(s).normalization for s in test_ids}

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from brainrecon.io import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,10 +24,10 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
 
 
 def truth_and_reconstruction_grid(truth: np.ndarray, recons: np.ndarray, path: Path, columns: int = 6,
@@ -71,7 +71,7 @@ def training_curves(log: Path, path: Path) -> list[str]:
     series = {k: v for k, v in read_log(log).items() if k not in CURVE_SKIP}
     if not series:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(series, key=lambda n: (n != "loss", n))
     columns = min(3, len(names))
     rows = -(-len(names) // columns)
@@ -86,13 +86,13 @@ def training_curves(log: Path, path: Path) -> list[str]:
     for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return names
 
 
 def per_subject_bars(values: dict[str, dict[str, float]], labels: dict[str, str], path: Path) -> None:
     """Grouped bars: for each metric (``labels``), one bar per subject with its 95% CI."""
-    plt = _pyplot()
+    plt = pyplot()
     subjects = list(values)
     metrics = [m for m in labels if all(m in values[s] for s in subjects)]
     figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(metrics) * max(1, len(subjects)) / 2), 3.2))
@@ -106,7 +106,7 @@ def per_subject_bars(values: dict[str, dict[str, float]], labels: dict[str, str]
     axis.legend(fontsize=8, ncols=min(4, len(subjects)))
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
-__all__ = ["per_subject_bars", "read_log", "training_curves", "truth_and_reconstruction_grid"]
+__all__ = ["per_subject_bars", "pyplot", "read_log", "save_figure", "training_curves", "truth_and_reconstruction_grid"]

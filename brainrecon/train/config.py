@@ -36,6 +36,7 @@ class TrainConfig(StrictConfig):
     seed: int = 0
     subjects: list[str] | None = None  # None: every subject in the store
     sessions: list[int] | None = None  # training sessions to use (None: all); test trials never train
+    subject_sessions: dict[str, list[int]] = {}  # per-subject sessions, overriding `sessions` (efficiency studies)
     max_trials: int | None = None  # per subject: a fixed seeded subset (data-efficiency studies)
     model: dict[str, Any]  # {kind: <model kind>, ...that model's options}
     targets: TargetsConfig = TargetsConfig()
@@ -43,6 +44,7 @@ class TrainConfig(StrictConfig):
     grad_accum: int = 1
     epochs: int = 10
     max_steps: int | None = None  # stop early (e.g. smoke tests); schedules still span `epochs`
+    steps: int | None = None  # a fixed optimiser-step budget the schedule spans, instead of `epochs`
     optim: OptimConfig = OptimConfig()
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
@@ -67,6 +69,9 @@ class TrainConfig(StrictConfig):
         if value < 1:
             raise ValueError("must be at least 1")
         return value
+
+    def sessions_for(self, subject: str) -> list[int] | None:
+        return self.subject_sessions.get(subject, self.sessions)
 
     @property
     def model_kind(self) -> str:

@@ -76,6 +76,9 @@ def resolve_subjects(store: Store, config: TrainConfig) -> dict[str, int]:
     if missing:
         raise ConfigError(f"subjects {missing} are not in the store {store.root} (it holds "
                           f"{', '.join(store.subjects)}); fix `subjects:` in the config")
+    stray = [s for s in config.subject_sessions if s not in names]
+    if stray:
+        raise ConfigError(f"subject_sessions names {stray}, which this run does not train (subjects: {names})")
     return {name: store.subject(name).n_voxels for name in names}
 
 
@@ -165,17 +168,19 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space, store_root)
     if main:
         run.write_info(info)
-        seen = {s: store.subject(s).trials.stimulus_id[training_rows(store, s, config.seed, config.sessions,
-                                                                      config.max_trials)] for s in subjects}
+        rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
+        seen = {s: store.subject(s).trials.stimulus_id[r] for s, r in rows.items()}
         run.write_training_stimuli(store_root, seen,
                                    read_training_stimuli(config.init_from) if config.init_from else None)
     if config.model_kind == "ridge":
         return _fit_ridge(config, store, model, targets, run, info, accelerator)
 
-    streams = [SubjectStream(store, s, targets, config.seed, config.sessions, config.max_trials) for s in subjects]
+    streams = [SubjectStream(store, s, targets, config.seed, config.sessions_for(s), config.max_trials)
+               for s in subjects]
     batches = BalancedBatches(streams, config.batch_size, rank, world)
     steps_per_epoch = -(-batches.draws_per_epoch() // config.grad_accum)
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)  # what `steps` amounts to, for epoch-based schedules
     last_step = min(total_steps, config.max_steps or total_steps)
 
     optimizer = torch.optim.AdamW(parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr,
@@ -195,8 +200,8 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     samples, clock = 0, time.perf_counter()
     for step in range(start_step, last_step):
         epoch = step // steps_per_epoch
-        info_step = StepInfo(step, total_steps, epoch, config.epochs)
-        lr = learning_rate(step, total_steps, config.optim, config.epochs)
+        info_step = StepInfo(step, total_steps, epoch, epochs)
+        lr = learning_rate(step, total_steps, config.optim, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         logged: dict[str, float] = {}
@@ -239,7 +244,7 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     accelerator.wait_for_everyone()
     if main:
         run.save_final(unwrapped)
-        final_evaluation(run.path, config, str(accelerator.device))
+        final_evaluation(run.path, config, _device_name(accelerator.device))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
@@ -260,16 +265,21 @@ def _fit_ridge(config, store, model, targets, run, info, accelerator) -> Path:
         fits = {}
         for subject in model.subjects:
             data = store.subject(subject)
-            rows = training_rows(store, subject, config.seed, config.sessions, config.max_trials)
+            rows = training_rows(store, subject, config.seed, config.sessions_for(subject), config.max_trials)
             ids = data.trials.stimulus_id[rows]
             fits[subject] = model.fit_subject(subject, data.read_trials(rows), targets.get(model.config.target, ids),
                                               ids)
         atomic_write_json(run.path / "ridge_fit.json", fits)
         run.save_final(model)
-        final_evaluation(run.path, config, str(accelerator.device))
+        final_evaluation(run.path, config, _device_name(accelerator.device))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
+
+
+def _device_name(device: torch.device) -> str:
+    # under torchrun on CPU accelerate reports "cpu:0", which safetensors refuses as a device
+    return "cpu" if device.type == "cpu" else str(device)
 
 
 def final_evaluation(run_path: Path, config: TrainConfig, device: str) -> dict:

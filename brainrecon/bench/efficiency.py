@@ -1,0 +1,172 @@
+"""`brainrecon bench efficiency`: does one multi-subject model beat per-subject models on little data?
+
+For a target subject and 1, 2, 4 and all of its sessions:
+- per-subject: the model trained on the target's sessions alone;
+- multi-subject: the same model trained on every subject at once, the others with all their sessions;
+and new-subject adaptation (MindEye2's one-hour claim):
+- pretrain on the other subjects, then fine-tune on one session of the target (``init_from``),
+  against training on that session alone (the per-subject 1-session run).
+
+Every run gets the same optimiser-step budget (``steps``; the learning-rate schedule spans it),
+so less data means more passes over it, not less training. Scores are the target subject's
+held-out retrieval. Each run is a child `brainrecon train`; finished runs are reused on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from brainrecon.bench.leaderboard import git_commit, machine, train_in_child
+from brainrecon.config import StrictConfig, load_config
+from brainrecon.io import atomic_write_json, atomic_write_text
+
+
+class EfficiencyConfig(StrictConfig):
+    world: str = "default"
+    model: str = "mindeye2"  # a multi-subject model with a sim-<model> preset
+    target: str = "subj01"
+    session_counts: list[int] = [1, 2, 4]  # plus "all" of the target's sessions
+    steps: int = 300  # optimiser steps of every run
+    train_overrides: dict[str, Any] = {}
+    way: int = 300
+    draws: int = 30
+    seed: int = 42
+
+
+def _base_config(config: EfficiencyConfig) -> dict:
+    from brainrecon.train.config import TrainConfig
+
+    preset = load_config(TrainConfig, f"sim-{config.model}", "train").model_dump(mode="json")
+    preset.update(seed=0, steps=config.steps, eval={**preset["eval"], "way": config.way, "draws": config.draws,
+                                                    "seed": config.seed})
+    for key, value in config.train_overrides.items():
+        preset[key] = {**preset[key], **value} if isinstance(value, dict) and isinstance(preset.get(key), dict) \
+            else value
+    return preset
+
+
+def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int], runs: Path) -> list[dict]:
+    """The runs to train, in order (the adaptation needs its pretraining first)."""
+    if config.target not in subjects:
+        raise ValueError(f"target {config.target} is not in the world (subjects: {subjects})")
+    others = [s for s in subjects if s != config.target]
+    counts = [c for c in sorted(set(config.session_counts)) if c < len(sessions)] + [len(sessions)]
+    base = _base_config(config)
+    plan = []
+    for count in counts:
+        label = "all" if count == len(sessions) else str(count)
+        own = {config.target: sessions[:count]} if count < len(sessions) else {}
+        plan.append({"name": f"single-{label}", "kind": "per-subject", "sessions": count,
+                     "config": {**base, "subjects": [config.target], "subject_sessions": own}})
+        plan.append({"name": f"multi-{label}", "kind": "multi-subject", "sessions": count,
+                     "config": {**base, "subjects": subjects, "subject_sessions": own}})
+    plan.append({"name": "pretrain-others", "kind": "pretraining", "sessions": 0,
+                 "config": {**base, "subjects": others, "subject_sessions": {}}})
+    plan.append({"name": "adapt-1", "kind": "adapted", "sessions": 1,
+                 "config": {**base, "subjects": [config.target], "subject_sessions": {config.target: sessions[:1]},
+                            "init_from": str(runs / "pretrain-others")}})
+    return plan
+
+
+def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str = "custom") -> dict:
+    from brainrecon.data import open_store
+    from brainrecon.data.simworld import WorldConfig, simulate_world
+
+    out.mkdir(parents=True, exist_ok=True)
+    store_path, runs = out / "store", out / "runs"
+    runs.mkdir(exist_ok=True)
+    if not store_path.is_dir():
+        simulate_world(load_config(WorldConfig, config.world, "worlds"), store_path, progress=False)
+    store = open_store(store_path)
+    sessions = sorted(store.subject(config.target).sessions.tolist())
+    rows = []
+    for item in plan_runs(config, store.subjects, sessions, runs):
+        run = runs / item["name"]
+        done = out / "rows" / f"{item['name']}.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
+        started = time.perf_counter()
+        cost = train_in_child(item["name"], item["config"], store_path, run, runs / f"{item['name']}.log")
+        row = {key: item[key] for key in ("name", "kind", "sessions")}
+        row.update(cost, subjects=item["config"]["subjects"])
+        if item["kind"] != "pretraining":
+            values = json.loads((run / "metrics.json").read_text())["subjects"][config.target]["values"]
+            row.update(image_top1=values["image_retrieval"]["value"], image_ci95=values["image_retrieval"]["ci95"],
+                       brain_top1=values["brain_retrieval"]["value"], brain_ci95=values["brain_retrieval"]["ci95"],
+                       way=values["image_retrieval"]["way"])
+        atomic_write_json(done, row)
+        rows.append(row)
+        echo(f"{item['name']}: {time.perf_counter() - started:.0f} s"
+             + (f", image {100 * row['image_top1']:.1f}%" if "image_top1" in row else ""))
+    trials_per_session = int(len(store.subject(config.target).train_rows()) / len(sessions))
+    result = {"preset": preset, "config": config.model_dump(mode="json"), "target": config.target,
+              "n_sessions": len(sessions), "train_trials_per_session": trials_per_session, "rows": rows,
+              "machine": machine(), "commit": git_commit(), "date": datetime.now(UTC).isoformat(),
+              "note": "Simulated world: a testbed with a known ceiling, not NSD results."}
+    atomic_write_json(out / "efficiency.json", result)
+    plot_efficiency(result, out / "efficiency.png")
+    atomic_write_text(out / "efficiency.md", efficiency_markdown(result))
+    return result
+
+
+def _by(result: dict, kind: str) -> list[dict]:
+    return sorted((r for r in result["rows"] if r["kind"] == kind), key=lambda r: r["sessions"])
+
+
+def plot_efficiency(result: dict, path: Path) -> None:
+    from brainrecon.report.figures import pyplot, save_figure
+
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, 3.6))
+    for kind, marker in (("per-subject", "o"), ("multi-subject", "s")):
+        rows = _by(result, kind)
+        axis.errorbar([r["sessions"] for r in rows], [100 * r["image_top1"] for r in rows],
+                      yerr=[100 * r["image_ci95"] for r in rows], marker=marker, capsize=3, label=kind)
+    for row in _by(result, "adapted"):
+        axis.errorbar([row["sessions"]], [100 * row["image_top1"]], yerr=[100 * row["image_ci95"]], marker="*",
+                      markersize=11, ls="none", capsize=3, label="pretrained on others, adapted")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel(f"sessions of {result['target']} ({result['train_trials_per_session']} training trials each)")
+    axis.set_ylabel("image retrieval top-1 (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def efficiency_markdown(result: dict) -> str:
+    pct = lambda v, ci: f"{100 * v:.1f} ± {100 * ci:.1f}"  # noqa: E731
+    lines = ["| sessions of the target | per-subject image / brain | multi-subject image / brain |", "|---|---:|---:|"]
+    single, multi = _by(result, "per-subject"), _by(result, "multi-subject")
+    for a, b in zip(single, multi, strict=True):
+        label = "all" if a["sessions"] == result["n_sessions"] else str(a["sessions"])
+        lines.append(f"| {label} ({a['sessions'] * result['train_trials_per_session']} trials) | "
+                     f"{pct(a['image_top1'], a['image_ci95'])} / {pct(a['brain_top1'], a['brain_ci95'])} | "
+                     f"{pct(b['image_top1'], b['image_ci95'])} / {pct(b['brain_top1'], b['brain_ci95'])} |")
+    adapted = _by(result, "adapted")
+    alone = [r for r in single if r["sessions"] == 1]
+    extra = ""
+    if adapted and alone:
+        a, b = adapted[0], alone[0]
+        extra = (f"\n\nNew-subject adaptation, one session of {result['target']}: pretrained on the other subjects "
+                 f"then fine-tuned, image {pct(a['image_top1'], a['image_ci95'])}, brain "
+                 f"{pct(a['brain_top1'], a['brain_ci95'])}; trained on that session alone, image "
+                 f"{pct(b['image_top1'], b['image_ci95'])}, brain {pct(b['brain_top1'], b['brain_ci95'])}.")
+    config = result["config"]
+    way = result["rows"][0].get("way", config["way"]) if result["rows"] else config["way"]
+    seconds = sum(r["train_seconds"] for r in result["rows"])
+    return (f"# Data efficiency on the simulated world (preset `{result['preset']}`)\n\n"
+            f"Made by `brainrecon bench efficiency --preset {result['preset']}` ({seconds / 60:.0f} min of training; "
+            f"commit {result['commit']}, {result['date'][:19]} UTC, {result['machine']['cpus']} CPUs).\n\n"
+            f"Model: `sim-{config['model']}`, {config['steps']} optimiser steps for every run. Held-out "
+            f"{way}-way top-1 retrieval of {result['target']} in % (± 95% CI over {config['draws']} draws); chance "
+            f"{100 / way:.2f}%.\n\n" + "\n".join(lines) + extra
+            + "\n\n![efficiency](efficiency.png)\n\n" + f"**{result['note']}**\n")
+
+
+__all__ = ["EfficiencyConfig", "efficiency_markdown", "plan_runs", "run_efficiency"]

@@ -1,0 +1,251 @@
+"""`brainrecon bench leaderboard`: every model on one simulated world, against the Bayes-optimal oracle.
+
+    simulate the world -> for each model: train its sim preset (a child process, so its peak
+    memory is its own) -> evaluate (retrieval, embedding cosine) -> reconstruct the first N test
+    images of the common subject -> evaluate them -> one row
+    + Psychometry with Ecphory (the same run, memories fused at the embedding and image level)
+    + the oracle row -> leaderboard.json + leaderboard.md
+
+Every figure is subj01's, the one subject every preset trains on (single-subject presets train
+only it). Rows are written as they finish and skipped when present, so an interrupted leaderboard
+resumes where it stopped. Simulated-world figures are a testbed, not NSD results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+from brainrecon.config import StrictConfig, load_config
+from brainrecon.io import atomic_write_json, atomic_write_text
+
+SUBJECT = "subj01"
+IMAGE_METRICS = ("pixcorr", "ssim", "clip")  # those the simulated world can score (no AlexNet/Inception files)
+
+
+class LeaderboardConfig(StrictConfig):
+    world: str = "default"  # a world preset (configs/worlds) or YAML path
+    models: list[str] = ["ridge", "mindeye1", "mindeye2", "mindbridge", "mindreader", "psychometry"]
+    train_overrides: dict[str, Any] = {}  # merged into every sim-<model> preset (e.g. max_steps for a smoke run)
+    recon_images: int = 30  # test images of subj01 reconstructed per row
+    recon_steps: int = 25
+    samples: int = 4  # samples per image (k): Ecphory memories, or seeds without it; honest selection
+    alpha: float = 0.6  # Ecphory's weight of the brain prediction (Psychometry's value)
+    way: int = 300
+    draws: int = 30
+    seed: int = 42
+
+
+def _train_config(model: str, config: LeaderboardConfig, seed: int) -> dict:
+    from brainrecon.train.config import TrainConfig
+
+    preset = load_config(TrainConfig, f"sim-{model}", "train").model_dump(mode="json")
+    preset["eval"] = {**preset.get("eval", {}), "way": config.way, "draws": config.draws, "seed": config.seed}
+    merged = {**preset, "seed": seed}
+    for key, value in config.train_overrides.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def train_in_child(model: str, train_config: dict, store: Path, run: Path, log: Path) -> dict:
+    """`brainrecon train` in a child process: wall time and the child's own peak resident memory."""
+    import yaml
+
+    config_path = run.parent / f"{model}.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(train_config, sort_keys=False))
+    command = [sys.executable, "-m", "brainrecon.cli", "train", "--config", str(config_path), "--data", str(store),
+               "--out", str(run), "--no-progress"]
+    if (run / "config.yaml").is_file():
+        command.append("--resume")
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's rusage, not every child's maximum
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"training {model} failed (exit {child.returncode}); its output is in {log}")
+    return {"train_seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux reports KiB
+
+
+def count_parameters(run: Path) -> int:
+    from brainrecon.train.run import load_run
+
+    model, _ = load_run(run)
+    return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
+
+
+def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecphory: bool) -> dict:
+    """Reconstruct and evaluate one row; with Ecphory, retrieval is scored on the fused embedding."""
+    from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run
+    from brainrecon.reconstruct import ReconstructConfig, RunContext, ecphory_embedding_scores, open_memory
+    from brainrecon.reconstruct import reconstruct as run_reconstruct
+
+    started = time.perf_counter()
+    settings = ReconstructConfig(ecphory=ecphory, k=config.samples, alpha=config.alpha, n_images=config.recon_images,
+                                 steps=config.recon_steps, batch_size=32)
+    manifest = run_reconstruct(run, recons, settings, subjects=[SUBJECT], progress=False)
+    recon_seconds = time.perf_counter() - started
+    metrics = evaluate_run(run, recons, config=EvaluateConfig(way=config.way, draws=config.draws, seed=config.seed),
+                           out=out, progress=False)
+    values = metrics["subjects"][SUBJECT]["values"]
+    row = {"selection": manifest["selection"], "recon_seconds": recon_seconds, "metrics_file": str(out),
+           "n_reconstructed": metrics["subjects"][SUBJECT]["n_reconstructed"],
+           "image_top1": values["image_retrieval"]["value"], "image_ci95": values["image_retrieval"]["ci95"],
+           "brain_top1": values["brain_retrieval"]["value"], "brain_ci95": values["brain_retrieval"]["ci95"],
+           "embedding_cosine": values["embedding_cosine"]["value"], "way": values["image_retrieval"]["way"]}
+    for name in IMAGE_METRICS:
+        row[name] = values[name].get("value")
+    if ecphory:
+        context = RunContext.open(run)
+        memory = open_memory(context, run, SUBJECT, progress=False)
+        fused = ecphory_embedding_scores(context, memory, SUBJECT, alphas=(config.alpha,), k=config.samples,
+                                         way=config.way)["rows"][0]
+        row.update(image_top1=fused["image_top1"], brain_top1=fused["brain_top1"], image_ci95=None,
+                   brain_ci95=None, embedding_cosine=fused["embedding_cosine"],
+                   retrieval_note=f"fused embedding (k={config.samples}, alpha {config.alpha})")
+    return row
+
+
+def oracle_row(store_path: Path, config: LeaderboardConfig) -> dict:
+    from brainrecon.data import open_store
+    from brainrecon.data.simworld.oracle import oracle_retrieval
+
+    store = open_store(store_path)
+    way = min(config.way, len(store.subject(SUBJECT).test()))
+    score = oracle_retrieval(store, SUBJECT, way, config.draws, config.seed)
+    return {"model": "oracle", "label": "Bayes-optimal oracle (knows the true encoding model)",
+            "image_top1": score.image_top1, "image_ci95": score.image_ci95, "brain_top1": score.brain_top1,
+            "brain_ci95": score.brain_ci95, "way": way}
+
+
+LABELS = {"ridge": "Ridge (Brain-Diffuser-style)", "mindeye1": "MindEye1-style", "mindeye2": "MindEye2-style",
+          "mindbridge": "MindBridge-style", "mindreader": "Mind Reader-style", "psychometry": "Psychometry"}
+
+
+def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: str = "custom") -> dict:
+    """Build (or resume) the leaderboard in ``out``; returns what leaderboard.json holds."""
+    from brainrecon.data.simworld import WorldConfig, simulate_world
+
+    out.mkdir(parents=True, exist_ok=True)
+    store, rows_dir, runs = out / "store", out / "rows", out / "runs"
+    rows_dir.mkdir(exist_ok=True)
+    runs.mkdir(exist_ok=True)
+    world = load_config(WorldConfig, config.world, "worlds")
+    if not store.is_dir():
+        started = time.perf_counter()
+        simulate_world(world, store, progress=False)
+        echo(f"simulated the world ({config.world}) in {time.perf_counter() - started:.0f} s")
+    names = [(m, False) for m in config.models]
+    if "psychometry" in config.models:
+        names.insert(names.index(("psychometry", False)) + 1, ("psychometry", True))
+    rows = []
+    for model, ecphory in names:
+        name = f"{model}+ecphory" if ecphory else model
+        saved = rows_dir / f"{name}.json"
+        if saved.is_file():
+            rows.append(json.loads(saved.read_text()))
+            echo(f"{name}: done earlier ({saved})")
+            continue
+        run = runs / model
+        if ecphory:
+            trained = json.loads((rows_dir / f"{model}.json").read_text())
+            row = {key: trained[key] for key in ("train_seconds", "peak_rss_mb", "parameters", "subjects")}
+        else:
+            train_config = _train_config(model, config, seed=0)
+            row = train_in_child(model, train_config, store, run, runs / f"{model}.log")
+            row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all")
+        row.update(model=name, label=LABELS[model] + (" + Ecphory" if ecphory else ""))
+        row.update(score_row(run, out / "recons" / name, out / "metrics" / f"{name}.json", config, ecphory))
+        atomic_write_json(saved, row)
+        rows.append(row)
+        echo(f"{name}: image {100 * row['image_top1']:.1f}%, brain {100 * row['brain_top1']:.1f}%, "
+             f"{row['train_seconds']:.0f} s, {row['peak_rss_mb']:.0f} MB")
+    oracle = oracle_row(store, config)
+    for row in rows:
+        row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
+    result = {"preset": preset, "config": config.model_dump(mode="json"), "subject": SUBJECT, "rows": rows,
+              "oracle": oracle, "machine": machine(), "commit": git_commit(), "date": datetime.now(UTC).isoformat(),
+              "note": "Simulated world: a testbed with a known ceiling, not NSD results."}
+    atomic_write_json(out / "leaderboard.json", result)
+    atomic_write_text(out / "leaderboard.md", leaderboard_markdown(result))
+    return result
+
+
+def machine() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def git_commit() -> str:
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent, check=False, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    commit = found.stdout.strip() or "unknown"
+    return commit + ("+uncommitted" if dirty.stdout.strip() else "")
+
+
+def _pct(value, ci=None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f}" + (f" ± {100 * ci:.1f}" if ci is not None else "")
+
+
+def leaderboard_markdown(result: dict) -> str:
+    oracle = result["oracle"]
+    way = oracle["way"]
+    lines = [
+        "| model | image ret | brain ret | ÷ oracle | emb cos | PixCorr | SSIM | CLIP 2-way | params | train s | "
+        "peak MB | subjects |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in sorted(result["rows"], key=lambda r: -r["image_top1"]):
+        fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+        subjects = row["subjects"] if isinstance(row["subjects"], str) else ", ".join(row["subjects"])
+        lines.append(f"| {row['label']} | {_pct(row['image_top1'], row.get('image_ci95'))} | "
+                     f"{_pct(row['brain_top1'], row.get('brain_ci95'))} | {row['ratio_to_oracle']:.2f} | "
+                     f"{fmt(row['embedding_cosine'])} | {fmt(row['pixcorr'])} | {fmt(row['ssim'])} | "
+                     f"{_pct(row['clip'])} | {row['parameters']:,} | {row['train_seconds']:.0f} | "
+                     f"{row['peak_rss_mb']:.0f} | {subjects} |")
+    lines.append(f"| **{oracle['label']}** | {_pct(oracle['image_top1'], oracle['image_ci95'])} | "
+                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | |")
+    config = result["config"]
+    machine_info = result["machine"]
+    notes = [
+        f"All figures are {result['subject']}'s. Retrieval: {way}-way top-1 in % over {config['draws']} draws "
+        f"(seed {config['seed']}), chance {100 / way:.2f}%, ± 95% CI over draws, in each model's own target space "
+        f"(the shipped small CLIP; the oracle in the world's true likelihood). ÷ oracle: image retrieval divided by "
+        f"the oracle's.",
+        f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
+        f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
+        f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
+        f"small CLIP. AlexNet, Inception, EffNet and SwAV are not scored: their weights are not on the machine.",
+        "Psychometry + Ecphory: the same run; retrieval and cosine of the fused embedding (no interval: one "
+        "fused embedding per image), reconstructions generated from the fused memories.",
+        "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
+        "peak MB: that process's peak resident memory.",
+        f"Machine: {machine_info['cpus']} CPUs, torch {machine_info['torch']} ({machine_info['threads']} threads), "
+        f"GPU {machine_info['cuda'] or 'none'}; commit {result['commit']}; {result['date'][:19]} UTC.",
+        f"**{result['note']}**",
+    ]
+    return (f"# Leaderboard on the simulated world (preset `{result['preset']}`)\n\n"
+            f"Made by `brainrecon bench leaderboard --preset {result['preset']}`.\n\n" + "\n".join(lines)
+            + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+
+
+__all__ = ["LeaderboardConfig", "leaderboard_markdown", "run_leaderboard"]

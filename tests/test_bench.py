@@ -1,0 +1,69 @@
+"""`brainrecon bench`: the leaderboard and data-efficiency pipelines on their smoke presets.
+
+These check that every row is produced, scored and written, and that an interrupted bench
+resumes; they assert nothing about speed, and the smoke figures (two optimiser steps) mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from brainrecon.bench.efficiency import EfficiencyConfig, plan_runs, run_efficiency
+from brainrecon.bench.leaderboard import LeaderboardConfig, run_leaderboard
+from brainrecon.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
+    config = load_config(LeaderboardConfig, "smoke", "bench")
+    messages = []
+    result = run_leaderboard(config, tmp_path / "lb", echo=messages.append, preset="smoke")
+    names = [row["model"] for row in result["rows"]]
+    assert names == ["ridge", "mindeye1", "mindeye2", "mindbridge", "mindreader", "psychometry",
+                     "psychometry+ecphory"]
+    oracle = result["oracle"]
+    assert oracle["image_top1"] > 10 / oracle["way"]  # the Bayes-optimal oracle is far above chance
+    for row in result["rows"]:
+        assert row["ratio_to_oracle"] == pytest.approx(row["image_top1"] / oracle["image_top1"])
+        assert row["parameters"] > 0 and row["train_seconds"] > 0 and row["peak_rss_mb"] > 50
+        assert row["n_reconstructed"] == config.recon_images and row["selection"] == "brain-predicted (honest)"
+        assert -1.0 <= row["pixcorr"] <= 1.0 and 0.0 <= row["clip"] <= 1.0
+    ecphory = result["rows"][-1]
+    assert "fused embedding" in ecphory["retrieval_note"]
+    assert ecphory["parameters"] == result["rows"][-2]["parameters"]  # the same run
+    markdown = (tmp_path / "lb" / "leaderboard.md").read_text()
+    for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results"):
+        assert label in markdown
+    assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
+        json.dumps(result["rows"]))
+
+    messages.clear()  # a second call finds every row done and only re-scores the oracle
+    again = run_leaderboard(config, tmp_path / "lb", echo=messages.append, preset="smoke")
+    assert all("done earlier" in m for m in messages) and len(messages) == len(names)
+    assert [r["image_top1"] for r in again["rows"]] == [r["image_top1"] for r in result["rows"]]
+
+
+def test_efficiency_plan_and_smoke_run(tmp_path):
+    config = load_config(EfficiencyConfig, "efficiency-smoke", "bench")
+    plan = plan_runs(config, ["subj01", "subj02"], list(range(1, 13)), tmp_path / "runs")
+    assert [p["name"] for p in plan] == ["single-1", "multi-1", "single-2", "multi-2", "single-all", "multi-all",
+                                         "pretrain-others", "adapt-1"]
+    assert plan[0]["config"]["subject_sessions"] == {"subj01": [1]} and plan[0]["config"]["subjects"] == ["subj01"]
+    assert plan[1]["config"]["subjects"] == ["subj01", "subj02"]
+    assert plan[-1]["config"]["init_from"].endswith("pretrain-others")
+    assert all(p["config"]["steps"] == config.steps for p in plan)
+
+    result = run_efficiency(config, tmp_path / "eff", echo=lambda _: None, preset="efficiency-smoke")
+    kinds = {row["name"]: row for row in result["rows"]}
+    assert set(kinds) == {p["name"] for p in plan}
+    assert "image_top1" not in kinds["pretrain-others"] and 0 <= kinds["adapt-1"]["image_top1"] <= 1
+    record = json.loads((tmp_path / "eff" / "runs" / "single-1" / "training_stimuli.json").read_text())
+    assert list(record["subjects"]) == ["subj01"]
+    adapted = json.loads((tmp_path / "eff" / "runs" / "adapt-1" / "training_stimuli.json").read_text())
+    assert set(adapted["subjects"]) == {"subj01", "subj02"}  # the pretraining's stimuli are part of its history
+    assert "New-subject adaptation" in (tmp_path / "eff" / "efficiency.md").read_text()
+    assert Image.open(tmp_path / "eff" / "efficiency.png").size[0] > 200
