@@ -76,6 +76,7 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
     from brainrecon.data import open_store
     from brainrecon.data.simworld import WorldConfig, simulate_world
 
+    commit = git_commit()  # the code that runs now, whatever is edited while it runs
     out.mkdir(parents=True, exist_ok=True)
     store_path, runs = out / "store", out / "runs"
     runs.mkdir(exist_ok=True)
@@ -106,7 +107,7 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
     trials_per_session = int(len(store.subject(config.target).train_rows()) / len(sessions))
     result = {"preset": preset, "config": config.model_dump(mode="json"), "target": config.target,
               "n_sessions": len(sessions), "train_trials_per_session": trials_per_session, "rows": rows,
-              "machine": machine(), "commit": git_commit(), "date": datetime.now(UTC).isoformat(),
+              "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
               "note": "Simulated world: a testbed with a known ceiling, not NSD results."}
     atomic_write_json(out / "efficiency.json", result)
     plot_efficiency(result, out / "efficiency.png")

@@ -136,6 +136,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     """Build (or resume) the leaderboard in ``out``; returns what leaderboard.json holds."""
     from brainrecon.data.simworld import WorldConfig, simulate_world
 
+    commit = git_commit()  # the code that runs now, whatever is edited while it runs
     out.mkdir(parents=True, exist_ok=True)
     store, rows_dir, runs = out / "store", out / "rows", out / "runs"
     rows_dir.mkdir(exist_ok=True)
@@ -174,7 +175,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     for row in rows:
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
     result = {"preset": preset, "config": config.model_dump(mode="json"), "subject": SUBJECT, "rows": rows,
-              "oracle": oracle, "machine": machine(), "commit": git_commit(), "date": datetime.now(UTC).isoformat(),
+              "oracle": oracle, "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
               "note": "Simulated world: a testbed with a known ceiling, not NSD results."}
     atomic_write_json(out / "leaderboard.json", result)
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(result))
