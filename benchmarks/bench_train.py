@@ -20,6 +20,10 @@ Figures go to docs/benchmarks/training.md. Parts:
     The same at NSD dimensions (subj01 15,724 voxels; subjects 1/2/5/7 for multi-subject kinds; image
     tokens 257 x 768, text tokens 77 x 768) with reduced widths (``NSD_REDUCED``), so they fit in CPU RAM
     and run in seconds per step.
+``scaling``
+    How a training step's cost grows: each kind at its sim preset's options and batch, at 1,000, 4,000 and
+    16,000 voxels (one subject), and, for the multi-subject kinds, with 1, 2 and 4 subjects of 2,000
+    voxels. Trials do not enter a step: an epoch's cost is steps per epoch (trials / batch) times this.
 ``e2e``
     ``brainrecon train --config sim-<kind> --data STORE --max-steps 30`` for real. It reports the
     trainer's own ``samples_per_second`` from log.csv at step 30, and the process wall time (which
@@ -104,6 +108,27 @@ def sim_spec(kind: str) -> dict:
             "lr": config.optim.lr, "weight_decay": config.optim.weight_decay, "epochs": config.epochs, "warmup": 2}
 
 
+SCALING_VOXELS = (1000, 4000, 16000)
+SCALING_SUBJECTS = (1, 2, 4)
+
+
+def scaling_specs(kind: str) -> list[dict]:
+    """The sim preset's model at several voxel counts (one subject) and, if multi-subject, subject counts."""
+    base = sim_spec(kind)
+    specs = [{**base, "subjects": {"subj01": n}, "axis": "voxels", "size": n} for n in SCALING_VOXELS]
+    if kind in MULTI:
+        specs += [{**base, "subjects": {f"subj{i + 1:02d}": 2000 for i in range(n)}, "axis": "subjects", "size": n}
+                  for n in SCALING_SUBJECTS]
+    return specs
+
+
+def print_scaling(rows: list[dict]) -> None:
+    print(f"{'kind':12s} {'axis':9s} {'size':>6s} {'params':>12s} {'ms/step':>8s} {'peak RSS':>9s}")
+    for r in rows:
+        print(f"{r['kind']:12s} {r['axis']:9s} {r['size']:6d} {r['params']:12,d} {1000 / r['steps_per_s']:8.1f} "
+              f"{r['peak_mb']:7.0f}MB", flush=True)
+
+
 def nsd_spec(kind: str) -> dict:
     subjects = dict(NSD_SUBJECTS) if kind in MULTI else {"subj01": NSD_SUBJECTS["subj01"]}
     space = MINDREADER_NSD_SPACE if kind == "mindreader" else {k: v for k, v in NSD_SPACE.items()
@@ -177,7 +202,7 @@ def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
         step(2 + steps, timed=True)
         steps += 1
     elapsed = time.perf_counter() - started
-    result = {"kind": spec["kind"], "params": n_params, "subjects": len(spec["subjects"]),
+    result = {"kind": spec["kind"], "params": n_params, "axis": spec.get("axis"), "size": spec.get("size"), "subjects": len(spec["subjects"]),
               "batch_per_subject": spec["batch"], "samples_per_step": samples_per_step, "steps": steps,
               "seconds": elapsed, "steps_per_s": steps / elapsed, "samples_per_s": steps * samples_per_step / elapsed,
               "split": {k: v / elapsed for k, v in parts.items()}, "warmup_s": warmup_s, "build_s": build_s,
@@ -406,7 +431,7 @@ def e2e_part(store: Path, kinds: list[str], threads: int, workdir: Path, max_ste
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="params,sim,nsd", help="comma list of params, sim, nsd, e2e")
+    parser.add_argument("--parts", default="params,sim,nsd", help="comma list of params, sim, nsd, scaling, e2e")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per model (after warm-up)")
@@ -452,6 +477,11 @@ def main() -> None:
                 rows.append(run_child(spec, args.threads, args.nsd_seconds, k in profiled))
             print_throughput(rows)
             results["nsd"] = rows
+        elif part == "scaling":
+            print(f"\n== scaling with voxels and subjects, sim-* presets ({args.threads} torch threads)")
+            rows = [run_child(spec, args.threads, args.seconds) for k in kinds for spec in scaling_specs(k)]
+            print_scaling(rows)
+            results["scaling"] = rows
         elif part == "e2e":
             print(f"\n== end to end: brainrecon train --max-steps {args.max_steps} on {args.store}")
             args.workdir.mkdir(parents=True, exist_ok=True)

@@ -50,5 +50,5 @@ def efficiency(preset: str = typer.Option("efficiency-default", "--preset",
         doc.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "efficiency.md", doc)
         shutil.copyfile(out / "efficiency.json", doc.with_suffix(".json"))
-        shutil.copyfile(out / "efficiency.png", doc.with_suffix(".png"))
+        shutil.copyfile(out / "efficiency.png", doc.parent / "efficiency.png")  # the page links it by this name
         typer.echo(f"Copied to {doc}")

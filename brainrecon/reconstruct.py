@@ -132,7 +132,8 @@ def open_memory(context: RunContext, run: str | Path, subject: str, progress: bo
 
 
 def ecphory_embedding_scores(context: RunContext, memory: SubjectMemory, subject: str,
-                             alphas=(1.0, 0.8, 0.6, 0.4, 0.2), k: int = 10, way: int = 300) -> dict:
+                             alphas=(1.0, 0.8, 0.6, 0.4, 0.2), k: int = 10, way: int = 300, draws: int = 30,
+                             seed: int = 42) -> dict:
     """Does Ecphory bring the predicted embedding closer to the truth? Cosine and retrieval per alpha.
 
     The fused embedding scored for each test image is the blend with the mean of its
@@ -148,10 +149,11 @@ def ecphory_embedding_scores(context: RunContext, memory: SubjectMemory, subject
     for alpha in alphas:
         fused = fuse(predicted, memory, EcphoryConfig(k=k, alpha=alpha)).embeddings[key].mean(axis=1)
         scores = cosine_scores(fused, truth)
-        retrieval = retrieval_top1(scores, way)
+        retrieval = retrieval_top1(scores, way, draws, seed)
         rows.append({"alpha": alpha, "embedding_cosine": float(np.mean(np.diag(scores))),
-                     "image_top1": retrieval.image_top1, "brain_top1": retrieval.brain_top1})
-    return {"subject": subject, "target": key, "k": k, "way": way, "rows": rows}
+                     "image_top1": retrieval.image_top1, "brain_top1": retrieval.brain_top1,
+                     "image_ci95": retrieval.image_ci95, "brain_ci95": retrieval.brain_ci95})
+    return {"subject": subject, "target": key, "k": k, "way": way, "draws": draws, "rows": rows}
 
 
 def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndarray]:

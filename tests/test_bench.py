@@ -29,7 +29,7 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     assert oracle["image_top1"] > 10 / oracle["way"]  # the Bayes-optimal oracle is far above chance
     for row in result["rows"]:
         assert row["ratio_to_oracle"] == pytest.approx(row["image_top1"] / oracle["image_top1"])
-        assert row["parameters"] > 0 and row["train_seconds"] > 0 and row["peak_rss_mb"] > 50
+        assert row["parameters"] > 0 and row["peak_rss_mb"] > 50 and row["resumed"] is False
         assert row["n_reconstructed"] == config.recon_images and row["selection"] == "brain-predicted (honest)"
         assert -1.0 <= row["pixcorr"] <= 1.0 and 0.0 <= row["clip"] <= 1.0
     ecphory = result["rows"][-1]
@@ -45,6 +45,21 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     again = run_leaderboard(config, tmp_path / "lb", echo=messages.append, preset="smoke")
     assert all("done earlier" in m for m in messages) and len(messages) == len(names)
     assert [r["image_top1"] for r in again["rows"]] == [r["image_top1"] for r in result["rows"]]
+
+
+def test_a_bench_folder_refuses_another_config(tmp_path):
+    from brainrecon.bench.leaderboard import claim_workdir
+    from brainrecon.errors import ConfigError
+
+    smoke = load_config(LeaderboardConfig, "smoke", "bench")
+    claim_workdir(tmp_path / "lb", "leaderboard", smoke)
+    claim_workdir(tmp_path / "lb", "leaderboard", smoke)  # the same bench resumes
+    with pytest.raises(ConfigError, match=r"another config \(differs in \['draws', "):
+        claim_workdir(tmp_path / "lb", "leaderboard", load_config(LeaderboardConfig, "default", "bench"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a brainrecon bench folder"):
+        claim_workdir(tmp_path / "mine", "leaderboard", smoke)
 
 
 def test_efficiency_plan_and_smoke_run(tmp_path):

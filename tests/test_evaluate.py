@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -177,6 +178,24 @@ def test_record_of_training_stimuli_is_exactly_the_training_split(two_subject_ru
         assert record["subjects"][subject] == np.unique(data.trials.stimulus_id[data.train_rows()]).tolist()
 
 
+def test_runs_without_a_record_have_it_rebuilt_from_their_config(two_subject_run, tmp_path):
+    from brainrecon.train.run import training_stimuli
+
+    run = _copy_run(two_subject_run, tmp_path)
+    recorded = training_stimuli(run)
+    (run / "training_stimuli.json").unlink()  # a run made before the record existed
+    assert training_stimuli(run) == recorded
+
+
+def test_reconstructions_are_scored_only_with_the_run_that_made_them(two_subject_run, recons, tmp_path):
+    from brainrecon.errors import EvaluationError
+
+    other = _copy_run(two_subject_run, tmp_path)
+    with pytest.raises(EvaluationError, match=r"were made from run .* evaluate them with --run"):
+        evaluate_run(other, recons, config=SETTINGS, out=tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_refuses_memories_or_reconstructions_holding_a_test_stimulus(two_subject_run, recons, tmp_path):
     from safetensors.numpy import save_file
 
@@ -283,7 +302,8 @@ def test_report_is_one_self_contained_page_with_grids_table_and_published_figure
                     "per-subject", "leakage", "no-curves"):
         assert element in page.ids, element
     assert page.rows == ["subject", "subj01", "subj02", "average"]
-    assert page.ids["grid-subj01"][1]["src"].startswith("data:image/png;base64,")
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
+    assert len(sources) >= 3 and all(src.startswith("data:image/png;base64,") for src in sources)
     assert "http://" not in text and "https://" not in text and "<link" not in text  # nothing fetched
     assert "Not comparable with simulated-world numbers" in text
     for name in ("grid-subj01.png", "grid-subj02.png", "per-subject.png"):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brainrecon.bench.leaderboard import git_commit, machine, train_in_child
+from brainrecon.bench.leaderboard import claim_workdir, git_commit, machine, train_in_child
 from brainrecon.config import StrictConfig, load_config
 from brainrecon.io import atomic_write_json, atomic_write_text
 
@@ -77,7 +77,7 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
     from brainrecon.data.simworld import WorldConfig, simulate_world
 
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
-    out.mkdir(parents=True, exist_ok=True)
+    claim_workdir(out, "efficiency", config)
     store_path, runs = out / "store", out / "runs"
     runs.mkdir(exist_ok=True)
     if not store_path.is_dir():

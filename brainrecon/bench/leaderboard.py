@@ -56,15 +56,46 @@ def _train_config(model: str, config: LeaderboardConfig, seed: int) -> dict:
     return merged
 
 
+def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
+    """A bench folder holds one bench with one config; resuming with another would mix their results."""
+    from brainrecon.errors import ConfigError
+
+    marker = out / "bench.json"
+    wanted = {"bench": bench, "config": config.model_dump(mode="json")}
+    if marker.is_file():
+        saved = json.loads(marker.read_text())
+        if saved != wanted:
+            changed = sorted(k for k in set(saved.get("config", {})) | set(wanted["config"])
+                             if saved.get("config", {}).get(k) != wanted["config"].get(k))
+            raise ConfigError(f"{out} holds a {saved.get('bench')} bench made with another config (differs in "
+                              f"{changed or 'bench kind'}); choose another --out, or delete {out} to start over")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not a brainrecon bench folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, wanted)
+
+
+COST_FILE = "bench_cost.json"  # in the run folder: the cost of the training that made it
+
+
 def train_in_child(model: str, train_config: dict, store: Path, run: Path, log: Path) -> dict:
-    """`brainrecon train` in a child process: wall time and the child's own peak resident memory."""
+    """`brainrecon train` in a child process: wall time and the child's own peak resident memory.
+
+    A run that finished earlier keeps the cost measured then; a run resumed after an interruption
+    is flagged, since its cost counts only the resumed part.
+    """
     import yaml
+
+    if (run / COST_FILE).is_file():
+        return json.loads((run / COST_FILE).read_text())
 
     config_path = run.parent / f"{model}.yaml"
     atomic_write_text(config_path, yaml.safe_dump(train_config, sort_keys=False))
     command = [sys.executable, "-m", "brainrecon.cli", "train", "--config", str(config_path), "--data", str(store),
                "--out", str(run), "--no-progress"]
-    if (run / "config.yaml").is_file():
+    resumed = (run / "config.yaml").is_file()
+    if resumed:
         command.append("--resume")
     started = time.perf_counter()
     with open(log, "w") as handle:
@@ -74,7 +105,9 @@ def train_in_child(model: str, train_config: dict, store: Path, run: Path, log: 
     seconds = time.perf_counter() - started
     if child.returncode != 0:
         raise RuntimeError(f"training {model} failed (exit {child.returncode}); its output is in {log}")
-    return {"train_seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux reports KiB
+    cost = {"train_seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "resumed": resumed}  # Linux: KiB
+    atomic_write_json(run / COST_FILE, cost)
+    return cost
 
 
 def count_parameters(run: Path) -> int:
@@ -109,9 +142,9 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
         context = RunContext.open(run)
         memory = open_memory(context, run, SUBJECT, progress=False)
         fused = ecphory_embedding_scores(context, memory, SUBJECT, alphas=(config.alpha,), k=config.samples,
-                                         way=config.way)["rows"][0]
-        row.update(image_top1=fused["image_top1"], brain_top1=fused["brain_top1"], image_ci95=None,
-                   brain_ci95=None, embedding_cosine=fused["embedding_cosine"],
+                                         way=config.way, draws=config.draws, seed=config.seed)["rows"][0]
+        row.update({key: fused[key] for key in ("image_top1", "brain_top1", "image_ci95", "brain_ci95",
+                                                "embedding_cosine")},
                    retrieval_note=f"fused embedding (k={config.samples}, alpha {config.alpha})")
     return row
 
@@ -137,7 +170,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     from brainrecon.data.simworld import WorldConfig, simulate_world
 
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
-    out.mkdir(parents=True, exist_ok=True)
+    claim_workdir(out, "leaderboard", config)
     store, rows_dir, runs = out / "store", out / "rows", out / "runs"
     rows_dir.mkdir(exist_ok=True)
     runs.mkdir(exist_ok=True)
@@ -160,7 +193,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         run = runs / model
         if ecphory:
             trained = json.loads((rows_dir / f"{model}.json").read_text())
-            row = {key: trained[key] for key in ("train_seconds", "peak_rss_mb", "parameters", "subjects")}
+            row = {key: trained[key] for key in ("train_seconds", "peak_rss_mb", "resumed", "parameters", "subjects")}
         else:
             train_config = _train_config(model, config, seed=0)
             row = train_in_child(model, train_config, store, run, runs / f"{model}.log")
@@ -221,7 +254,8 @@ def leaderboard_markdown(result: dict) -> str:
         lines.append(f"| {row['label']} | {_pct(row['image_top1'], row.get('image_ci95'))} | "
                      f"{_pct(row['brain_top1'], row.get('brain_ci95'))} | {row['ratio_to_oracle']:.2f} | "
                      f"{fmt(row['embedding_cosine'])} | {fmt(row['pixcorr'])} | {fmt(row['ssim'])} | "
-                     f"{_pct(row['clip'])} | {row['parameters']:,} | {row['train_seconds']:.0f} | "
+                     f"{_pct(row['clip'])} | {row['parameters']:,} | {row['train_seconds']:.0f}"
+                     f"{'*' if row.get('resumed') else ''} | "
                      f"{row['peak_rss_mb']:.0f} | {subjects} |")
     lines.append(f"| **{oracle['label']}** | {_pct(oracle['image_top1'], oracle['image_ci95'])} | "
                  f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | |")
@@ -236,10 +270,13 @@ def leaderboard_markdown(result: dict) -> str:
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
         f"small CLIP. AlexNet, Inception, EffNet and SwAV are not scored: their weights are not on the machine.",
-        "Psychometry + Ecphory: the same run; retrieval and cosine of the fused embedding (no interval: one "
-        "fused embedding per image), reconstructions generated from the fused memories.",
+        "Psychometry + Ecphory: the same run; retrieval and cosine of the fused embedding (the brain prediction "
+        "blended with the mean of its k retrieved memories), reconstructions generated from the k fused "
+        "memories.",
         "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
-        "peak MB: that process's peak resident memory.",
+        "peak MB: that process's peak resident memory"
+        + (" (* a run resumed after an interruption: its cost counts only the resumed part)."
+           if any(r.get("resumed") for r in result["rows"]) else "."),
         f"Machine: {machine_info['cpus']} CPUs, torch {machine_info['torch']} ({machine_info['threads']} threads), "
         f"GPU {machine_info['cuda'] or 'none'}; commit {result['commit']}; {result['date'][:19]} UTC.",
         f"**{result['note']}**",
@@ -249,4 +286,4 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "leaderboard_markdown", "run_leaderboard"]
+__all__ = ["LeaderboardConfig", "claim_workdir", "leaderboard_markdown", "run_leaderboard", "train_in_child"]

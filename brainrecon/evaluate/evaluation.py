@@ -49,7 +49,7 @@ from brainrecon.evaluate.metrics import (
     two_way_identification,
 )
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
-from brainrecon.io import atomic_write_json
+from brainrecon.io import atomic_write_json, sha256_file
 from brainrecon.models.base import BrainModel, predict_in_batches
 
 METRICS_FORMAT = "brainrecon.metrics/1"
@@ -185,12 +185,14 @@ def _clip_encoder(spec: FeatureMetric, clip_path, device: str, note: str):
         return MetricUnavailable(spec.name, "no CLIP given (--clip DIR: OpenAI ViT-L/14 for the published protocol)")
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.generate.base import quiet_model_loading
+    from brainrecon.train.targets import resolve_model_dir
 
     quiet_model_loading()
     try:
-        clip = ClipImageEmbedder(clip_path, device)
-    except (OSError, ValueError) as error:
-        return MetricUnavailable(spec.name, f"cannot load CLIP from {clip_path}: {error}")
+        clip = ClipImageEmbedder(resolve_model_dir(clip_path, "--clip", "clip"), device)
+    except (OSError, ValueError) as error:  # ModelPathError and ConfigError are ValueErrors
+        return MetricUnavailable(spec.name, f"cannot load CLIP from {clip_path} (give a local CLIP folder with "
+                                            f"--clip DIR): {error}")
     # the CLIP's own input size and normalisation: 224 and CLIP mean/std for ViT-L/14, as the protocol
     preprocess = clip.preprocess
     spec = replace(spec, size=clip.model.config.image_size, mean=tuple(preprocess.mean), std=tuple(preprocess.std),
@@ -240,6 +242,24 @@ def read_reconstructions(recons: Path, subject: str, manifest: dict) -> tuple[np
     return np.asarray([e["stimulus_id"] for e in entries], dtype=np.int64), np.stack(images)
 
 
+def check_manifest(manifest: dict, run: Path, store: Store, recons: Path, test_ids: dict[str, np.ndarray]) -> None:
+    """Reconstructions are scored only against the run and store that made them, and only on test images."""
+    made_by = Path(manifest.get("run", "")).resolve()
+    if made_by != run.resolve():
+        raise EvaluationError(f"the reconstructions in {recons} were made from run {made_by}, not {run.resolve()}; "
+                              f"evaluate them with --run {made_by}")
+    made_on = Path(manifest.get("store", "")).resolve()
+    if made_on != store.root.resolve():
+        raise EvaluationError(f"the reconstructions in {recons} were made on store {made_on}, but this evaluation "
+                              f"reads {store.root.resolve()}; pass --data {made_on} (or reconstruct again)")
+    for subject, ids in test_ids.items():
+        scored = np.asarray([e["stimulus_id"] for e in manifest["images"] if e["subject"] == subject])
+        outside = scored[~np.isin(scored, ids)]
+        if outside.size:
+            raise EvaluationError(f"{recons}: {outside.size} reconstruction(s) of {subject} are of stimuli that are "
+                                  f"not test images (e.g. {outside[:5].tolist()}); only test images are scored")
+
+
 def read_manifest(recons: str | Path) -> dict:
     import json
 
@@ -274,8 +294,7 @@ def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | 
                  config: EvaluateConfig | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate a run (and optionally its reconstructions); write metrics.json (default RUN/metrics.json)."""
     from brainrecon.reconstruct import RunContext
-    from brainrecon.train.run import read_training_stimuli
-    from brainrecon.train.targets import SIMWORLD, resolve_model_dir
+    from brainrecon.train.targets import SIMWORLD
 
     config = config or EvaluateConfig()
     run = Path(run)
@@ -292,14 +311,17 @@ def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | 
 
     store = context.store
     predictions = {s: predict_test(context.model, store, s) for s in subjects}
-    leakage = guard(run, context, {s: ids for s, (_, ids) in predictions.items()}, manifest, config,
-                    read_training_stimuli)
+    leakage = guard(run, context, {s: ids for s, (_, ids) in predictions.items()}, manifest, config)
     clip_path = config.clip or context.config.targets.clip
     simulated = store.source.get("kind") == "simulated"
     encoders = None
     if manifest is not None:
-        note = "shipped small CLIP, not ViT-L/14" if clip_path == SIMWORLD else ""
-        encoders = feature_encoders(config.weights, resolve_model_dir(clip_path, "clip", "clip"), config.device, note)
+        check_manifest(manifest, run, store, Path(recons), {s: ids for s, (_, ids) in predictions.items()})
+        if clip_path == SIMWORLD:
+            note = "shipped small CLIP, not ViT-L/14"
+        else:
+            note = "" if config.clip else "the run's target CLIP; --clip DIR names the protocol's ViT-L/14"
+        encoders = feature_encoders(config.weights, clip_path, config.device, note)
 
     key = context.model.retrieval_target
     per_subject = {}
@@ -319,6 +341,7 @@ def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | 
         "model": context.info.kind,
         "retrieval_target": key,
         "reconstructions": str(Path(recons).resolve()) if recons is not None else None,
+        "reconstructions_manifest_sha256": sha256_file(Path(recons) / "manifest.json") if recons is not None else None,
         "data_source": store.source.get("kind", "?"),
         "store": str(store.root.resolve()),
         "note": SIMULATED_NOTE if simulated else "",
@@ -336,19 +359,14 @@ def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | 
     return metrics
 
 
-def guard(run: Path, context, test_ids: dict[str, np.ndarray], manifest: dict | None, config: EvaluateConfig,
-          read_record) -> LeakageReport:
-    """The leakage guard, fed with the run's record of what it trained on (rebuilt for older runs)."""
-    record = read_record(run)
-    if record is None:  # runs made before the record: the same rows the trainer used
-        from brainrecon.train.batches import training_rows
+def guard(run: Path, context, test_ids: dict[str, np.ndarray], manifest: dict | None,
+          config: EvaluateConfig) -> LeakageReport:
+    """The leakage guard, fed with what the run trained on (its record, or rebuilt for older runs)."""
+    from brainrecon.train.run import training_stimuli
 
-        cfg, store = context.config, context.store
-        record = {s: store.subject(s).trials.stimulus_id[training_rows(store, s, cfg.seed, cfg.sessions_for(s),
-                                                                        cfg.max_trials)].tolist()
-                  for s in context.model.subjects if s in store.subjects}
     normalizations = {s: context.store.subject(s).normalization for s in test_ids}
-    return check_leakage(run, test_ids, record, normalizations, manifest, config.allow_test_normalization)
+    return check_leakage(run, test_ids, training_stimuli(run), normalizations, manifest,
+                         config.allow_test_normalization)
 
 
 # --------------------------------------------------------------------------- the printed table

@@ -1,7 +1,7 @@
 """Published NSD figures, for context beside a run's own table (never mixed with it).
 
-Source: the MindEye1/MindEye2 papers and notebooks, as collected in the reference notes
-(docs/evaluation.md cites the rows). Average over NSD subjects 1, 2, 5 and 7. Values are
+Source: the MindEye2 paper's Table 1, as collected in the project's reference notes
+(../shared/reference/mindeye.md, section 9). Average over NSD subjects 1, 2, 5 and 7. Values are
 as published: two-way identification and retrieval in %, EffNet-B and SwAV as correlation
 distances (lower is better). Retrieval is 300-way top-1 (MindEye2's 40-hour figures are
 from its memory-bank table).
@@ -32,8 +32,8 @@ PUBLISHED_NSD = (
          .322, .431, 96.1, 98.6, 95.4, 93.0, .619, .344, 98.8, 98.3),
     _row("MindEye2, 1 h of the new subject", "MindEye2 (ICML 2024), Table 1",
          .195, .419, 84.2, 90.6, 81.2, 79.2, .810, .468, 79.0, 57.4),
-    _row("MindEye1", "MindEye (NeurIPS 2023), Table 1",
-         .309, .323, 94.7, 97.8, 93.8, 94.1, .645, .367, 93.6, 90.1),
+    _row("MindEye1", "as re-reported in MindEye2 (ICML 2024), Table 1",
+         .319, .360, 92.8, 96.9, 94.6, 93.3, .648, .367, 93.6, 90.1),
 )
 PUBLISHED_CAVEAT = ("Published on NSD (real fMRI, average of subjects 1, 2, 5, 7). Not comparable with "
                     "simulated-world numbers, which come from a synthetic testbed with small models.")

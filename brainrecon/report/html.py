@@ -20,7 +20,7 @@ from pathlib import Path
 from brainrecon.errors import EvaluationError
 from brainrecon.evaluate.evaluation import METRIC_COLUMNS, format_cell, is_available, read_manifest
 from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
-from brainrecon.io import atomic_write_text
+from brainrecon.io import atomic_write_text, sha256_file
 from brainrecon.report import figures
 
 STYLE = """
@@ -114,6 +114,10 @@ def _grids(metrics: dict, out: Path, max_images: int) -> list[str]:
         return ['<p id="no-grid">No reconstructions were scored for this run (evaluate with --recons DIR).</p>']
     if not Path(recons).is_dir():
         raise EvaluationError(f"the reconstructions {recons} named in metrics.json are gone; evaluate again")
+    expected = metrics.get("reconstructions_manifest_sha256")
+    if expected and sha256_file(Path(recons) / "manifest.json") != expected:
+        raise EvaluationError(f"the reconstructions in {recons} changed after they were evaluated; run "
+                              f"`brainrecon evaluate --recons {recons}` again so the page shows what was scored")
     manifest = read_manifest(recons)
     store = open_store(metrics["store"])
     parts = []

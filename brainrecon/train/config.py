@@ -63,10 +63,10 @@ class TrainConfig(StrictConfig):
                 "model needs a `kind` (ridge, mindeye1, mindeye2, mindbridge, psychometry, mindreader)")
         return value
 
-    @field_validator("batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints")
+    @field_validator("batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints", "steps")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError("must be at least 1")
         return value
 

@@ -189,3 +189,33 @@ def read_training_stimuli(run: str | Path) -> dict[str, list[int]] | None:
     if not path.is_file():
         return None
     return {subject: list(ids) for subject, ids in json.loads(path.read_text())["subjects"].items()}
+
+
+def training_stimuli(run: str | Path) -> dict[str, list[int]]:
+    """What a run trained on, per subject: its record, or for runs made before the record, rebuilt.
+
+    Rebuilt from the run's config and store with the trainer's own row selection, and an
+    ``init_from`` run's stimuli added (recursively), so the leakage guard never sees less than
+    training did.
+    """
+    record = read_training_stimuli(run)
+    if record is not None:
+        return record
+    from brainrecon.data.store import open_store
+    from brainrecon.train.batches import training_rows
+
+    run = Path(run)
+    config = load_config(TrainConfig, run / "config.yaml", "train")
+    info = RunInfo.from_dict(json.loads((run / "model.json").read_text()))
+    if not Path(info.store).is_dir():
+        raise RunError(f"{run} has no {TRAINING_STIMULI} and its store {info.store} is gone, so what it trained on "
+                       f"cannot be checked; restore the store or retrain")
+    store = open_store(info.store)
+    merged: dict[str, set[int]] = {}
+    for subject in config.subjects or store.subjects:
+        rows = training_rows(store, subject, config.seed, config.sessions_for(subject), config.max_trials)
+        merged[subject] = set(np.unique(store.subject(subject).trials.stimulus_id[rows]).tolist())
+    if config.init_from:
+        for subject, ids in training_stimuli(config.init_from).items():
+            merged.setdefault(subject, set()).update(ids)
+    return {subject: sorted(ids) for subject, ids in merged.items()}

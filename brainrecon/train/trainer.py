@@ -38,7 +38,7 @@ from brainrecon.models.base import (
 from brainrecon.rng import derive_rng
 from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
-from brainrecon.train.run import RunDir, RunInfo, load_run, read_training_stimuli
+from brainrecon.train.run import RunDir, RunInfo, load_run, training_stimuli
 from brainrecon.train.targets import Targets, load_targets
 
 
@@ -171,7 +171,7 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
         rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
         seen = {s: store.subject(s).trials.stimulus_id[r] for s, r in rows.items()}
         run.write_training_stimuli(store_root, seen,
-                                   read_training_stimuli(config.init_from) if config.init_from else None)
+                                   training_stimuli(config.init_from) if config.init_from else None)
     if config.model_kind == "ridge":
         return _fit_ridge(config, store, model, targets, run, info, accelerator)
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduce every table in docs/benchmarks/ with the project's own commands.
+# Hours on 2 CPU cores: run it on an otherwise idle machine (two torch jobs sharing 2 cores slow each
+# other 10-50x, see docs/benchmarks/training.md). Each step resumes or can be rerun on its own.
+#
+#   bash benchmarks/reproduce_all.sh [WORKDIR]
+#
+# leaderboard.md/.json and efficiency.md/.json/.png are written into docs/benchmarks/ by the commands
+# themselves; the other tables are transcribed from what the scripts print (and --json where offered),
+# each doc naming its command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-/tmp/brainrecon-bench}
+PY=.venv/bin/python
+BR=.venv/bin/brainrecon
+mkdir -p "$WORK"
+export OMP_NUM_THREADS=2
+
+$BR bench leaderboard --preset default --out "$WORK/leaderboard" --doc docs/benchmarks/leaderboard.md
+$BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
+$PY benchmarks/bench_ridge.py --workdir "$WORK/ridge" --threads 2 --json "$WORK/ridge.json"
+$PY benchmarks/bench_train.py --parts params,sim,nsd,scaling --threads 2 --json "$WORK/train.json"
+$PY benchmarks/bench_train.py --parts e2e --store "$WORK/leaderboard/store" --threads 2 --workdir "$WORK/e2e"
+$PY benchmarks/bench_memory.py --workdir "$WORK/memory"
+$PY benchmarks/bench_nsd_prepare.py --workdir "$WORK/nsd"
+$PY benchmarks/bench_simulate.py --config default --out "$WORK/world"
+rm -rf "$WORK/demo"
+/usr/bin/time -v $BR demo --out "$WORK/demo" --no-progress 2> "$WORK/demo-time.txt"
+grep -E "Elapsed|Maximum resident" "$WORK/demo-time.txt"
