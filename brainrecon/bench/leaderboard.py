@@ -92,22 +92,38 @@ def train_in_child(model: str, train_config: dict, store: Path, run: Path, log: 
 
     config_path = run.parent / f"{model}.yaml"
     atomic_write_text(config_path, yaml.safe_dump(train_config, sort_keys=False))
-    command = [sys.executable, "-m", "brainrecon.cli", "train", "--config", str(config_path), "--data", str(store),
-               "--out", str(run), "--no-progress"]
+    peak_file = run.parent / f"{model}.peak_kb"
+    peak_file.unlink(missing_ok=True)
+    command = [sys.executable, "-c", PEAK_WRAPPER, str(peak_file), "train", "--config", str(config_path),
+               "--data", str(store), "--out", str(run), "--no-progress"]
     resumed = (run / "config.yaml").is_file()
     if resumed:
         command.append("--resume")
     started = time.perf_counter()
     with open(log, "w") as handle:
-        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's rusage, not every child's maximum
-    child.returncode = os.waitstatus_to_exitcode(status)
+        returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
     seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        raise RuntimeError(f"training {model} failed (exit {child.returncode}); its output is in {log}")
-    cost = {"train_seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "resumed": resumed}  # Linux: KiB
+    if returncode != 0:
+        raise RuntimeError(f"training {model} failed (exit {returncode}); its output is in {log}")
+    cost = {"train_seconds": seconds, "peak_rss_mb": int(peak_file.read_text()) / 1024, "resumed": resumed}
     atomic_write_json(run / COST_FILE, cost)
     return cost
+
+
+# The child reports its own VmHWM when it exits. Not ru_maxrss: Linux starts a forked child's ru_maxrss
+# at the parent's RSS, even across exec, so a child smaller than this process would report this process.
+PEAK_WRAPPER = """
+import atexit, sys
+path = sys.argv[1]
+def report():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(path, "w").write(line.split()[1])
+atexit.register(report)
+sys.argv = ["brainrecon"] + sys.argv[2:]
+from brainrecon.cli import main
+main()
+"""
 
 
 def count_parameters(run: Path) -> int:
