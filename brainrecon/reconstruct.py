@@ -183,18 +183,33 @@ def _requests(embeddings: dict[str, np.ndarray], config: ReconstructConfig, pool
     from brainrecon.generate.base import GenerationRequest
 
     common = {"steps": config.steps, "guidance_scale": config.guidance, "seed": seed}
+    tokens = {"text_tokens": embeddings.get("text_tokens")}  # scaled by the pooled text norm: left as predicted
+    if "image_tokens" in embeddings:
+        tokens["image_tokens"] = unit_first_token(embeddings["image_tokens"])
     if config.generator == "unclip":
         if "image_pooled" in embeddings:
             pooled = embeddings["image_pooled"]
-        elif "image_tokens" in embeddings:
+        elif "image_tokens" in tokens:
             # token 0 of VD-normalised tokens is image_embeds / |image_embeds|: rescale it to the typical
             # norm of training images' image_embeds (a statistic of the stimuli, not of brain data)
-            pooled = embeddings["image_tokens"][:, 0] * pooled_norm
+            pooled = tokens["image_tokens"][:, 0] * pooled_norm
         else:
             raise ConfigError("the unCLIP generator needs image_pooled or image_tokens predictions")
         return GenerationRequest(image_pooled=pooled.astype(np.float32), **common)
-    return GenerationRequest(image_tokens=embeddings.get("image_tokens"), text_tokens=embeddings.get("text_tokens"),
-                             mix_ratio=config.mix_ratio if "text_tokens" in embeddings else 0.0, **common)
+    return GenerationRequest(image_tokens=tokens.get("image_tokens"), text_tokens=tokens.get("text_tokens"),
+                             mix_ratio=config.mix_ratio if tokens["text_tokens"] is not None else 0.0, **common)
+
+
+def unit_first_token(tokens: np.ndarray) -> np.ndarray:
+    """Predicted image tokens rescaled so that token 0 has unit norm, as every target image token set has.
+
+    Models trained with cosine or contrastive losses predict the right direction at an arbitrary
+    scale (MindBridge's token 0 came out ~45x too long on the simulated world), and a generator
+    conditioned on that scale saturates. The targets' scale is fixed by construction (image tokens
+    are divided by token 0's norm), so this uses no statistic of brain or test data.
+    """
+    norm = np.linalg.norm(tokens[:, :1], axis=-1, keepdims=True)
+    return (tokens / np.maximum(norm, 1e-8)).astype(np.float32)
 
 
 def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, subjects: list[str] | None = None,

@@ -104,3 +104,20 @@ def test_cli_bank_build_and_search(ridge_run, train_world, tmp_path):
     assert result.exit_code == 0, result.output
     nearest = json.loads((tmp_path / "nearest.json").read_text())["results"]["subj01"]
     assert len(nearest) == len(store.subject("subj01").test()) and len(nearest[0]["paths"]) == 3
+
+
+def test_generators_get_image_tokens_at_the_targets_scale():
+    """Predictions whose scale is arbitrary (contrastive losses) reach the generator with a unit token 0."""
+    from brainrecon.reconstruct import _requests
+
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(3, 5, 8)) * np.array([45.0, 0.2, 3.0])[:, None, None]
+    request = _requests({"image_tokens": tokens}, ReconstructConfig(), pooled_norm=7.0, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(request.image_pooled, axis=1), 7.0, rtol=1e-5)
+    direction = tokens[:, 0] / np.linalg.norm(tokens[:, 0], axis=1, keepdims=True)
+    np.testing.assert_allclose(request.image_pooled / 7.0, direction, rtol=1e-5)
+    text = rng.normal(size=(3, 4, 8))
+    versatile = _requests({"image_tokens": tokens, "text_tokens": text},
+                          ReconstructConfig(generator="versatile", mix_ratio=0.5), pooled_norm=7.0, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(versatile.image_tokens[:, 0], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(versatile.text_tokens, text)  # text tokens keep their own scale
