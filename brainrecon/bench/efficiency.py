@@ -164,7 +164,10 @@ def efficiency_markdown(result: dict) -> str:
     return (f"# Data efficiency on the simulated world (preset `{result['preset']}`)\n\n"
             f"Made by `brainrecon bench efficiency --preset {result['preset']}` ({seconds / 60:.0f} min of training; "
             f"commit {result['commit']}, {result['date'][:19]} UTC, {result['machine']['cpus']} CPUs).\n\n"
-            f"Model: `sim-{config['model']}`, {config['steps']} optimiser steps for every run. Held-out "
+            f"Model: `sim-{config['model']}`, {config['steps']} optimiser steps for every run. Every step draws the "
+            f"same number of the target's trials (the preset's batch per subject); multi-subject steps add as "
+            f"many from each other subject, so those runs see more data in all but no more of the target's. "
+            f"Held-out "
             f"{way}-way top-1 retrieval of {result['target']} in % (± 95% CI over {config['draws']} draws); chance "
             f"{100 / way:.2f}%.\n\n" + "\n".join(lines) + extra
             + "\n\n![efficiency](efficiency.png)\n\n" + f"**{result['note']}**\n")
