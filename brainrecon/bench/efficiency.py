@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brainrecon.bench.leaderboard import claim_workdir, git_commit, machine, train_in_child
+from brainrecon.bench.leaderboard import claim_workdir, git_commit, machine, sim_train_config, train_in_child
 from brainrecon.config import StrictConfig, load_config
 from brainrecon.io import atomic_write_json, atomic_write_text
 
@@ -37,25 +37,14 @@ class EfficiencyConfig(StrictConfig):
     seed: int = 42
 
 
-def _base_config(config: EfficiencyConfig) -> dict:
-    from brainrecon.train.config import TrainConfig
-
-    preset = load_config(TrainConfig, f"sim-{config.model}", "train").model_dump(mode="json")
-    preset.update(seed=0, steps=config.steps, eval={**preset["eval"], "way": config.way, "draws": config.draws,
-                                                    "seed": config.seed})
-    for key, value in config.train_overrides.items():
-        preset[key] = {**preset[key], **value} if isinstance(value, dict) and isinstance(preset.get(key), dict) \
-            else value
-    return preset
-
-
 def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int], runs: Path) -> list[dict]:
     """The runs to train, in order (the adaptation needs its pretraining first)."""
     if config.target not in subjects:
         raise ValueError(f"target {config.target} is not in the world (subjects: {subjects})")
     others = [s for s in subjects if s != config.target]
     counts = [c for c in sorted(set(config.session_counts)) if c < len(sessions)] + [len(sessions)]
-    base = _base_config(config)
+    base = sim_train_config(config.model, config.train_overrides, config.way, config.draws, config.seed, seed=0,
+                            steps=config.steps)
     plan = []
     for count in counts:
         label = "all" if count == len(sessions) else str(count)

@@ -44,16 +44,20 @@ class LeaderboardConfig(StrictConfig):
     seed: int = 42
 
 
-def _train_config(model: str, config: LeaderboardConfig, seed: int) -> dict:
+def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int, eval_seed: int,
+                     **fixed: Any) -> dict:
+    """A `sim-<model>` preset with the bench's evaluation protocol, ``fixed`` keys and ``overrides`` merged in.
+
+    Mapping overrides are merged one level deep (``batch_size: 8`` replaces, ``optim: {lr: ..}`` updates).
+    """
     from brainrecon.train.config import TrainConfig
 
     preset = load_config(TrainConfig, f"sim-{model}", "train").model_dump(mode="json")
-    preset["eval"] = {**preset.get("eval", {}), "way": config.way, "draws": config.draws, "seed": config.seed}
-    merged = {**preset, "seed": seed}
-    for key, value in config.train_overrides.items():
-        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+    preset.update(fixed, eval={**preset["eval"], "way": way, "draws": draws, "seed": eval_seed})
+    for key, value in overrides.items():
+        preset[key] = {**preset[key], **value} if isinstance(value, dict) and isinstance(preset.get(key), dict) \
             else value
-    return merged
+    return preset
 
 
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
@@ -211,7 +215,8 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
             trained = json.loads((rows_dir / f"{model}.json").read_text())
             row = {key: trained[key] for key in ("train_seconds", "peak_rss_mb", "resumed", "parameters", "subjects")}
         else:
-            train_config = _train_config(model, config, seed=0)
+            train_config = sim_train_config(model, config.train_overrides, config.way, config.draws, config.seed,
+                                            seed=0)
             row = train_in_child(model, train_config, store, run, runs / f"{model}.log")
             row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all")
         row.update(model=name, label=LABELS[model] + (" + Ecphory" if ecphory else ""))
@@ -302,4 +307,5 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "claim_workdir", "leaderboard_markdown", "run_leaderboard", "train_in_child"]
+__all__ = ["LeaderboardConfig", "claim_workdir", "leaderboard_markdown", "run_leaderboard", "sim_train_config",
+           "train_in_child"]

@@ -41,12 +41,10 @@ from brainrecon.evaluate.metrics import (
     FEATURE_METRICS,
     PROTOCOL_SIZE,
     FeatureMetric,
-    correlation_distance,
-    extract_features,
     net_encoder,
     pixcorr,
+    score_with_network,
     ssim,
-    two_way_identification,
 )
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
 from brainrecon.io import atomic_write_json, sha256_file
@@ -214,14 +212,8 @@ def image_values(gt: np.ndarray, recon: np.ndarray, encoders: dict, config: Eval
             values[name] = unavailable(resolved.reason)
             continue
         spec, encoder = resolved
-        common = {"antialias": config.antialias, "batch_size": config.batch_size, "device": config.device,
-                  "preresize": PROTOCOL_SIZE}
-        gt_features = extract_features(gt, spec, encoder, name="gt", **common)
-        recon_features = extract_features(recon, spec, encoder, name="recon", **common)
-        if spec.score == "two_way":
-            scores = two_way_identification(gt_features, recon_features, per_item=True)
-        else:
-            scores = correlation_distance(gt_features, recon_features, per_item=True)
+        scores = score_with_network(gt, recon, spec, encoder, per_item=True, antialias=config.antialias,
+                                    batch_size=config.batch_size, device=config.device, preresize=PROTOCOL_SIZE)
         values[name] = {**normal_value(scores), "network": spec.name}
     return values
 

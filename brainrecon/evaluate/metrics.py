@@ -430,13 +430,18 @@ def feature_metric(metric: str, gt, recon, *, weights_dir: str | Path | None = N
         except WeightsUnavailable as error:
             return MetricUnavailable(spec.name, str(error))
         encoder = net_encoder(net, spec.node)
-    common = {"size": size, "antialias": antialias, "batch_size": batch_size, "device": device,
-              "preresize": preresize}
-    gt_features = extract_features(gt_t, spec, encoder, name="gt", **common)
-    recon_features = extract_features(recon_t, spec, encoder, name="recon", **common)
+    return score_with_network(gt_t, recon_t, spec, encoder, size=size, antialias=antialias, batch_size=batch_size,
+                              device=device, preresize=preresize)
+
+
+def score_with_network(gt, recon, spec: FeatureMetric, encoder: Callable[[torch.Tensor], torch.Tensor], *,
+                       per_item: bool = False, **protocol):
+    """Both image sets through ``encoder`` (``extract_features`` options in ``protocol``), then the metric's score."""
+    gt_features = extract_features(gt, spec, encoder, name="gt", **protocol)
+    recon_features = extract_features(recon, spec, encoder, name="recon", **protocol)
     if spec.score == "two_way":
-        return two_way_identification(gt_features, recon_features)
-    return correlation_distance(gt_features, recon_features)
+        return two_way_identification(gt_features, recon_features, per_item=per_item)
+    return correlation_distance(gt_features, recon_features, per_item=per_item)
 
 
 __all__ = [
@@ -458,6 +463,7 @@ __all__ = [
     "protocol_images",
     "resize",
     "rgb2gray",
+    "score_with_network",
     "ssim",
     "ssim_gray",
     "two_way_identification",
