@@ -15,13 +15,20 @@ app = typer.Typer(help="Train and check the small model set for the simulated wo
 def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, decoder/ and manifest.json."),
           seed: int = typer.Option(0, "--seed", help="Seed for the training scenes and all training randomness."),
           quick: bool = typer.Option(False, "--quick", help="Tiny models, a few steps (for tests)."),
+          decoder_only: bool = typer.Option(False, "--decoder-only",
+                                            help="Keep the CLIP and VAE already in --out; train a fresh decoder."),
           check: bool = typer.Option(True, "--check/--no-check",
                                      help="Measure decoding quality afterwards (skipped with --quick).")) -> None:
     """Train the small CLIP, VAE and unCLIP-style decoder on simulator scenes and captions."""
     from brainrecon.assets.train import check_assets, train_assets
 
-    command = f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
-    train_assets(out, seed=seed, quick=quick, command=command, log=typer.echo)
+    command = (f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
+               + (" --decoder-only" if decoder_only else ""))
+    try:
+        train_assets(out, seed=seed, quick=quick, command=command, decoder_only=decoder_only, log=typer.echo)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     if check and not quick:
         check_assets(out, command=f"brainrecon assets check {out}", log=typer.echo)
 
@@ -30,17 +37,33 @@ def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, deco
 def check_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
                   n: int = typer.Option(200, "--n", help="Held-out scenes (the default world's shared test images)."),
                   steps: int = typer.Option(25, "--steps", help="DDIM steps."),
-                  guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
+                  guidance: Optional[float] = typer.Option(
+                      None, "--guidance", help="Classifier-free guidance scale (default: the one `brainrecon assets "
+                                               "tune` chose on validation scenes, else 3.0)."),
                   seed: int = typer.Option(0, "--seed", help="Sampling seed."),
                   grid: Optional[Path] = typer.Option(None, "--grid", help="Write originals/decodings grid PNG here.")
                   ) -> None:
     """Decode true small-CLIP embeddings of held-out scenes; report 2-way identification (into the manifest)."""
-    from brainrecon.assets.train import check_assets
+    from brainrecon.assets.train import check_assets, recorded_guidance
 
-    command = (f"brainrecon assets check {folder} --n {n} --steps {steps} --guidance {guidance} --seed {seed}"
+    guidance = recorded_guidance(folder) if guidance is None else guidance
+    command = (f"brainrecon assets check {folder} --n {n} --steps {steps} --guidance {guidance:g} --seed {seed}"
                + (f" --grid {grid}" if grid else ""))
     check_assets(folder, n=n, steps=steps, guidance_scale=guidance, seed=seed, grid_path=grid, command=command,
                  log=typer.echo)
+
+
+@app.command("tune")
+def tune_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
+                 guidance: list[float] = typer.Option([1.5, 3.0, 5.0, 8.0], "--guidance",
+                                                      help="Scales to try (repeat the option)."),
+                 n: int = typer.Option(200, "--n", help="Validation scenes (never trained on, not the held-out set)."),
+                 steps: int = typer.Option(25, "--steps", help="DDIM steps."),
+                 seed: int = typer.Option(0, "--seed", help="Sampling seed.")) -> None:
+    """Choose the guidance scale on validation scenes; `check` then uses it by default."""
+    from brainrecon.assets.train import tune_guidance
+
+    tune_guidance(folder, list(guidance), n=n, steps=steps, seed=seed, log=typer.echo)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     """
     import shutil
 
+    from brainrecon.assets.train import recorded_guidance
     from brainrecon.config import validate_config
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.evaluate.metrics import two_way_identification
@@ -88,7 +89,9 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     context = RunContext.open(run)
     scores = ecphory_embedding_scores(context, build_memory(context, run, subject, progress=False), subject, k=k)
 
-    settings = {"n_images": n_images, "steps": steps, "seed": seed, "batch_size": 32}
+    # one guidance scale for every decoding: the one chosen for this set on validation scenes
+    guidance = recorded_guidance(assets)
+    settings = {"n_images": n_images, "steps": steps, "seed": seed, "batch_size": 32, "guidance": guidance}
     plain = run_reconstruct(run, out / "reconstructions" / "plain",
                             ReconstructConfig(ecphory=False, k=1, **settings), progress=False)
     fused = run_reconstruct(run, out / "reconstructions" / "ecphory", ReconstructConfig(k=k, **settings),
@@ -103,7 +106,7 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     originals = store.images_for(ids)
     generator = UnclipGenerator(assets / "decoder", batch_size=32)
     from_truth = generator.generate(GenerationRequest(image_pooled=embedder.pooled(originals), steps=steps,
-                                                      seed=seed))
+                                                      guidance_scale=guidance, seed=seed))
     reference = embedder.pooled(originals)
     two_way = {name: two_way_identification(reference, embedder.pooled(images)) for name, images in
                (("from_brain", from_brain), ("from_brain_ecphory", from_ecphory), ("from_true_embedding",

@@ -114,3 +114,108 @@ def test_quick_train_cli_end_to_end(tmp_path):
     assert ClipTextEmbedder(out / "clip").pooled(["a red circle", "two shapes"]).shape == embeds.shape
     decoded = UnclipGenerator(out / "decoder").generate(GenerationRequest(image_pooled=embeds, steps=2, seed=0))
     assert decoded.shape == (2, 64, 64, 3) and decoded.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def quick_set(tmp_path_factory):
+    from brainrecon.assets.train import train_assets
+
+    out = tmp_path_factory.mktemp("quick-assets")
+    train_assets(out, seed=2, quick=True, log=lambda *_: None)
+    return out
+
+
+def test_decoder_resumes_bit_for_bit_from_its_checkpoint(quick_set, tmp_path):
+    from brainrecon.assets.train import (
+        TrainPlan,
+        build_pipeline,
+        clip_image_embeds,
+        encode_latents,
+        load_clip_and_vae,
+        render_scenes,
+        train_decoder,
+    )
+    from brainrecon.embed.clip import byte_level_tokenizer
+
+    plan = TrainPlan.quick()  # 3 steps, a checkpoint after step 2
+    images, _ = render_scenes(2, "assets-train", range(plan.n_scenes))
+    clip_model, vae = load_clip_and_vae(quick_set)
+    latents, embeds = encode_latents(vae, images), clip_image_embeds(clip_model, images)
+
+    def fresh_pipe():
+        return build_pipeline(plan, clip_model, byte_level_tokenizer(), vae, embeds, seed=2)
+
+    checkpoint = tmp_path / "ckpt"
+    straight = train_decoder(plan, fresh_pipe(), latents, embeds, 2, checkpoint_dir=checkpoint, log=lambda *_: None)
+    assert (checkpoint / "state.json").is_file() and json.loads((checkpoint / "state.json").read_text())["step"] == 2
+    lines = []
+    resumed = train_decoder(plan, fresh_pipe(), latents, embeds, 2, checkpoint_dir=checkpoint, log=lines.append)
+    assert any("resuming at step 2" in line for line in lines)
+    for (name, a), b in zip(straight.unet.named_parameters(), resumed.unet.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    untrained = fresh_pipe().unet
+    assert any(not torch.equal(a, b) for a, b in zip(straight.unet.parameters(), untrained.parameters()))
+    other = TrainPlan(**{**TrainPlan.quick().__dict__, "unet_lr": 1e-2})
+    with pytest.raises(ValueError, match="different training plan"):
+        train_decoder(other, fresh_pipe(), latents, embeds, 2, checkpoint_dir=checkpoint)
+
+
+def test_decoder_only_stage_keeps_clip_and_records_both_stages(quick_set, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from brainrecon.cli_assets import app
+
+    out = tmp_path / "set"
+    shutil.copytree(quick_set, out)
+    clip_before = (out / "clip" / "model.safetensors").read_bytes()
+    result = CliRunner().invoke(app, ["train", "--out", str(out), "--quick", "--seed", "2", "--decoder-only"])
+    assert result.exit_code == 0, result.output
+    assert (out / "clip" / "model.safetensors").read_bytes() == clip_before
+    assert not (out / "decoder-checkpoint").exists() and not (out / "decoder.partial").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [stage["trained"] for stage in manifest["stages"]] == [["clip", "vae"], ["decoder"]]
+    assert manifest["stages"][1]["command"].endswith("--decoder-only")
+    assert manifest["training_seconds"]["total"] >= manifest["training_seconds"]["clip"]
+    wrong_seed = CliRunner().invoke(app, ["train", "--out", str(out), "--quick", "--seed", "3", "--decoder-only"])
+    assert wrong_seed.exit_code == 2 and "same --seed" in wrong_seed.output
+    empty = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "none"), "--quick", "--decoder-only"])
+    assert empty.exit_code == 2 and "run it without --decoder-only" in empty.output
+
+
+def test_guidance_is_chosen_on_validation_scenes_and_used_by_check(quick_set, tmp_path):
+    import shutil
+
+    from brainrecon.assets.train import (
+        DEFAULT_GUIDANCE,
+        check_assets,
+        heldout_scenes,
+        recorded_guidance,
+        tune_guidance,
+        validation_scenes,
+    )
+
+    out = tmp_path / "set"
+    shutil.copytree(quick_set, out)
+    assert recorded_guidance(out) == DEFAULT_GUIDANCE
+    # validation scenes are neither the held-out scenes nor training scenes
+    assert not np.array_equal(validation_scenes(2)[0], heldout_scenes(2)[0])
+    sampling = tune_guidance(out, [1.0, 4.0], n=4, steps=2, log=lambda *_: None)
+    assert set(sampling["two_way_identification_by_guidance"]) == {"1", "4"}
+    assert sampling["guidance_scale"] in (1.0, 4.0) and "validation" in sampling["chosen_on"]
+    assert recorded_guidance(out) == sampling["guidance_scale"]
+    quality = check_assets(out, n=4, steps=2, log=lambda *_: None)
+    assert quality["guidance_scale"] == sampling["guidance_scale"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sampling"] == sampling and manifest["quality"]["two_way_identification"] == \
+        quality["two_way_identification"]
+
+
+def test_min_snr_weights_cap_easy_steps():
+    from brainrecon.assets.train import min_snr_weights
+
+    alphas = torch.tensor([0.999, 5 / 6, 0.5, 0.01])  # SNR 999, 5, 1, ~0.01
+    weights = min_snr_weights(alphas, 5.0)
+    torch.testing.assert_close(weights, torch.tensor([5 / 999, 1.0, 1.0, 1.0]), rtol=1e-4, atol=1e-6)
+    assert torch.equal(min_snr_weights(alphas, 0.0), torch.ones(4))

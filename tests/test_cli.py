@@ -29,8 +29,9 @@ def test_demo_runs_end_to_end(tmp_path):
     rec = results["reconstructions"]  # the shipped small model set decodes brain-predicted embeddings
     assert (out / "reconstructions.png").is_file() and rec["selection"] == "brain-predicted (honest)"
     assert rec["ridge_small_clip_retrieval"]["image_top1"] > 3 * rec["ridge_small_clip_retrieval"]["chance"]
-    # the shipped decoder is undertrained (docs/assets.md): only decoding the true embedding is reliably above chance
-    assert rec["two_way_identification"]["from_true_embedding"] > 0.55
+    # the shipped decoder renders a true embedding recognisably (98.8% on 200 held-out scenes, docs/assets.md);
+    # brain-predicted embeddings from a ridge are far weaker, so only their range is checked
+    assert rec["two_way_identification"]["from_true_embedding"] > 0.8
     assert 0.0 <= rec["two_way_identification"]["from_brain_ecphory"] <= 1.0
     alphas = [row["alpha"] for row in rec["ecphory_embedding_scores"]["rows"]]
     assert 1.0 in alphas and 0.6 in alphas  # with and without Ecphory, measured

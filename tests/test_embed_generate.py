@@ -185,6 +185,28 @@ def test_image_tokens_are_vd_normalised_and_pooled_matches_transformers(image_em
     np.testing.assert_allclose(image_embedder.tokens(images[1:2]), tokens[1:2], atol=1e-5)
 
 
+def test_open_clip_token_style_gives_mindeye2_shaped_tokens(image_embedder, clip_dir):
+    """bigG-style targets: post-layernorm patch tokens, no CLS, unprojected (256x1664 for bigG; here 16x32)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from brainrecon.embed.clip import ClipImageEmbedder
+
+    embedder = ClipImageEmbedder(clip_dir, batch_size=2, token_style="open_clip")
+    images = random_images(3, 0)
+    tokens, pooled = embedder.embed(images)
+    width = VISION_CONFIG["hidden_size"]
+    assert embedder.n_tokens == (IMAGE // 8) ** 2 and embedder.token_dim == width != embedder.dim
+    assert tokens.shape == (3, embedder.n_tokens, width) and tokens.dtype == np.float32
+    np.testing.assert_allclose(pooled, image_embedder.pooled(images), atol=1e-5)  # pooled is style-independent
+    reference_model = CLIPVisionModelWithProjection.from_pretrained(clip_dir, local_files_only=True)
+    with torch.no_grad():
+        hidden = reference_model(pixel_values=embedder.preprocess(images)).last_hidden_state
+        reference = reference_model.vision_model.post_layernorm(hidden)[:, 1:].numpy()
+    np.testing.assert_allclose(tokens, reference, atol=1e-5)
+    with pytest.raises(ValueError, match="token_style"):
+        ClipImageEmbedder(clip_dir, token_style="bigG")
+
+
 def test_preprocessing_matches_transformers_on_non_square_images(image_embedder, clip_dir):
     from transformers import CLIPImageProcessor
 

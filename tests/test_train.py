@@ -125,6 +125,26 @@ def test_targets_resume_an_interrupted_computation(train_world, tmp_path, monkey
     assert not list(tmp_path.glob("*.partial*"))
 
 
+def test_open_clip_token_targets_are_cached_apart(train_world, tmp_path):
+    """MindEye2-style tokens (patch tokens, no CLS, tower width) get their own cache file and shape."""
+    store = open_store(train_world)
+    default = load_targets(store, TargetsConfig(cache_dir=str(tmp_path)), progress=False)
+    styled = load_targets(store, TargetsConfig(cache_dir=str(tmp_path), image_token_style="open_clip"), progress=False)
+    (n_default, width_default), (n_styled, width_styled) = (default.space.shapes["image_tokens"],
+                                                            styled.space.shapes["image_tokens"])
+    from brainrecon.assets import SIMWORLD_ASSETS
+
+    vision = json.loads((SIMWORLD_ASSETS / "clip" / "config.json").read_text())["vision_config"]
+    assert n_styled == n_default - 1 and width_styled == vision["hidden_size"]
+    assert width_default == json.loads((SIMWORLD_ASSETS / "clip" / "config.json").read_text())["projection_dim"]
+    # unprojected and not CLS-normalised: a different representation of the same images
+    patch_tokens = np.asarray(default.arrays["image_tokens"][:4, 1:])
+    assert not np.allclose(np.asarray(styled.arrays["image_tokens"][:4]), patch_tokens)
+    assert len(list(tmp_path.glob("image_tokens-*.npy"))) == 2
+    with pytest.raises(ConfigError, match="image_token_style"):
+        validate_config(TargetsConfig, {"image_token_style": "bigG"})
+
+
 def test_bad_configs_fail_clearly(train_world, tmp_path):
     with pytest.raises(ConfigError, match="unknown_key"):
         validate_config(TrainConfig, {"model": {"kind": "mindbridge"}, "unknown_key": 1})

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ IMAGE_SIZE = 64
 TRAIN_KEY = "assets-train"   # scenes for training; the world's own scenes use the key "scene"
 HELDOUT_WORLD_SEED = 0       # the default world's seed: its shared test images are the held-out set
 HELDOUT_KEY = "scene"
+VALIDATION_KEY = "assets-val"  # scenes for choosing sampling settings: neither trained on nor the held-out set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,15 +78,25 @@ class TrainPlan:
     cfg_dropout: float
     max_noise_level: int   # embedding noise augmentation, sampled per batch in [0, max] half of the time
     warmup: int
+    # decoder recipe (defaults = the first shipped set's, so older manifests still describe their run)
+    unet_attention: bool = True    # transformer blocks in the down/up path (the mid block always has one)
+    unet_film: bool = False        # scale-and-shift ("FiLM") time/condition injection instead of a bias
+    unet_ema: float = 0.0          # EMA decay of the UNet weights; 0 = no EMA, ship the raw weights
+    unet_min_snr: float = 0.0      # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE
+    checkpoint_every: int = 250    # decoder steps between resumable checkpoints
 
     @classmethod
     def full(cls) -> TrainPlan:
-        # sized so the whole run fits in ~45 minutes on 2 CPU cores (see docs/assets.md)
+        # CLIP and VAE sized to train in ~20 minutes on 2 CPU cores; the decoder is the long part (~55 min).
+        # Decoder recipe (docs/assets.md): no attention in the down/up path (it cost half of each step and,
+        # with a constant empty prompt, cross-attention carries nothing), FiLM conditioning so the CLIP
+        # embedding scales as well as shifts every ResNet block, Min-SNR-5 weighting and an EMA.
         return cls(n_scenes=24000,
                    clip_width=128, clip_layers=4, clip_steps=480, clip_batch=128, clip_lr=1e-3,
                    vae_channels=(16, 32, 64), vae_steps=700, vae_batch=16, vae_lr=1e-3, vae_kl_weight=1e-7,
-                   unet_channels=(32, 64, 128), unet_steps=1000, unet_batch=64, unet_lr=5e-4, cfg_dropout=0.1,
-                   max_noise_level=300, warmup=50)
+                   unet_channels=(32, 64, 128), unet_steps=5000, unet_batch=64, unet_lr=1e-3, cfg_dropout=0.1,
+                   max_noise_level=300, warmup=100, unet_attention=False, unet_film=True, unet_ema=0.999,
+                   unet_min_snr=5.0, checkpoint_every=250)
 
     @classmethod
     def quick(cls) -> TrainPlan:
@@ -92,8 +104,9 @@ class TrainPlan:
         return cls(n_scenes=64,
                    clip_width=32, clip_layers=1, clip_steps=2, clip_batch=16, clip_lr=1e-3,
                    vae_channels=(8, 8, 8), vae_steps=2, vae_batch=8, vae_lr=1e-3, vae_kl_weight=1e-7,
-                   unet_channels=(16, 16, 32), unet_steps=2, unet_batch=8, unet_lr=5e-4, cfg_dropout=0.1,
-                   max_noise_level=300, warmup=1)
+                   unet_channels=(16, 16, 32), unet_steps=3, unet_batch=8, unet_lr=5e-4, cfg_dropout=0.1,
+                   max_noise_level=300, warmup=1, unet_attention=False, unet_film=True, unet_ema=0.9,
+                   unet_min_snr=5.0, checkpoint_every=2)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -179,13 +192,17 @@ def make_unet(plan: TrainPlan, embed_dim: int, text_dim: int):
     from diffusers import UNet2DConditionModel
 
     n = len(plan.unet_channels)
-    # no attention at full latent resolution (16x16, costly on CPU); cross-attention + self-attention below
+    # never attention at full latent resolution (16x16, costly on CPU); optionally none in the down/up path.
+    # The mid block keeps its transformer, so the pipeline's (empty-prompt) cross-attention input is still used.
+    inner_down, inner_up = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") if plan.unet_attention else \
+        ("DownBlock2D", "UpBlock2D")
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=plan.unet_channels,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=("DownBlock2D",) + (inner_down,) * (n - 1),
+        up_block_types=(inner_up,) * (n - 1) + ("UpBlock2D",),
         cross_attention_dim=text_dim, attention_head_dim=16, norm_num_groups=min(16, plan.unet_channels[0]),
+        resnet_time_scale_shift="scale_shift" if plan.unet_film else "default",
         # unCLIP conditioning: [noised embedding, noise-level code] -> projected and added to the time embedding
         class_embed_type="projection", projection_class_embeddings_input_dim=2 * embed_dim)
 
@@ -315,7 +332,9 @@ def build_pipeline(plan: TrainPlan, clip_model, tokenizer, vae, embeds: torch.Te
     return pipe
 
 
-def train_decoder(plan: TrainPlan, pipe, latents: torch.Tensor, embeds: torch.Tensor, seed: int, log=print):
+def train_decoder(plan: TrainPlan, pipe, latents: torch.Tensor, embeds: torch.Tensor, seed: int,
+                  checkpoint_dir: Path | None = None, log=print):
+    """ε-prediction on the VAE latents, conditioned as the pipeline conditions; resumes from `checkpoint_dir`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 3])
     noise_gen = torch.Generator().manual_seed(seed)
@@ -326,7 +345,13 @@ def train_decoder(plan: TrainPlan, pipe, latents: torch.Tensor, embeds: torch.Te
         empty, _ = pipe.encode_prompt(prompt=[""], device="cpu", num_images_per_prompt=1,
                                       do_classifier_free_guidance=False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=plan.unet_lr, weight_decay=0.0)
-    for step in range(plan.unet_steps):
+    ema = {name: p.detach().clone() for name, p in unet.named_parameters()} if plan.unet_ema > 0 else None
+    first = 0
+    if checkpoint_dir is not None and (checkpoint_dir / "state.json").is_file():
+        first = load_decoder_checkpoint(checkpoint_dir, plan, unet, optimizer, ema, rng, noise_gen)
+        log(f"unet resuming at step {first} from {checkpoint_dir}")
+    started, losses = time.perf_counter(), []
+    for step in range(first, plan.unet_steps):
         set_lr(optimizer, lr_at(step, plan.unet_steps, plan.unet_lr, plan.warmup))
         idx = torch.from_numpy(rng.choice(len(latents), plan.unet_batch, replace=False))
         x0, embed = latents[idx], embeds[idx]
@@ -342,15 +367,81 @@ def train_decoder(plan: TrainPlan, pipe, latents: torch.Tensor, embeds: torch.Te
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         predicted = unet(noisy, t, encoder_hidden_states=empty.expand(len(idx), -1, -1),
                          class_labels=class_labels).sample
-        loss = F.mse_loss(predicted, noise)
+        per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (min_snr_weights(alphas_cumprod[t], plan.unet_min_snr) * per_sample).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
+        if ema is not None:
+            update_ema(ema, unet, decay=min(plan.unet_ema, (1 + step) / (10 + step)))
+        losses.append(per_sample.mean().item())
         if step % 50 == 0 or step == plan.unet_steps - 1:
-            log(f"unet step {step:5d}  loss {loss.item():.4f}")
+            rate = (time.perf_counter() - started) / (step - first + 1)
+            log(f"unet step {step:5d}  mse {np.mean(losses[-50:]):.4f}  "
+                f"({rate:.2f} s/step, ~{rate * (plan.unet_steps - step - 1) / 60:.0f} min left)")
+        if checkpoint_dir is not None and (step + 1) % plan.checkpoint_every == 0 and step + 1 < plan.unet_steps:
+            save_decoder_checkpoint(checkpoint_dir, step + 1, plan, unet, optimizer, ema, rng, noise_gen)
+    if ema is not None:  # ship the averaged weights
+        with torch.no_grad():
+            for name, p in unet.named_parameters():
+                p.copy_(ema[name])
     unet.eval()
     return pipe
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma for ε-prediction: min(SNR, gamma) / SNR, so easy low-noise steps stop dominating."""
+    if gamma <= 0:
+        return torch.ones_like(alphas_cumprod)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return snr.clamp(max=gamma) / snr
+
+
+@torch.no_grad()
+def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    for name, p in model.named_parameters():
+        ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def save_decoder_checkpoint(folder: Path, step: int, plan: TrainPlan, unet, optimizer, ema, rng, noise_gen) -> None:
+    """Everything needed to continue bit-for-bit: weights, EMA, optimizer and both random streams."""
+    from safetensors.torch import save_file
+
+    from brainrecon.train.run import optimizer_to_safetensors
+
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in unet.state_dict().items()}, str(partial / "unet.safetensors"))
+    if ema is not None:
+        save_file(ema, str(partial / "ema.safetensors"))
+    tensors, meta = optimizer_to_safetensors(optimizer.state_dict())
+    tensors["noise_generator_state"] = noise_gen.get_state()
+    save_file(tensors, str(partial / "optimizer.safetensors"))
+    (partial / "state.json").write_text(json.dumps({"step": step, "plan": asdict(plan), "optimizer": meta,
+                                                    "numpy_rng": rng.bit_generator.state}))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def load_decoder_checkpoint(folder: Path, plan: TrainPlan, unet, optimizer, ema, rng, noise_gen) -> int:
+    from safetensors.torch import load_file
+
+    from brainrecon.train.run import optimizer_from_safetensors
+
+    state = json.loads((Path(folder) / "state.json").read_text())
+    if state["plan"] != json.loads(json.dumps(asdict(plan))):
+        raise ValueError(f"{folder} was written by a different training plan; delete it to start the decoder afresh")
+    unet.load_state_dict(load_file(str(Path(folder) / "unet.safetensors")))
+    if ema is not None:
+        ema.update(load_file(str(Path(folder) / "ema.safetensors")))
+    tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
+    noise_gen.set_state(tensors.pop("noise_generator_state"))
+    optimizer.load_state_dict(optimizer_from_safetensors(tensors, state["optimizer"]))
+    rng.bit_generator.state = state["numpy_rng"]
+    return int(state["step"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,12 +478,21 @@ def folder_bytes(folder: Path) -> int:
 # the whole run
 
 
-def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | None = None, log=print) -> dict:
-    """Train CLIP, VAE and decoder into `out`; returns (and writes) the manifest."""
+def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | None = None,
+                 decoder_only: bool = False, log=print) -> dict:
+    """Train CLIP, VAE and decoder into `out`; returns (and writes) the manifest.
+
+    `decoder_only` keeps the CLIP and VAE already in `out` and trains a fresh decoder on them (the
+    manifest then lists both stages). The decoder checkpoints to `out/decoder-checkpoint` as it goes,
+    so an interrupted run continues where it stopped when started again with the same arguments.
+    """
     torch.set_num_threads(2)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = TrainPlan.quick() if quick else TrainPlan.full()
+    command = command or (f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
+                          + (" --decoder-only" if decoder_only else ""))
+    previous = _previous_stage(out, seed, quick) if decoder_only else None
     seconds: dict[str, float] = {}
     started_all = time.perf_counter()
 
@@ -402,31 +502,42 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
     log(f"rendered {len(images)} training scenes in {seconds['data']:.0f} s")
 
     tokenizer = byte_level_tokenizer()
-    started = time.perf_counter()
-    clip_model = train_clip(plan, images, caption_lists, tokenizer, seed, log)
-    seconds["clip"] = time.perf_counter() - started
-    save_clip(clip_model, tokenizer, out / "clip")
+    if decoder_only:
+        clip_model, vae = load_clip_and_vae(out)
+    else:
+        started = time.perf_counter()
+        clip_model = train_clip(plan, images, caption_lists, tokenizer, seed, log)
+        seconds["clip"] = time.perf_counter() - started
+        save_clip(clip_model, tokenizer, out / "clip")
+        started = time.perf_counter()
+        vae = train_vae(plan, images, seed, log)
+        seconds["vae"] = time.perf_counter() - started
+        # the decoder learns from what the saved (float16) models will give at sampling time
+        clip_model, vae = _half_copy(clip_model).float(), _half_copy(vae).float()
 
     started = time.perf_counter()
-    vae = train_vae(plan, images, seed, log)
-    seconds["vae"] = time.perf_counter() - started
-
-    # the decoder learns from what the saved (float16) models will give at sampling time
-    started = time.perf_counter()
-    clip_model, vae = _half_copy(clip_model).float(), _half_copy(vae).float()
     latents, embeds = encode_latents(vae, images), clip_image_embeds(clip_model, images)
     pipe = build_pipeline(plan, clip_model, tokenizer, vae, embeds, seed)
     seconds["encode"] = time.perf_counter() - started
     started = time.perf_counter()
-    train_decoder(plan, pipe, latents, embeds, seed, log)
+    checkpoint = out / "decoder-checkpoint"
+    train_decoder(plan, pipe, latents, embeds, seed, checkpoint_dir=checkpoint, log=log)
     seconds["decoder"] = time.perf_counter() - started
-    save_pipeline(pipe, out / "decoder")
+    save_pipeline_atomic(pipe, out / "decoder")
+    shutil.rmtree(checkpoint, ignore_errors=True)
     seconds["total"] = time.perf_counter() - started_all
 
+    stage = {"command": command, "trained": ["decoder"] if decoder_only else ["clip", "vae", "decoder"],
+             "seconds": round(seconds["total"], 1)}
+    if previous is not None:  # this stage's data rendering and encoding replace the earlier stage's
+        earlier = {k: v for k, v in previous["training_seconds"].items() if k in ("clip", "vae")}
+        seconds = {**earlier, **seconds}
+        seconds["total"] = sum(v for k, v in seconds.items() if k != "total")
     manifest = {
         "what": "small CLIP, VAE and unCLIP-style decoder trained on the brainrecon simulated world "
                 "(a testbed model set, not comparable to real CLIP / Versatile Diffusion / SD-unCLIP)",
-        "command": command or f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else ""),
+        "command": command,
+        "stages": (_stages(previous) if previous is not None else []) + [stage],
         "seed": seed,
         "quick": quick,
         "torch_threads": torch.get_num_threads(),
@@ -435,6 +546,8 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
                      f"rendered at {IMAGE_SIZE} px, 4 template captions each (one drawn at random per CLIP step)",
             "heldout": f"the default world's shared test images: derive_rng({HELDOUT_WORLD_SEED}, '{HELDOUT_KEY}', i), "
                        f"ids 0..n-1 (never used for training)",
+            "validation": f"scenes derive_rng({seed}, '{VALIDATION_KEY}', i) (for choosing sampling settings; "
+                          f"neither trained on nor the held-out check set)",
         },
         "plan": asdict(plan),
         "steps": {"clip": plan.clip_steps, "vae": plan.vae_steps, "decoder": plan.unet_steps},
@@ -452,6 +565,54 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
     return manifest
 
 
+def _previous_stage(out: Path, seed: int, quick: bool) -> dict:
+    """The manifest of the run whose CLIP and VAE a --decoder-only run reuses (checked to match)."""
+    needed = [out / "manifest.json", out / "clip" / "config.json", out / "decoder" / "vae" / "config.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--decoder-only reuses the CLIP and VAE of an earlier `brainrecon assets train` "
+                                f"in {out}, but {', '.join(missing)} is missing; run it without --decoder-only")
+    previous = read_manifest(out)
+    if previous.get("seed") != seed or previous.get("quick") != quick:
+        raise ValueError(f"{out} was trained with seed {previous.get('seed')} and quick={previous.get('quick')}; "
+                         f"--decoder-only must use the same --seed and --quick, so the decoder sees the same scenes")
+    return previous
+
+
+def _stages(previous: dict) -> list[dict]:
+    """Earlier stages, minus the decoder this run replaces."""
+    stages = previous.get("stages") or [{"command": previous["command"], "trained": ["clip", "vae", "decoder"],
+                                         "seconds": previous["training_seconds"]["total"]}]
+    kept = []
+    for stage in stages:
+        trained = [part for part in stage["trained"] if part != "decoder"]
+        if trained:
+            kept.append({**stage, "trained": trained})
+    return kept
+
+
+def load_clip_and_vae(out: Path):
+    """The saved small CLIP and VAE, in float32 (what a decoder-only stage trains on)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel
+
+    clip_model = CLIPModel.from_pretrained(out / "clip", local_files_only=True, dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(out / "decoder" / "vae", local_files_only=True, dtype=torch.float32).eval()
+    return clip_model, vae
+
+
+def save_pipeline_atomic(pipe, folder: Path) -> None:
+    """Write next to `folder`, then swap, so a crash never leaves half a decoder."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_pipeline(pipe, partial)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    partial.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_manifest(out: Path, manifest: dict) -> None:
     (Path(out) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -464,7 +625,71 @@ def read_manifest(out: Path) -> dict:
 # quality check
 
 
-def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
+DEFAULT_GUIDANCE = 3.0  # what `check` uses when the set records no guidance chosen on validation scenes
+
+
+def validation_scenes(n: int, seed: int = 0) -> tuple[np.ndarray, list[list[str]]]:
+    """Scenes for choosing sampling settings: neither trained on nor the held-out check set."""
+    return render_scenes(seed, VALIDATION_KEY, range(n))
+
+
+def recorded_guidance(folder: Path) -> float:
+    """The guidance scale `tune_guidance` chose for this set, else DEFAULT_GUIDANCE."""
+    manifest_path = Path(folder) / "manifest.json"
+    if manifest_path.is_file():
+        sampling = read_manifest(folder).get("sampling") or {}
+        if "guidance_scale" in sampling:
+            return float(sampling["guidance_scale"])
+    return DEFAULT_GUIDANCE
+
+
+def decode_true_embeddings(folder: Path, originals: np.ndarray, steps: int, guidance_scale: float, seed: int,
+                           embedder=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(true embeddings, decodings, decodings' embeddings, 2-way identification) for `originals`."""
+    from brainrecon.embed.clip import ClipImageEmbedder
+    from brainrecon.evaluate.metrics import two_way_identification
+    from brainrecon.generate.base import GenerationRequest
+    from brainrecon.generate.unclip import UnclipGenerator
+
+    embedder = embedder or ClipImageEmbedder(Path(folder) / "clip", batch_size=64)
+    true_embeds = embedder.pooled(originals)
+    generator = UnclipGenerator(Path(folder) / "decoder", batch_size=50)
+    decoded = generator.generate(GenerationRequest(image_pooled=true_embeds, steps=steps,
+                                                   guidance_scale=guidance_scale, seed=seed))
+    decoded_embeds = embedder.pooled(decoded)
+    return true_embeds, decoded, decoded_embeds, two_way_identification(true_embeds, decoded_embeds)
+
+
+def tune_guidance(folder: Path, scales: list[float], n: int = 200, steps: int = 25, seed: int = 0,
+                  log=print) -> dict:
+    """Pick the guidance scale on *validation* scenes (never the held-out check set); record it.
+
+    The choice goes to manifest["sampling"], which `check_assets` then uses by default, so the
+    held-out figure is measured at a setting fixed before the held-out scenes were decoded.
+    """
+    torch.set_num_threads(2)
+    folder = Path(folder)
+    if not scales:
+        raise ValueError("tune_guidance needs at least one guidance scale")
+    originals, _ = validation_scenes(n)
+    by_scale = {}
+    for scale in scales:
+        *_, identification = decode_true_embeddings(folder, originals, steps, scale, seed)
+        by_scale[f"{scale:g}"] = identification
+        log(f"guidance {scale:g}: 2-way identification on {n} validation scenes {identification:.3f}")
+    best = max(scales, key=lambda scale: by_scale[f"{scale:g}"])
+    sampling = {"guidance_scale": float(best), "chosen_on": f"{n} validation scenes derive_rng(0, "
+                f"'{VALIDATION_KEY}', i)", "steps": steps, "seed": seed,
+                "two_way_identification_by_guidance": by_scale}
+    if (folder / "manifest.json").is_file():
+        manifest = read_manifest(folder)
+        manifest["sampling"] = sampling
+        write_manifest(folder, manifest)
+    log(f"chose guidance {best:g}")
+    return sampling
+
+
+def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: float | None = None, seed: int = 0,
                  grid_path: Path | None = None, grid_columns: int = 10, command: str | None = None,
                  log=print) -> dict:
     """Decode the TRUE small-CLIP embeddings of n held-out scenes; score with the same small CLIP.
@@ -472,20 +697,21 @@ def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: fl
     2-way identification is metrics.two_way_identification (the N-way form: each decoding's
     embedding against every other held-out original; chance 0.5). Two references put the number
     in context: the VAE round trip of the originals (the decoder's ceiling through its latent
-    space) and the decodings matched against shuffled originals (chance).
+    space) and the decodings matched against shuffled originals (chance). The guidance scale defaults
+    to the one `tune_guidance` chose on validation scenes.
     """
     from brainrecon.embed.clip import ClipImageEmbedder, ClipTextEmbedder
     from brainrecon.evaluate.metrics import two_way_identification
-    from brainrecon.generate.base import GenerationRequest
-    from brainrecon.generate.unclip import UnclipGenerator
     from brainrecon.generate.vae import VaePath
 
     torch.set_num_threads(2)
     folder = Path(folder)
+    guidance_scale = recorded_guidance(folder) if guidance_scale is None else guidance_scale
     started = time.perf_counter()
     originals, caption_lists = heldout_scenes(n)
     embedder = ClipImageEmbedder(folder / "clip", batch_size=64)
-    true_embeds = embedder.pooled(originals)
+    true_embeds, decoded, decoded_embeds, identification = decode_true_embeddings(
+        folder, originals, steps, guidance_scale, seed, embedder)
     # the CLIP on its own: image -> caption retrieval among the n held-out scenes, per caption template
     text_embedder = ClipTextEmbedder(folder / "clip", batch_size=64)
     unit = true_embeds / np.linalg.norm(true_embeds, axis=1, keepdims=True)
@@ -494,17 +720,13 @@ def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: fl
         text = text_embedder.pooled([captions[template] for captions in caption_lists])
         similarity = unit @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T
         retrieval[name] = float((similarity.argmax(axis=1) == np.arange(n)).mean())
-    generator = UnclipGenerator(folder / "decoder", batch_size=50)
-    decoded = generator.generate(GenerationRequest(image_pooled=true_embeds, steps=steps,
-                                                   guidance_scale=guidance_scale, seed=seed))
-    decoded_embeds = embedder.pooled(decoded)
     vae = VaePath(folder / "decoder")
     round_trip = vae.decode(vae.encode(originals))
     shuffled = np.random.default_rng(seed).permutation(n)
     quality = {
         "command": command or f"brainrecon assets check {folder}",
         "heldout_scenes": n, "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "noise_level": 0,
-        "two_way_identification": two_way_identification(true_embeds, decoded_embeds),
+        "two_way_identification": identification,
         "clip_image_to_caption_top1": retrieval,
         "two_way_identification_vae_round_trip": two_way_identification(true_embeds, embedder.pooled(round_trip)),
         "two_way_identification_shuffled": two_way_identification(true_embeds, decoded_embeds[shuffled]),

@@ -12,6 +12,14 @@ Two representations per modality, as the reconstruction literature uses them:
   text: text_projection(last_hidden_state), divided by the norm of the pooled
   text embedding (77 x 768 for ViT-L/14).
 
+Image tokens come in two styles (`token_style`):
+
+- "versatile" (default): all tokens, projected and CLS-normalised, as above
+  (257 x 768 for ViT-L/14);
+- "open_clip": the OpenCLIP `output_tokens` convention MindEye2 trains on:
+  post-layernorm patch tokens without the CLS token and without projection
+  (256 x 1664 for ViT-bigG/14 at 224 px).
+
 Shapes come from the model config, so ViT-L/14, bigG-style and tiny test
 models all work. Images are uint8 (n, H, W, 3) and are preprocessed from the
 checkpoint's own `preprocessor_config.json` with PIL and torch (resize the
@@ -26,6 +34,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +42,9 @@ from PIL import Image
 
 from brainrecon.errors import ModelPathError
 from brainrecon.pretrained import require_local_dir
+
+TokenStyle = Literal["versatile", "open_clip"]
+TOKEN_STYLES = ("versatile", "open_clip")
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -146,8 +158,13 @@ class ClipImageEmbedder:
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 batch_size: int = 32, subfolder: str | None = None, processor_path: str | Path | None = None):
+                 batch_size: int = 32, subfolder: str | None = None, processor_path: str | Path | None = None,
+                 token_style: TokenStyle = "versatile"):
         from transformers import CLIPVisionModelWithProjection
+
+        if token_style not in TOKEN_STYLES:
+            raise ValueError(f"token_style must be one of {TOKEN_STYLES}, got {token_style!r}")
+        self.token_style = token_style
 
         folder, model_dir = _model_dir(path, "ClipImageEmbedder(path)", subfolder)
         with _quiet_transformers():
@@ -164,14 +181,21 @@ class ClipImageEmbedder:
     @property
     def n_tokens(self) -> int:
         config = self.model.config
-        return (config.image_size // config.patch_size) ** 2 + 1
+        patches = (config.image_size // config.patch_size) ** 2
+        return patches if self.token_style == "open_clip" else patches + 1
 
     @property
     def dim(self) -> int:
+        """Width of the pooled embedding (the joint CLIP space)."""
         return self.model.config.projection_dim
 
+    @property
+    def token_dim(self) -> int:
+        """Width of a token: the joint space for "versatile", the tower's width for "open_clip"."""
+        return self.model.config.hidden_size if self.token_style == "open_clip" else self.dim
+
     def tokens(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (n, H, W, 3) -> float32 (n, n_tokens, dim), each token divided by the CLS token's norm."""
+        """uint8 (n, H, W, 3) -> float32 (n, n_tokens, token_dim) in this embedder's token style."""
         return self.embed(images)[0]
 
     def pooled(self, images: np.ndarray) -> np.ndarray:
@@ -192,9 +216,11 @@ class ClipImageEmbedder:
 
     @torch.no_grad()
     def embed_pixels(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed pixel_values -> (normalised tokens, image_embeds) as tensors."""
+        """Preprocessed pixel_values -> (tokens in this embedder's style, image_embeds) as tensors."""
         output = self.model(pixel_values=pixel_values.to(self.device, self.dtype))
         hidden = self.model.vision_model.post_layernorm(output.last_hidden_state)
+        if self.token_style == "open_clip":
+            return hidden[:, 1:], output.image_embeds
         projected = self.model.visual_projection(hidden)
         cls_norm = projected[:, :1].norm(dim=-1, keepdim=True)
         return projected / cls_norm, output.image_embeds

@@ -38,6 +38,9 @@ class TargetsConfig(StrictConfig):
     clip: str | None = SIMWORLD  # a local CLIP directory, or "simworld" for the shipped small CLIP
     vae: str | None = None  # for `lowlevel`: a local AutoencoderKL (or pipeline) dir, or "simworld"
     image_tokens: bool = True
+    # "versatile": projected, CLS-normalised, CLS included (257x768 for ViT-L/14; MindEye1, Psychometry, MindBridge);
+    # "open_clip": post-layernorm patch tokens, no CLS, unprojected (256x1664 for bigG; MindEye2)
+    image_token_style: Literal["versatile", "open_clip"] = "versatile"
     image_pooled: bool = False
     text_tokens: bool = False
     text_pooled: bool = False
@@ -114,7 +117,8 @@ class _Embedders:
             from brainrecon.embed.clip import ClipImageEmbedder
 
             self._image = ClipImageEmbedder(resolve_model_dir(self.config.clip, "clip", "clip"), self.config.device,
-                                            self.dtype, self.config.batch_size)
+                                            self.dtype, self.config.batch_size,
+                                            token_style=self.config.image_token_style)
         return self._image
 
     def text(self):
@@ -153,7 +157,9 @@ def _cache_key(model_dir: Path, store: Store, name: str, config: TargetsConfig) 
     from brainrecon.embed.cache import model_identity
 
     images = store.manifest.get("files", {}).get("stimuli/images.npy", {}).get("sha256") or str(store.root)
-    digest = hashlib.sha256(f"{model_identity(model_dir, weights='stat')}|{images}|{name}|"
+    # the default token style adds nothing, so caches made before the option existed stay valid
+    style = f"|{config.image_token_style}" if name == "image_tokens" and config.image_token_style != "versatile" else ""
+    digest = hashlib.sha256(f"{model_identity(model_dir, weights='stat')}|{images}|{name}{style}|"
                             f"{config.caption}|{config.dtype}".encode()).hexdigest()[:20]
     return f"{name}-{digest}"
 
