@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+DEFAULT_TUNE_SCALES = (1.5, 3.0, 5.0, 8.0)  # guidance scales `assets tune` tries unless told otherwise
+
 app = typer.Typer(help="Train and check the small model set for the simulated world.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
@@ -18,9 +20,10 @@ def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, deco
           decoder_only: bool = typer.Option(False, "--decoder-only",
                                             help="Keep the CLIP and VAE already in --out; train a fresh decoder."),
           check: bool = typer.Option(True, "--check/--no-check",
-                                     help="Measure decoding quality afterwards (skipped with --quick).")) -> None:
+                                     help="Afterwards choose guidance on validation scenes and measure held-out "
+                                          "decoding quality (skipped with --quick).")) -> None:
     """Train the small CLIP, VAE and unCLIP-style decoder on simulator scenes and captions."""
-    from brainrecon.assets.train import check_assets, train_assets
+    from brainrecon.assets.train import check_assets, train_assets, tune_guidance
 
     command = (f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
                + (" --decoder-only" if decoder_only else ""))
@@ -29,7 +32,8 @@ def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, deco
     except (FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    if check and not quick:
+    if check and not quick:  # as `assets tune` then `assets check`: guidance from validation scenes first
+        tune_guidance(out, list(DEFAULT_TUNE_SCALES), log=typer.echo)
         check_assets(out, command=f"brainrecon assets check {out}", log=typer.echo)
 
 
@@ -55,7 +59,7 @@ def check_command(folder: Path = typer.Argument(..., help="A directory written b
 
 @app.command("tune")
 def tune_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
-                 guidance: list[float] = typer.Option([1.5, 3.0, 5.0, 8.0], "--guidance",
+                 guidance: list[float] = typer.Option(list(DEFAULT_TUNE_SCALES), "--guidance",
                                                       help="Scales to try (repeat the option)."),
                  n: int = typer.Option(200, "--n", help="Validation scenes (never trained on, not the held-out set)."),
                  steps: int = typer.Option(25, "--steps", help="DDIM steps."),

@@ -271,7 +271,8 @@ def train_vae(plan: TrainPlan, images: np.ndarray, seed: int, log=print):
         loss.backward()
         optimizer.step()
         if step % 50 == 0 or step == plan.vae_steps - 1:
-            log(f"vae  step {step:5d}  mse {mse.item():.4f}  (psnr {10 * math.log10(4 / max(mse.item(), 1e-8)):.1f} dB)")
+            psnr = 10 * math.log10(4 / max(mse.item(), 1e-8))  # pixels span [-1, 1]: peak-to-peak 2
+            log(f"vae  step {step:5d}  mse {mse.item():.4f}  (psnr {psnr:.1f} dB)")
     vae.eval()
     # unit-variance latents for the diffusion model, the role 0.18215 plays for SD's VAE
     with torch.no_grad():
@@ -643,17 +644,22 @@ def recorded_guidance(folder: Path) -> float:
     return DEFAULT_GUIDANCE
 
 
-def decode_true_embeddings(folder: Path, originals: np.ndarray, steps: int, guidance_scale: float, seed: int,
-                           embedder=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(true embeddings, decodings, decodings' embeddings, 2-way identification) for `originals`."""
+def load_set(folder: Path):
+    """The set's small CLIP image embedder and its unCLIP decoder."""
     from brainrecon.embed.clip import ClipImageEmbedder
-    from brainrecon.evaluate.metrics import two_way_identification
-    from brainrecon.generate.base import GenerationRequest
     from brainrecon.generate.unclip import UnclipGenerator
 
-    embedder = embedder or ClipImageEmbedder(Path(folder) / "clip", batch_size=64)
+    return ClipImageEmbedder(Path(folder) / "clip", batch_size=64), UnclipGenerator(Path(folder) / "decoder",
+                                                                                    batch_size=50)
+
+
+def decode_true_embeddings(embedder, generator, originals: np.ndarray, steps: int, guidance_scale: float,
+                           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(true embeddings, decodings, decodings' embeddings, 2-way identification) for `originals`."""
+    from brainrecon.evaluate.metrics import two_way_identification
+    from brainrecon.generate.base import GenerationRequest
+
     true_embeds = embedder.pooled(originals)
-    generator = UnclipGenerator(Path(folder) / "decoder", batch_size=50)
     decoded = generator.generate(GenerationRequest(image_pooled=true_embeds, steps=steps,
                                                    guidance_scale=guidance_scale, seed=seed))
     decoded_embeds = embedder.pooled(decoded)
@@ -672,9 +678,10 @@ def tune_guidance(folder: Path, scales: list[float], n: int = 200, steps: int = 
     if not scales:
         raise ValueError("tune_guidance needs at least one guidance scale")
     originals, _ = validation_scenes(n)
+    embedder, generator = load_set(folder)
     by_scale = {}
     for scale in scales:
-        *_, identification = decode_true_embeddings(folder, originals, steps, scale, seed)
+        *_, identification = decode_true_embeddings(embedder, generator, originals, steps, scale, seed)
         by_scale[f"{scale:g}"] = identification
         log(f"guidance {scale:g}: 2-way identification on {n} validation scenes {identification:.3f}")
     best = max(scales, key=lambda scale: by_scale[f"{scale:g}"])
@@ -700,18 +707,17 @@ def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: fl
     space) and the decodings matched against shuffled originals (chance). The guidance scale defaults
     to the one `tune_guidance` chose on validation scenes.
     """
-    from brainrecon.embed.clip import ClipImageEmbedder, ClipTextEmbedder
+    from brainrecon.embed.clip import ClipTextEmbedder
     from brainrecon.evaluate.metrics import two_way_identification
-    from brainrecon.generate.vae import VaePath
 
     torch.set_num_threads(2)
     folder = Path(folder)
     guidance_scale = recorded_guidance(folder) if guidance_scale is None else guidance_scale
     started = time.perf_counter()
     originals, caption_lists = heldout_scenes(n)
-    embedder = ClipImageEmbedder(folder / "clip", batch_size=64)
+    embedder, generator = load_set(folder)
     true_embeds, decoded, decoded_embeds, identification = decode_true_embeddings(
-        folder, originals, steps, guidance_scale, seed, embedder)
+        embedder, generator, originals, steps, guidance_scale, seed)
     # the CLIP on its own: image -> caption retrieval among the n held-out scenes, per caption template
     text_embedder = ClipTextEmbedder(folder / "clip", batch_size=64)
     unit = true_embeds / np.linalg.norm(true_embeds, axis=1, keepdims=True)
@@ -720,7 +726,7 @@ def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: fl
         text = text_embedder.pooled([captions[template] for captions in caption_lists])
         similarity = unit @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T
         retrieval[name] = float((similarity.argmax(axis=1) == np.arange(n)).mean())
-    vae = VaePath(folder / "decoder")
+    vae = generator.vae  # the pipeline's own VAE (what VaePath(folder / "decoder") loads)
     round_trip = vae.decode(vae.encode(originals))
     shuffled = np.random.default_rng(seed).permutation(n)
     quality = {
