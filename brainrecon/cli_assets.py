@@ -7,8 +7,6 @@ from typing import Optional
 
 import typer
 
-DEFAULT_TUNE_SCALES = (1.5, 3.0, 5.0, 8.0)  # guidance scales `assets tune` tries unless told otherwise
-
 app = typer.Typer(help="Train and check the small model set for the simulated world.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
@@ -33,7 +31,7 @@ def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, deco
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     if check and not quick:  # as `assets tune` then `assets check`: guidance from validation scenes first
-        tune_guidance(out, list(DEFAULT_TUNE_SCALES), log=typer.echo)
+        tune_guidance(out, log=typer.echo)
         check_assets(out, command=f"brainrecon assets check {out}", log=typer.echo)
 
 
@@ -59,15 +57,15 @@ def check_command(folder: Path = typer.Argument(..., help="A directory written b
 
 @app.command("tune")
 def tune_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
-                 guidance: list[float] = typer.Option(list(DEFAULT_TUNE_SCALES), "--guidance",
-                                                      help="Scales to try (repeat the option)."),
+                 guidance: Optional[list[float]] = typer.Option(
+                     None, "--guidance", help="Scales to try (repeat the option; default 1.5, 3, 5 and 8)."),
                  n: int = typer.Option(200, "--n", help="Validation scenes (never trained on, not the held-out set)."),
                  steps: int = typer.Option(25, "--steps", help="DDIM steps."),
                  seed: int = typer.Option(0, "--seed", help="Sampling seed.")) -> None:
     """Choose the guidance scale on validation scenes; `check` then uses it by default."""
-    from brainrecon.assets.train import tune_guidance
+    from brainrecon.assets.train import DEFAULT_TUNE_SCALES, tune_guidance
 
-    tune_guidance(folder, list(guidance), n=n, steps=steps, seed=seed, log=typer.echo)
+    tune_guidance(folder, guidance or DEFAULT_TUNE_SCALES, n=n, steps=steps, seed=seed, log=typer.echo)
 
 
 if __name__ == "__main__":

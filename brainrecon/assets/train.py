@@ -33,6 +33,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -627,6 +628,7 @@ def read_manifest(out: Path) -> dict:
 
 
 DEFAULT_GUIDANCE = 3.0  # what `check` uses when the set records no guidance chosen on validation scenes
+DEFAULT_TUNE_SCALES = (1.5, 3.0, 5.0, 8.0)  # guidance scales `tune_guidance` tries unless told otherwise
 
 
 def validation_scenes(n: int, seed: int = 0) -> tuple[np.ndarray, list[list[str]]]:
@@ -666,8 +668,8 @@ def decode_true_embeddings(embedder, generator, originals: np.ndarray, steps: in
     return true_embeds, decoded, decoded_embeds, two_way_identification(true_embeds, decoded_embeds)
 
 
-def tune_guidance(folder: Path, scales: list[float], n: int = 200, steps: int = 25, seed: int = 0,
-                  log=print) -> dict:
+def tune_guidance(folder: Path, scales: Sequence[float] = DEFAULT_TUNE_SCALES, n: int = 200, steps: int = 25,
+                  seed: int = 0, log=print) -> dict:
     """Pick the guidance scale on *validation* scenes (never the held-out check set); record it.
 
     The choice goes to manifest["sampling"], which `check_assets` then uses by default, so the

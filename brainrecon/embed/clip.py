@@ -34,7 +34,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from brainrecon.errors import ModelPathError
 from brainrecon.pretrained import require_local_dir
 
 TokenStyle = Literal["versatile", "open_clip"]
-TOKEN_STYLES = ("versatile", "open_clip")
+TOKEN_STYLES = get_args(TokenStyle)
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

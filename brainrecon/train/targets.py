@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from brainrecon.config import StrictConfig
 from brainrecon.data.store import Store
+from brainrecon.embed.clip import TokenStyle
 from brainrecon.errors import ConfigError
 from brainrecon.io import atomic_write_json
 from brainrecon.models.base import TargetSpace
@@ -40,7 +41,7 @@ class TargetsConfig(StrictConfig):
     image_tokens: bool = True
     # "versatile": projected, CLS-normalised, CLS included (257x768 for ViT-L/14; MindEye1, Psychometry, MindBridge);
     # "open_clip": post-layernorm patch tokens, no CLS, unprojected (256x1664 for bigG; MindEye2)
-    image_token_style: Literal["versatile", "open_clip"] = "versatile"
+    image_token_style: TokenStyle = "versatile"
     image_pooled: bool = False
     text_tokens: bool = False
     text_pooled: bool = False
