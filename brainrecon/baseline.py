@@ -1,24 +1,65 @@
-"""The plain baseline and the ceiling: a ridge decoder against the Bayes-optimal oracle.
+"""The ceilings of a world and a plain ridge against them, in every space a run can decode into.
 
-The ridge maps each subject's z-scored single-trial betas to a fixed image
-embedding (hand-crafted Gabor/colour features; learned embedders replace it
-later) and is scored by 300-way retrieval on the averaged test responses,
-exactly as the field scores CLIP-space decoders. On a simulated world the
-oracle's score, computed from the true encoding model, bounds what any decoder
-can reach.
+For each subject of a store, and each target space (the small CLIP's image tokens and pooled
+embedding, and the hand-crafted Gabor/colour embedding), this measures 300-way retrieval of:
+
+- **ridge**: a plain ridge from the subject's z-scored single-trial betas to the space, fitted on
+  training trials only (alpha by cross-validation with folds split by stimulus), predicting the
+  repeat-averaged test responses;
+- **ceiling** (simulated worlds): the Bayes posterior mean of the world's shared code given the
+  same averaged test responses, under the true encoding model (``oracle.posterior_code``), mapped
+  into the space by a ridge fitted from the *true* code of training images to their targets. It
+  is the best a decoder into that space can do with what the brain carries; being a decoder
+  like any other, it cannot beat the oracle in expectation;
+- **capacity** (simulated worlds): the same map applied to the *noise-free* code of the test
+  images: how much of the space the world's code carries at all. It sees no noise, so it can
+  exceed the oracle; a low capacity says the brain encodes features the space lacks;
+- and the Bayes-optimal **oracle** (identification in the true likelihood, every feature).
+
+Scoring: cosine between prediction and candidates after subtracting the mean target of the
+subject's *training* images from both. A ridge's predictions shrink toward that mean, which
+otherwise dominates an uncentred cosine and makes every prediction look alike (the artefact
+Brain-Diffuser removes by rescaling predictions with test statistics; centring with a training
+statistic needs none). No test statistic enters any fit, scaling or choice here.
+
+A simulated world is a testbed with a known ceiling: none of these are NSD results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from brainrecon.data.store import Store
+from brainrecon.clip_image import ClipImageEmbedder
+from brainrecon.data.simworld.config import SIMULATED_NOTE
+from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik, posterior_code, true_code
+from brainrecon.data.store import MANIFEST, Store
 from brainrecon.embed.handcrafted import LowLevelEmbedder
+from brainrecon.io import atomic_write_json, sha256_file
 from brainrecon.evaluate.retrieval import RetrievalScore, cosine_scores, retrieval_top1
 from brainrecon.models.ridge import Ridge, RidgeConfig
+from brainrecon.pretrained import SIMWORLD, resolve_model_dir
+
+SPACES = ("clip_tokens", "clip_pooled", "handcrafted")
+SPACE_LABELS = {"clip_tokens": "small-CLIP tokens", "clip_pooled": "small-CLIP pooled",
+                "handcrafted": "hand-crafted"}
+RIDGE_COMPONENTS = 256  # wider spaces are ridged into their top training principal components
+
+
+@dataclass(frozen=True)
+class SpaceResult:
+    ridge: RetrievalScore
+    ridge_cosine: float  # mean centred cosine(predicted, true) on test images
+    ceiling: RetrievalScore | None
+    capacity: RetrievalScore | None
+
+    def to_dict(self) -> dict:
+        return {"ridge": self.ridge.to_dict(), "ridge_cosine": self.ridge_cosine,
+                "ceiling": self.ceiling.to_dict() if self.ceiling else None,
+                "capacity": self.capacity.to_dict() if self.capacity else None}
 
 
 @dataclass(frozen=True)
@@ -27,78 +68,181 @@ class SubjectResult:
     n_voxels: int
     n_train_trials: int
     n_test_images: int
-    ridge: RetrievalScore
-    ridge_cosine: float  # mean cosine(predicted, true) embedding on test images
     oracle: RetrievalScore | None
+    spaces: dict[str, SpaceResult]
 
     def to_dict(self) -> dict:
         return {"subject": self.subject, "n_voxels": self.n_voxels, "n_train_trials": self.n_train_trials,
-                "n_test_images": self.n_test_images, "ridge": self.ridge.to_dict(),
-                "ridge_embedding_cosine": self.ridge_cosine,
-                "oracle": self.oracle.to_dict() if self.oracle else None}
+                "n_test_images": self.n_test_images, "oracle": self.oracle.to_dict() if self.oracle else None,
+                "spaces": {name: result.to_dict() for name, result in self.spaces.items()}}
 
 
-def fit_ridge_decoder(store: Store, subject: str, embedder: Callable[[np.ndarray], np.ndarray],
-                      config: RidgeConfig | None = None):
-    """Ridge from voxels to ``embedder(images)``, fitted on training trials only (folds split by stimulus);
-    targets are standardised with training-image statistics. Returns (ridge, mean, std)."""
+def space_targets(store: Store, clip: str | None = SIMWORLD, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Every stimulus's target in each space, flattened (rows in the store's stimulus order).
+
+    Tokens are the "versatile" style the token-decoding models train on (CLS included, projected,
+    CLS-normalised); pooled is the CLIP image embedding. ``clip=None`` leaves the CLIP spaces out.
+    """
+    images = store.images_for(np.asarray(store.stimuli.stimulus_id))
+    out = {"handcrafted": LowLevelEmbedder()(images).astype(np.float64)}
+    if clip is not None:
+        tokens, pooled = ClipImageEmbedder(resolve_model_dir(clip, "clip", "clip"), batch_size=batch_size).embed(images)
+        out["clip_tokens"] = tokens.reshape(len(images), -1).astype(np.float64)
+        out["clip_pooled"] = pooled.astype(np.float64)
+    return {name: out[name] for name in SPACES if name in out}
+
+
+def _centred_retrieval(predicted: np.ndarray, truth: np.ndarray, mean: np.ndarray, way: int, draws: int,
+                       seed: int) -> tuple[RetrievalScore, float]:
+    scores = cosine_scores(predicted - mean, truth - mean)
+    return retrieval_top1(scores, way, draws, seed), float(np.mean(np.diag(scores)))
+
+
+def _reduced(targets: np.ndarray, components: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(coordinates, basis): centred targets in their top principal components, when wider than that.
+
+    The components come from a randomised range finder (Halko, Martinsson & Tropp 2011: two power
+    iterations, fixed seed), an order of magnitude faster than a full SVD of thousands of columns."""
+    if targets.shape[1] <= components:
+        return targets, None
+    probe = np.random.default_rng(seed).standard_normal((targets.shape[1], components + 16))
+    range_, _ = np.linalg.qr(targets @ probe)
+    for _ in range(2):
+        range_, _ = np.linalg.qr(targets @ (targets.T @ range_))
+    _, _, vt = np.linalg.svd(range_.T @ targets, full_matrices=False)
+    basis = vt[:components]
+    return targets @ basis.T, basis
+
+
+def ridge_into_spaces(store: Store, subject: str, targets: dict[str, np.ndarray],
+                      config: RidgeConfig | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One ridge from the subject's training trials into every space at once (one decomposition per
+    fold; each space gets its own cross-validated alpha). Returns predicted test targets and the
+    training-image mean of each space."""
     data = store.subject(subject)
-    train = data.train()
-    unique_ids, trial_to_unique = np.unique(train.stimulus_ids, return_inverse=True)
-    targets = embedder(store.images_for(unique_ids))
-    mean, std = targets.mean(0), targets.std(0) + 1e-6
-    ridge = Ridge(config or RidgeConfig()).fit(train.betas, ((targets - mean) / std)[trial_to_unique],
-                                               groups=train.stimulus_ids)
-    return ridge, mean, std
-
-
-def evaluate_ridge(store: Store, subject: str, way: int = 300, draws: int = 30, seed: int = 42,
-                   config: RidgeConfig | None = None) -> tuple[RetrievalScore, float, int]:
-    embedder = LowLevelEmbedder()
-    ridge, mean, std = fit_ridge_decoder(store, subject, embedder, config)
-    test = store.subject(subject).test()
+    train, test = data.train(), data.test()
+    rows = store.stimuli.rows(train.stimulus_ids)
+    unique_rows = np.unique(rows)
+    means, parts, bases, groups, start = {}, [], {}, [], 0
+    for name, values in targets.items():
+        means[name] = values[unique_rows].mean(0)
+        reduced, bases[name] = _reduced(values[unique_rows] - means[name], RIDGE_COMPONENTS)
+        parts.append(reduced[np.searchsorted(unique_rows, rows)])
+        groups.append(slice(start, start + reduced.shape[1]))
+        start += reduced.shape[1]
+    ridge = Ridge(config or RidgeConfig()).fit(train.betas, np.concatenate(parts, 1), groups=train.stimulus_ids,
+                                               target_groups=groups)
     predicted = ridge.predict(test.betas).numpy()
-    truth = (embedder(store.images_for(test.stimulus_ids)) - mean) / std
-    scores = cosine_scores(predicted, truth)
-    return retrieval_top1(scores, way, draws, seed), float(np.mean(np.diag(scores))), len(test)
+    out = {}
+    for (name, basis), group in zip(bases.items(), groups):
+        part = predicted[:, group]
+        out[name] = (part @ basis if basis is not None else part) + means[name]
+    return out, means
+
+
+def code_to_spaces(store: Store, subject: str, targets: dict[str, np.ndarray], code_of) -> dict:
+    """Ridge maps from the world's true code to each space, fitted on the subject's training images."""
+    train_ids = np.unique(store.subject(subject).train().stimulus_ids)
+    code = code_of(train_ids)
+    rows = store.stimuli.rows(train_ids)
+    maps = {}
+    for name, values in targets.items():
+        maps[name] = Ridge(RidgeConfig()).fit(code, values[rows])
+    return maps
+
+
+def subject_ceilings(store: Store, subject: str, targets: dict[str, np.ndarray], way: int = 300,
+                     draws: int = 30, seed: int = 42) -> SubjectResult:
+    data = store.subject(subject)
+    test_ids = data.test().stimulus_ids
+    test_rows = store.stimuli.rows(test_ids)
+    predicted, means = ridge_into_spaces(store, subject, targets)
+    ceiling_inputs, oracle = None, None
+    if store.source.get("kind") == "simulated":
+        evidence = oracle_evidence(store, subject)
+        if not np.array_equal(evidence.stimulus_ids, test_ids):
+            raise ValueError("the oracle's test stimuli differ from the store's test split")
+        oracle = retrieval_top1(oracle_loglik(evidence), way, draws, seed, loglik=True)
+        train_code = true_code(store, subject, np.unique(data.train().stimulus_ids))
+        posterior = posterior_code(evidence, train_code.mean(0), np.cov(train_code, rowvar=False))
+        maps = code_to_spaces(store, subject, targets, lambda ids: true_code(store, subject, ids))
+        ceiling_inputs = (maps, posterior, true_code(store, subject, test_ids))
+    spaces = {}
+    for name, values in targets.items():
+        truth = values[test_rows]
+        ridge, cosine = _centred_retrieval(predicted[name], truth, means[name], way, draws, seed)
+        ceiling = capacity = None
+        if ceiling_inputs is not None:
+            maps, posterior, noise_free = ceiling_inputs
+            ceiling = _centred_retrieval(maps[name].predict(posterior).numpy(), truth, means[name], way, draws,
+                                         seed)[0]
+            capacity = _centred_retrieval(maps[name].predict(noise_free).numpy(), truth, means[name], way, draws,
+                                          seed)[0]
+        spaces[name] = SpaceResult(ridge, cosine, ceiling, capacity)
+    return SubjectResult(subject, data.n_voxels, int((~data.trials.is_test).sum()), len(test_ids), oracle, spaces)
 
 
 def ceiling_table(store: Store, way: int = 300, draws: int = 30, seed: int = 42,
-                  subjects: list[str] | None = None) -> list[SubjectResult]:
-    """Ridge and (on simulated worlds) oracle retrieval for each subject."""
-    simulated = store.source.get("kind") == "simulated"
-    results = []
-    for subject in subjects or store.subjects:
-        ridge, cosine, n_test = evaluate_ridge(store, subject, way, draws, seed)
-        oracle = None
-        if simulated:
-            from brainrecon.data.simworld.oracle import oracle_retrieval
-            oracle = oracle_retrieval(store, subject, way, draws, seed)
-        data = store.subject(subject)
-        results.append(SubjectResult(subject, data.n_voxels, int((~data.trials.is_test).sum()), n_test, ridge,
-                                     cosine, oracle))
-    return results
+                  subjects: list[str] | None = None, clip: str | None = SIMWORLD) -> list[SubjectResult]:
+    """Oracle, space ceilings and ridge for each subject (ceilings on simulated worlds only)."""
+    targets = space_targets(store, clip)
+    return [subject_ceilings(store, subject, targets, way, draws, seed) for subject in subjects or store.subjects]
+
+
+def _pct(score: RetrievalScore | None) -> str:
+    return f"{100 * score.image_top1:.1f}" if score else "n/a"
 
 
 def format_table(results: list[SubjectResult]) -> str:
-    """A Markdown table of 300-way top-1 retrieval (mean over draws, +/- 95% CI)."""
-    way = results[0].ridge.way
-    pct = lambda s, ci: f"{100 * s:.1f} ± {100 * ci:.1f}"  # noqa: E731
-    lines = ["| subject | voxels | ridge image | ridge brain | oracle image | oracle brain | ridge / oracle |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """A Markdown table: per subject, the oracle, and per space the ceiling and the ridge (image retrieval)."""
+    spaces = list(results[0].spaces)
+    first = next(iter(results[0].spaces.values())).ridge
+    head = "| subject | voxels | oracle |" + "".join(f" {SPACE_LABELS[s]} ceiling | {SPACE_LABELS[s]} ridge |"
+                                                      for s in spaces)
+    lines = [head, "|---|---:|---:|" + "---:|---:|" * len(spaces)]
     for r in results:
-        o = r.oracle
-        lines.append(f"| {r.subject} | {r.n_voxels} | {pct(r.ridge.image_top1, r.ridge.image_ci95)} | "
-                     f"{pct(r.ridge.brain_top1, r.ridge.brain_ci95)} | "
-                     + (f"{pct(o.image_top1, o.image_ci95)} | {pct(o.brain_top1, o.brain_ci95)} | "
-                        f"{r.ridge.image_top1 / o.image_top1:.2f} |" if o else "n/a | n/a | n/a |"))
-    mean = lambda f: float(np.mean([f(r) for r in results]))  # noqa: E731
+        oracle = f"{_pct(r.oracle)} ± {100 * r.oracle.image_ci95:.1f}" if r.oracle else "n/a"
+        cells = "".join(f" {_pct(r.spaces[s].ceiling)} | {_pct(r.spaces[s].ridge)} ± "
+                        f"{100 * r.spaces[s].ridge.image_ci95:.1f} |" for s in spaces)
+        lines.append(f"| {r.subject} | {r.n_voxels} | {oracle} |{cells}")
     if all(r.oracle for r in results):
-        lines.append(f"| **mean** | | {100 * mean(lambda r: r.ridge.image_top1):.1f} | "
-                     f"{100 * mean(lambda r: r.ridge.brain_top1):.1f} | "
-                     f"{100 * mean(lambda r: r.oracle.image_top1):.1f} | "
-                     f"{100 * mean(lambda r: r.oracle.brain_top1):.1f} | "
-                     f"{mean(lambda r: r.ridge.image_top1) / mean(lambda r: r.oracle.image_top1):.2f} |")
-    lines.append(f"\n{way}-way top-1 retrieval in %, mean ± 95% CI over {results[0].ridge.draws} draws; "
-                 f"chance {100 / way:.2f}%. Image = brain→image, brain = image→brain.")
+        mean = lambda f: float(np.mean([f(r) for r in results]))  # noqa: E731
+        oracle = mean(lambda r: r.oracle.image_top1)
+        cells = ""
+        for s in spaces:
+            ceiling = mean(lambda r: r.spaces[s].ceiling.image_top1)
+            ridge = mean(lambda r: r.spaces[s].ridge.image_top1)
+            cells += f" {100 * ceiling:.1f} ({ceiling / oracle:.2f}) | {100 * ridge:.1f} ({ridge / oracle:.2f}) |"
+        lines.append(f"| **mean (÷ oracle)** | | {100 * oracle:.1f} |{cells}")
+    lines.append(f"\n{first.way}-way top-1 image retrieval (brain → image) in %, mean over {first.draws} draws "
+                 f"(± 95% CI); chance {100 / first.way:.2f}%. Oracle: Bayes-optimal identification under the true "
+                 f"model. Ceiling: the Bayes estimate of the world's code mapped into the space. Ridge: voxels → "
+                 f"space. Cosine after subtracting the training images' mean target.")
     return "\n".join(lines)
+
+
+CEILINGS_FILE = "ceilings.json"
+
+
+def _manifest_sha256(store: Store) -> str:
+    return sha256_file(store.root / MANIFEST)
+
+
+def save_ceilings(store: Store, results: list[SubjectResult]) -> Path:
+    """Store the table beside the world (``STORE/ceilings.json``), tied to the store's manifest hash."""
+    first = next(iter(results[0].spaces.values())).ridge
+    path = store.root / CEILINGS_FILE
+    atomic_write_json(path, {"store_manifest_sha256": _manifest_sha256(store), "way": first.way,
+                             "draws": first.draws, "scoring": "cosine after subtracting the training images' "
+                                                             "mean target", "spaces": list(results[0].spaces),
+                             "note": SIMULATED_NOTE, "subjects": [r.to_dict() for r in results]})
+    return path
+
+
+def load_ceilings(store: Store) -> dict | None:
+    """The stored table, or None when there is none or it was computed for another version of the store."""
+    path = store.root / CEILINGS_FILE
+    if not path.is_file():
+        return None
+    table = json.loads(path.read_text())
+    return table if table.get("store_manifest_sha256") == _manifest_sha256(store) else None

@@ -45,12 +45,14 @@ def _build_world(config_name: str, out: Path, overwrite: bool, seed: int | None,
 
 
 def _score(store_path: Path, way: int, draws: int):
-    from brainrecon.baseline import ceiling_table
+    """Oracle, space ceilings and ridge per subject, stored beside the world (STORE/ceilings.json)."""
+    from brainrecon.baseline import ceiling_table, save_ceilings
     from brainrecon.data import open_store
 
     started = time.perf_counter()
-    results = ceiling_table(open_store(store_path), way=way, draws=draws)
-    return results, time.perf_counter() - started
+    store = open_store(store_path)
+    results = ceiling_table(store, way=way, draws=draws)
+    return results, save_ceilings(store, results), time.perf_counter() - started
 
 
 @app.command()
@@ -58,19 +60,20 @@ def simulate(config: str = typer.Option("default", "--config", help="World prese
              out: Path = typer.Option(..., "--out", help="Store to create."),
              seed: int | None = typer.Option(None, "--seed", help="Override the config's seed."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
-             score: bool = typer.Option(True, "--score/--no-score", help="Print ridge and oracle retrieval."),
+             score: bool = typer.Option(True, "--score/--no-score", help="Compute, store and print the oracle, "
+                                                                         "each target space's ceiling and a ridge."),
              way: int = typer.Option(300, "--way", help="N-way retrieval (the field reports 300)."),
              progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
-    """Simulate a multi-subject world into a store; print the oracle's and a ridge decoder's retrieval."""
+    """Simulate a multi-subject world into a store; print the oracle, each target space's ceiling and a ridge."""
     from brainrecon.baseline import format_table
-    from brainrecon.demo import SIMULATED_NOTE
+    from brainrecon.data.simworld import SIMULATED_NOTE
 
     world, seconds = _build_world(config, out, overwrite, seed, progress)
     _echo(f"Simulated {world.n_subjects} subjects into {out} in {seconds:.1f} s.")
     if score:
-        results, _ = _score(out, way, 30)
+        results, path, _ = _score(out, way, 30)
         _echo(format_table(results))
-        _echo(SIMULATED_NOTE)
+        _echo(f"Stored in {path}. {SIMULATED_NOTE}")
 
 
 @app.command()

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from brainrecon.errors import ModelPathError
+from brainrecon.assets import SIMWORLD_ASSETS
+from brainrecon.errors import ConfigError, ModelPathError
+
+SIMWORLD = "simworld"  # names the shipped small model set (brainrecon/assets/simworld) instead of a directory
 
 
 def require_local_dir(path: str | Path, argument: str, expect: Sequence[str] = ()) -> Path:
@@ -30,3 +33,22 @@ def require_local_dir(path: str | Path, argument: str, expect: Sequence[str] = (
         raise ModelPathError(f"{argument}: local directory {folder} lacks {', '.join(missing)}; "
                              f"it does not look like the expected model layout (see docs/embedders-and-generators.md)")
     return folder
+
+
+def resolve_model_dir(value: str | None, what: str, simworld_sub: str, label: str | None = None) -> Path:
+    """The local directory a config value names: a path, or "simworld" for the shipped small model set.
+
+    ``label`` is how the value is named in errors (default ``targets.<what>``).
+    """
+    label = label or f"targets.{what}"
+    if value is None:
+        raise ConfigError(f"{label} is not set; give a local model directory (e.g. `--{what} PATH` on "
+                          f"the command line or `{label}: /path/to/model` in the config), "
+                          f"or '{SIMWORLD}' for the simulated world's shipped model")
+    if value == SIMWORLD:
+        return SIMWORLD_ASSETS / simworld_sub
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{label} = {value!r} is not a local directory; nothing is downloaded, so "
+                          f"point it at a model saved on disk")
+    return path

@@ -27,8 +27,11 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
                      "psychometry+ecphory"]
     oracle = result["oracle"]
     assert oracle["image_top1"] > 10 / oracle["way"]  # the Bayes-optimal oracle is far above chance
+    assert set(oracle["spaces"]) == {"clip_tokens", "clip_pooled", "handcrafted"}
     for row in result["rows"]:
         assert row["ratio_to_oracle"] == pytest.approx(row["image_top1"] / oracle["image_top1"])
+        ceiling = oracle["spaces"][row["space"]]["ceiling"]["image_top1"]  # each model's own space's ceiling
+        assert row["ratio_to_ceiling"] == pytest.approx(row["image_top1"] / ceiling)
         assert row["parameters"] > 0 and row["peak_rss_mb"] > 50 and row["resumed"] is False
         assert row["n_reconstructed"] == config.recon_images and row["selection"] == "brain-predicted (honest)"
         assert -1.0 <= row["pixcorr"] <= 1.0 and 0.0 <= row["clip"] <= 1.0
@@ -36,7 +39,8 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     assert "fused embedding" in ecphory["retrieval_note"]
     assert ecphory["parameters"] == result["rows"][-2]["parameters"]  # the same run
     markdown = (tmp_path / "lb" / "leaderboard.md").read_text()
-    for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results"):
+    for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results",
+                  "small-CLIP pooled ceiling", "÷ ceiling"):
         assert label in markdown
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))

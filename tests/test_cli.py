@@ -20,11 +20,13 @@ def run(*args, check=True):
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = run("demo", "--out", str(out), "--config", "tiny", "--images", "10", "--no-progress")
-    assert "oracle image" in result.stdout and "not NSD results" in result.stdout
+    assert "| oracle |" in result.stdout and "not NSD results" in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["data_source"] == "simulated" and len(results["subjects"]) == 2
     for subject in results["subjects"]:
-        assert subject["oracle"]["image_top1"] > subject["ridge"]["image_top1"] > subject["ridge"]["chance"]
+        pooled = subject["spaces"]["clip_pooled"]
+        assert subject["oracle"]["image_top1"] > pooled["ridge"]["image_top1"] > 3 * pooled["ridge"]["chance"]
+    assert json.loads((out / "store" / "ceilings.json").read_text())["subjects"] == results["subjects"]
     assert (out / "retrieval.md").read_text().startswith("# brainrecon demo")
     rec = results["reconstructions"]  # the shipped small model set decodes brain-predicted embeddings
     assert (out / "reconstructions.png").is_file() and rec["selection"] == "brain-predicted (honest)"
@@ -53,7 +55,8 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_simulate_store_info_verify_and_errors(tmp_path):
     store = tmp_path / "store"
     result = run("simulate", "--config", "tiny", "--out", str(store), "--way", "100", "--no-progress")
-    assert "oracle image" in result.stdout and "ridge image" in result.stdout and "100-way" in result.stdout
+    assert "| oracle |" in result.stdout and "small-CLIP pooled ceiling" in result.stdout and "100-way" in result.stdout
+    assert json.loads((store / "ceilings.json").read_text())["way"] == 100
     assert "subj02: 1800 trials in 12 sessions" in run("store", "info", str(store)).stdout
     assert "OK" in run("store", "verify", str(store)).stdout
     again = run("simulate", "--config", "tiny", "--out", str(store), "--no-score", check=False)

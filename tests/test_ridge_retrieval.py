@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import Ridge as SkRidge
 
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
@@ -62,3 +63,48 @@ def test_retrieval_matches_brute_force():
     assert 0.05 < result.image_top1 < 1.0
     with pytest.raises(ValueError, match="300-way retrieval needs at least 300"):
         retrieval_top1(scores, way=300)
+
+
+def test_rescaling_undoes_shrinkage_with_training_statistics_only():
+    """Out-of-fold predictions on training data set the gain: held-out predictions regain the targets'
+    spread (a shrunk ridge's do not), and 'per_target' matches each target's spread."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 50))
+    y = x[:, :5] @ rng.normal(size=(5, 6)) * 0.3 + rng.normal(size=(400, 6)) + 2.0
+    train, held = slice(0, 300), slice(300, 400)
+    model = Ridge(RidgeConfig(alphas=(1e2, 1e3, 1e4))).fit(x[train], y[train])
+    raw = model.predict(x[held]).numpy()
+    spread = lambda p: ((p - p.mean(0)) ** 2).sum()  # noqa: E731
+    assert spread(raw) < 0.5 * spread(y[held])  # the ridge shrinks toward the mean
+    gain, bias = model.rescaling("global")
+    assert torch.allclose(gain, gain[0].expand_as(gain)) and gain[0] > 1
+    rescaled = raw * gain.numpy() + bias.numpy()
+    assert 0.5 < spread(rescaled) / spread(y[held]) < 2.0
+    per_target, _ = model.rescaling("per_target")
+    assert not torch.allclose(per_target, per_target[0].expand_as(per_target))
+    ones, zeros = model.rescaling("none")
+    assert torch.equal(ones, torch.ones_like(ones)) and torch.equal(zeros, torch.zeros_like(zeros))
+    with pytest.raises(ValueError, match="rescale must be"):
+        model.rescaling("test-statistics")
+
+
+def test_ridge_decoder_rescales_and_loads_runs_saved_before_rescaling():
+    from brainrecon.models.base import TargetSpace
+    from brainrecon.models.ridge import RidgeDecoder, RidgeDecoderConfig
+
+    rng = np.random.default_rng(4)
+    betas = rng.normal(size=(300, 40)).astype(np.float32)
+    targets = (betas[:, :4] @ rng.normal(size=(4, 8)) * 0.2 + rng.normal(size=(300, 8))).astype(np.float32)
+    space = TargetSpace({"image_pooled": (8,)})
+    model = RidgeDecoder(RidgeDecoderConfig(target="image_pooled"), {"subj01": 40}, space)
+    fit = model.fit_subject("subj01", betas, targets, np.arange(300))
+    assert fit["rescale"] == "global" and fit["gain"] > 1
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith(("__gain", "__bias"))}
+    old = RidgeDecoder(RidgeDecoderConfig(target="image_pooled"), {"subj01": 40}, space)
+    old.load_state_dict(state, strict=True)  # an older run: no gain/bias saved -> identity
+    x = torch.as_tensor(betas[:5])
+    raw = old.predict(x, "subj01")["image_pooled"]
+    assert torch.equal(old.subj01__gain, torch.ones(8))
+    rescaled = model.predict(x, "subj01")["image_pooled"]
+    np.testing.assert_allclose(rescaled.numpy(), (raw * model.subj01__gain + model.subj01__bias).numpy(),
+                               rtol=1e-5, atol=1e-5)

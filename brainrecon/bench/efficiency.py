@@ -22,6 +22,7 @@ from typing import Any
 
 from brainrecon.bench.leaderboard import claim_workdir, git_commit, machine, sim_train_config, train_in_child
 from brainrecon.config import StrictConfig, load_config
+from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.io import atomic_write_json, atomic_write_text
 
 
@@ -97,7 +98,7 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
     result = {"preset": preset, "config": config.model_dump(mode="json"), "target": config.target,
               "n_sessions": len(sessions), "train_trials_per_session": trials_per_session, "rows": rows,
               "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
-              "note": "Simulated world: a testbed with a known ceiling, not NSD results."}
+              "note": SIMULATED_NOTE}
     atomic_write_json(out / "efficiency.json", result)
     plot_efficiency(result, out / "efficiency.png")
     atomic_write_text(out / "efficiency.md", efficiency_markdown(result))

@@ -25,6 +25,8 @@ from typing import Any
 
 
 from brainrecon.config import StrictConfig, load_config
+from brainrecon.baseline import SPACE_LABELS
+from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.io import atomic_write_json, atomic_write_text
 
 SUBJECT = "subj01"
@@ -155,7 +157,8 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
            "n_reconstructed": metrics["subjects"][SUBJECT]["n_reconstructed"],
            "image_top1": values["image_retrieval"]["value"], "image_ci95": values["image_retrieval"]["ci95"],
            "brain_top1": values["brain_retrieval"]["value"], "brain_ci95": values["brain_retrieval"]["ci95"],
-           "embedding_cosine": values["embedding_cosine"]["value"], "way": values["image_retrieval"]["way"]}
+           "embedding_cosine": values["embedding_cosine"]["value"], "way": values["image_retrieval"]["way"],
+           "space": SPACE_OF_TARGET.get(metrics["retrieval_target"])}
     for name in IMAGE_METRICS:
         row[name] = values[name].get("value")
     if ecphory:
@@ -169,16 +172,23 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
     return row
 
 
+# the target space of the world's ceiling table that a model's retrieval target lives in
+SPACE_OF_TARGET = {"image_tokens": "clip_tokens", "image_pooled": "clip_pooled"}
+
+
 def oracle_row(store_path: Path, config: LeaderboardConfig) -> dict:
+    """The oracle, and each target space's ceiling and plain ridge (the store's ceiling table)."""
+    from brainrecon.baseline import space_targets, subject_ceilings
     from brainrecon.data import open_store
-    from brainrecon.data.simworld.oracle import oracle_retrieval
 
     store = open_store(store_path)
     way = min(config.way, len(store.subject(SUBJECT).test()))
-    score = oracle_retrieval(store, SUBJECT, way, config.draws, config.seed)
+    table = subject_ceilings(store, SUBJECT, space_targets(store), way, config.draws, config.seed)
+    score = table.oracle
     return {"model": "oracle", "label": "Bayes-optimal oracle (knows the true encoding model)",
             "image_top1": score.image_top1, "image_ci95": score.image_ci95, "brain_top1": score.brain_top1,
-            "brain_ci95": score.brain_ci95, "way": way}
+            "brain_ci95": score.brain_ci95, "way": way,
+            "spaces": {name: space.to_dict() for name, space in table.spaces.items()}}
 
 
 LABELS = {"ridge": "Ridge (Brain-Diffuser-style)", "mindeye1": "MindEye1-style", "mindeye2": "MindEye2-style",
@@ -228,9 +238,11 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     oracle = oracle_row(store, config)
     for row in rows:
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
+        space = oracle["spaces"].get(row.get("space") or "")
+        row["ratio_to_ceiling"] = row["image_top1"] / space["ceiling"]["image_top1"] if space else None
     result = {"preset": preset, "config": config.model_dump(mode="json"), "subject": SUBJECT, "rows": rows,
               "oracle": oracle, "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
-              "note": "Simulated world: a testbed with a known ceiling, not NSD results."}
+              "note": SIMULATED_NOTE}
     atomic_write_json(out / "leaderboard.json", result)
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(result))
     return result
@@ -266,27 +278,39 @@ def leaderboard_markdown(result: dict) -> str:
     oracle = result["oracle"]
     way = oracle["way"]
     lines = [
-        "| model | image ret | brain ret | ÷ oracle | emb cos | PixCorr | SSIM | CLIP 2-way | params | train s | "
-        "peak MB | subjects |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        "| model | image ret | brain ret | ÷ oracle | ÷ ceiling | emb cos | PixCorr | SSIM | CLIP 2-way | params | "
+        "train s | peak MB | subjects |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in sorted(result["rows"], key=lambda r: -r["image_top1"]):
         fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         subjects = row["subjects"] if isinstance(row["subjects"], str) else ", ".join(row["subjects"])
         lines.append(f"| {row['label']} | {_pct(row['image_top1'], row.get('image_ci95'))} | "
                      f"{_pct(row['brain_top1'], row.get('brain_ci95'))} | {row['ratio_to_oracle']:.2f} | "
+                     f"{fmt(row.get('ratio_to_ceiling'), 2)} | "
                      f"{fmt(row['embedding_cosine'])} | {fmt(row['pixcorr'])} | {fmt(row['ssim'])} | "
                      f"{_pct(row['clip'])} | {row['parameters']:,} | {row['train_seconds']:.0f}"
                      f"{'*' if row.get('resumed') else ''} | "
                      f"{row['peak_rss_mb']:.0f} | {subjects} |")
     lines.append(f"| **{oracle['label']}** | {_pct(oracle['image_top1'], oracle['image_ci95'])} | "
-                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | |")
+                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | | |")
+    for name, space in oracle.get("spaces", {}).items():
+        for kind in ("ceiling", "ridge"):
+            score = space[kind]
+            label = (f"{SPACE_LABELS[name]} ceiling (the Bayes estimate of the code, mapped into the space)"
+                     if kind == "ceiling" else f"plain ridge into {SPACE_LABELS[name]} (centred)")
+            lines.append(f"| *{label}* | {_pct(score['image_top1'], score['image_ci95'])} | "
+                         f"{_pct(score['brain_top1'], score['brain_ci95'])} | "
+                         f"{score['image_top1'] / oracle['image_top1']:.2f} | | | | | | | | | |")
     config = result["config"]
     machine_info = result["machine"]
     notes = [
         f"All figures are {result['subject']}'s. Retrieval: {way}-way top-1 in % over {config['draws']} draws "
         f"(seed {config['seed']}), chance {100 / way:.2f}%, ± 95% CI over draws, in each model's own target space "
         f"(the shipped small CLIP; the oracle in the world's true likelihood). ÷ oracle: image retrieval divided by "
-        f"the oracle's.",
+        f"the oracle's. ÷ ceiling: divided by the ceiling of the model's own target space (small-CLIP tokens or "
+        f"pooled), the best a decoder into that space reaches in this world (`brainrecon simulate` computes it; "
+        f"docs/simulated-world.md). Ceiling and ridge rows are scored with the training images' mean target "
+        f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from brainrecon.config import StrictConfig
+from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.store import Store
 from brainrecon.errors import EvaluationError
 from brainrecon.evaluate.feature_nets import (
@@ -51,8 +52,6 @@ from brainrecon.io import atomic_write_json, sha256_file
 from brainrecon.models.base import BrainModel, predict_in_batches
 
 METRICS_FORMAT = "brainrecon.metrics/1"
-SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling, not an NSD result; not comparable with "
-                  "published tables.")
 
 
 # name -> (column label, higher is better, shown as a percentage)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,6 +73,33 @@ class Ridge:
     y_mean: torch.Tensor | None = None
     alpha: torch.Tensor | None = None  # (targets,) chosen alpha of each target
     cv_scores: dict = field(default_factory=dict)
+    oof_mean: torch.Tensor | None = None  # (targets,) mean of the out-of-fold predictions at the chosen alpha
+    oof_var: torch.Tensor | None = None  # (targets,) their variance
+    y_var: torch.Tensor | None = None  # (targets,) variance of the training targets
+
+    def rescaling(self, mode: str, group_slices: list[slice] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, bias) so that ``prediction * gain + bias`` undoes the ridge's shrinkage toward the mean.
+
+        Brain-Diffuser (Ozcelik & VanRullen 2023) standardises each predicted feature with the *test*
+        predictions' mean and sd and rescales it to the training targets'. Here the predictions'
+        statistics come from out-of-fold predictions on training data, so no test statistic is used.
+        "per_target" rescales every target as Brain-Diffuser does; "global" uses one gain per group
+        of targets (default: all), which restores the predictions' spread without amplifying the
+        noise of targets the voxels barely predict; "none" is the identity.
+        """
+        if self.oof_mean is None:
+            raise RuntimeError("call fit() before rescaling()")
+        if mode == "none":
+            return torch.ones_like(self.oof_mean), torch.zeros_like(self.oof_mean)
+        if mode == "per_target":
+            gain = torch.sqrt(self.y_var / self.oof_var.clamp_min(1e-12 * self.y_var.max()))
+        elif mode == "global":
+            gain = torch.empty_like(self.oof_mean)
+            for group in group_slices or [slice(0, len(gain))]:
+                gain[group] = torch.sqrt(self.y_var[group].sum() / self.oof_var[group].sum().clamp_min(1e-30))
+        else:
+            raise ValueError(f"rescale must be 'none', 'global' or 'per_target', got {mode!r}")
+        return gain, self.y_mean - self.oof_mean * gain
 
     def _tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a,
@@ -89,6 +117,9 @@ class Ridge:
         target_groups = target_groups or [slice(0, y.shape[1])]
         alphas = self._tensor(self.config.alphas)
         errors = torch.zeros(len(alphas), y.shape[1], dtype=x.dtype, device=x.device)
+        # out-of-fold predictions' first two moments per alpha: how much the fitted ridge shrinks
+        # its predictions on data it has not seen, measured on training data alone
+        moments = torch.zeros(2, len(alphas), y.shape[1], dtype=x.dtype, device=x.device)
         for train, val in self._folds(len(x), groups):
             xm, ym = x[train].mean(0), y[train].mean(0)
             spectrum = _Spectrum.of(x[train] - xm)
@@ -96,11 +127,18 @@ class Ridge:
             for a, alpha in enumerate(alphas):
                 prediction = (left / (spectrum.values + alpha)) @ projected + ym
                 errors[a] += ((y[val] - prediction) ** 2).sum(0)
+                moments[0, a] += prediction.sum(0)
+                moments[1, a] += (prediction ** 2).sum(0)
         best = torch.empty(y.shape[1], dtype=x.dtype, device=x.device)
+        chosen = torch.empty(y.shape[1], dtype=torch.long, device=x.device)
         for group in target_groups:
             group_error = errors[:, group].sum(1)
-            best[group] = alphas[int(torch.argmin(group_error))]
+            chosen[group] = int(torch.argmin(group_error))
+            best[group] = alphas[chosen[group]]
             self.cv_scores[f"{group.start}:{group.stop}"] = group_error.tolist()
+        picked = moments.gather(1, chosen[None, None].expand(2, 1, -1))[:, 0] / len(x)
+        self.oof_mean, self.oof_var = picked[0], (picked[1] - picked[0] ** 2).clamp_min(0)
+        self.y_var = y.var(0, unbiased=False)
         self.x_mean, self.y_mean = x.mean(0), y.mean(0)
         spectrum = _Spectrum.of(x - self.x_mean)
         self.weight = spectrum.weights(spectrum.project(y - self.y_mean), best)
@@ -148,6 +186,9 @@ class RidgeDecoderConfig(StrictConfig):
     """Closed-form ridge from one subject's voxels to one flattened target (Brain-Diffuser / Takagi baseline)."""
 
     target: str = "image_tokens"
+    # undo the ridge's shrinkage toward the mean with training statistics (see Ridge.rescaling):
+    # shrunk predictions all look alike under an uncentred cosine and starve a generator of contrast
+    rescale: Literal["none", "global", "per_target"] = "global"
     alphas: tuple[float, ...] = RidgeConfig().alphas
     folds: int = Field(5, ge=2)  # cross-validation needs at least two folds
     dtype: str = "float64"
@@ -172,6 +213,17 @@ class RidgeDecoder(BrainModel):
             self.register_buffer(f"{subject}__x_mean", torch.zeros(n_voxels))
             self.register_buffer(f"{subject}__y_mean", torch.zeros(n_targets))
             self.register_buffer(f"{subject}__alpha", torch.zeros(n_targets))
+            self.register_buffer(f"{subject}__gain", torch.ones(n_targets))
+            self.register_buffer(f"{subject}__bias", torch.zeros(n_targets))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before predictions were rescaled hold no gain/bias: they load as the identity
+        for subject in self.subjects:
+            weight = state_dict.get(f"{prefix}{subject}__weight")
+            if weight is not None and f"{prefix}{subject}__gain" not in state_dict:
+                state_dict[f"{prefix}{subject}__gain"] = torch.ones(weight.shape[1], dtype=weight.dtype)
+                state_dict[f"{prefix}{subject}__bias"] = torch.zeros(weight.shape[1], dtype=weight.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fit_subject(self, subject: str, betas: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict:
         ridge = Ridge(RidgeConfig(alphas=self.config.alphas, folds=self.config.folds, dtype=self.config.dtype,
@@ -179,12 +231,17 @@ class RidgeDecoder(BrainModel):
         ridge.fit(betas, targets.reshape(len(targets), -1), groups=groups)
         for name in ("weight", "x_mean", "y_mean", "alpha"):
             getattr(self, f"{subject}__{name}").copy_(getattr(ridge, name).float())
-        return {"alpha": float(ridge.alpha[0]), "cv_errors": next(iter(ridge.cv_scores.values()))}
+        gain, bias = ridge.rescaling(self.config.rescale)
+        getattr(self, f"{subject}__gain").copy_(gain.float())
+        getattr(self, f"{subject}__bias").copy_(bias.float())
+        return {"alpha": float(ridge.alpha[0]), "cv_errors": next(iter(ridge.cv_scores.values())),
+                "rescale": self.config.rescale, "gain": float(gain.mean())}
 
     def predict(self, betas: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
         self.check_subject(subject, betas)
         weight = getattr(self, f"{subject}__weight")
         out = (betas - getattr(self, f"{subject}__x_mean")) @ weight + getattr(self, f"{subject}__y_mean")
+        out = out * getattr(self, f"{subject}__gain") + getattr(self, f"{subject}__bias")
         return {self.config.target: out.reshape(len(betas), *self.target_shape)}
 
     def training_loss(self, batches, info, generator):

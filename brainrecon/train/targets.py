@@ -29,8 +29,10 @@ from brainrecon.embed.clip import TokenStyle
 from brainrecon.errors import ConfigError
 from brainrecon.io import atomic_write_json
 from brainrecon.models.base import TargetSpace
+from brainrecon.pretrained import SIMWORLD, resolve_model_dir
 
-SIMWORLD = "simworld"  # names the shipped small CLIP / VAE instead of a directory
+__all__ = ["SIMWORLD", "TargetsConfig", "Targets", "load_targets", "resolve_model_dir"]
+
 
 
 class TargetsConfig(StrictConfig):
@@ -55,22 +57,6 @@ class TargetsConfig(StrictConfig):
     def wanted(self) -> list[str]:
         return [name for name in ("image_tokens", "image_pooled", "text_tokens", "text_pooled", "lowlevel")
                 if getattr(self, name)]
-
-
-def resolve_model_dir(value: str | None, what: str, simworld_sub: str) -> Path:
-    if value is None:
-        raise ConfigError(f"targets.{what} is not set; give a local model directory (e.g. `--clip PATH` on "
-                          f"the command line or `targets: {{{what}: /path/to/model}}` in the config), "
-                          f"or '{SIMWORLD}' for the simulated world's shipped model")
-    if value == SIMWORLD:
-        from brainrecon.assets import SIMWORLD_ASSETS
-
-        return SIMWORLD_ASSETS / simworld_sub
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"targets.{what} = {value!r} is not a local directory; nothing is downloaded, so "
-                          f"point it at a model saved on disk")
-    return path
 
 
 def default_cache_dir() -> Path:

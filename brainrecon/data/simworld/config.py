@@ -8,6 +8,10 @@ from pydantic import Field, model_validator
 
 from brainrecon.config import StrictConfig
 
+# said wherever a simulated-world figure is shown (demo, simulate, evaluate, report, benchmarks)
+SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling. These figures are not NSD results and are "
+                  "not comparable with published tables.")
+
 
 class VoxelCounts(StrictConfig):
     min: int = Field(1500, ge=10)
@@ -76,4 +80,21 @@ class WorldConfig(StrictConfig):
     betas_dtype: Literal["float32", "float16"] = "float32"
     feature_grid: int = Field(16, ge=4, le=64, description="resolution of the feature maps voxels pool over")
     calibration_images: int = Field(512, ge=64, description="images used to standardise each voxel's signal")
+    vision_model: str | None = Field(
+        None, description="a local CLIP directory (or 'simworld', the shipped small CLIP) whose patch tokens the "
+                          "mid-level and whose pooled embedding the high-level voxels read; null: hand-crafted "
+                          "colour/texture and semantic features (the control world)")
+    code_scaling: Literal["whitened", "natural"] = Field(
+        "whitened", description="whitened: every code component has unit variance; natural: components keep their "
+                                "share of the archetype population's variance (strong feature directions carry "
+                                "more signal than weak ones at the same code noise)")
+    voxel_layout: Literal["random", "cortical"] = Field(
+        "random", description="voxel order and coordinates: random (no locality), or cortical (by kind, then "
+                              "retinotopy or category patch, with i/j/k coordinates in voxels.csv)")
+
+    @model_validator(mode="after")
+    def _vision_model_named(self):
+        if self.vision_model is not None and not self.vision_model.strip():
+            raise ValueError("vision_model must name a local CLIP directory or 'simworld' (or be null)")
+        return self
     chunk_images: int = Field(512, ge=16, description="images rendered and encoded at a time (memory bound)")

@@ -6,10 +6,18 @@ features followed by a kind-specific nonlinearity:
 - low:  Gabor energy (4 orientations x 3 scales) pooled over a Gaussian
         retinotopic receptive field, then a compressive square root
         (the classic V1 energy / compressive-spatial-summation model);
-- mid:  colour-opponent and texture statistics pooled over a larger receptive
-        field, read out with signed weights;
-- high: semantic content (visible categories, colours, count, background)
-        through a softplus, like category-selective cortex.
+- mid:  the vision model's patch tokens pooled over a larger retinotopic
+        receptive field, read out along a tuning direction, then rectified
+        (softplus); in the hand-crafted control world, colour-opponent and
+        texture statistics read out with signed weights;
+- high: the vision model's pooled embedding along a tuning direction through a
+        softplus (category-selective cortex is well predicted by CLIP); in the
+        control world, semantic content (visible categories, colours, count,
+        background).
+
+The vision model is a CLIP image tower from a local directory (see
+``vision_model.py``); with ``vision_model: null`` the world is the earlier,
+hand-crafted one, kept as a control.
 
 Voxels are drawn around tuning *archetypes* shared by all subjects; each
 subject adds its own deviations, voxel count, voxel order and noise levels.
@@ -19,7 +27,11 @@ The archetypes, evaluated as a population of model units, define the world's
 **shared code**: the top ``code_dims`` principal components of their responses
 over a fixed calibration set of scenes. Each voxel's signal is its tuning model
 projected onto that code (the best linear read-out of the code, over the
-calibration scenes), standardised to zero mean and unit variance. A
+calibration scenes), standardised to zero mean and unit variance. The code's
+components are whitened, or (``code_scaling: natural``) keep their share of
+the population's variance, so that, as in cortex, the stimulus directions that
+drive many units strongly are read more reliably than weak ones under the
+same code noise. A
 low-dimensional signal plus trial-wise noise *in the code* ("signal-like"
 noise, as in real cortex, where noise correlations follow signal correlations)
 is what keeps the information in a brain finite: without it a Bayes-optimal
@@ -50,9 +62,13 @@ class ImageFeatures:
     low: torch.Tensor  # (n, GABOR_CHANNELS * grid * grid)
     mid: torch.Tensor  # (n, N_MID * grid * grid)
     semantic: torch.Tensor  # (n, N_SEMANTIC)
+    patches: torch.Tensor | None = None  # (n, C, g, g): the vision model's normalised patch tokens
+    pooled: torch.Tensor | None = None  # (n, D): its normalised pooled embedding
 
 
-def image_features(images: np.ndarray, semantic: np.ndarray, grid: int) -> ImageFeatures:
+def image_features(images: np.ndarray, semantic: np.ndarray, grid: int, vision_model=None) -> ImageFeatures:
+    """Hand-crafted features, plus a calibrated ``VisionModel``'s when one is given."""
+    patches, pooled = vision_model.features(np.asarray(images)) if vision_model is not None else (None, None)
     low, mid = [], []
     step = vision.images_per_batch(images.shape[1])
     for start in range(0, len(images), step):
@@ -61,13 +77,17 @@ def image_features(images: np.ndarray, semantic: np.ndarray, grid: int) -> Image
         low.append(vision.pool_grid(energy, grid).flatten(1))
         mid.append(vision.pool_grid(vision.colour_texture_maps(pixels, energy), grid).flatten(1))
     return ImageFeatures(low=torch.cat(low), mid=torch.cat(mid),
-                         semantic=torch.as_tensor(np.asarray(semantic, dtype=np.float32)))
+                         semantic=torch.as_tensor(np.asarray(semantic, dtype=np.float32)),
+                         patches=patches, pooled=pooled)
 
 
 # -- archetypes ------------------------------------------------------------------------------------
 
 
-def make_archetypes(config: WorldConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def make_archetypes(config: WorldConfig, rng: np.random.Generator,
+                    vision_dims: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Shared tuning archetypes. ``vision_dims`` = (token width, pooled width) of the vision model the
+    mid/high archetypes read; None draws the hand-crafted control world's archetypes."""
     k_low, k_mid, k_high = config.archetypes.low, config.archetypes.mid, config.archetypes.high
     centre_low = rng.uniform(0.08, 0.92, size=(k_low, 2))
     eccentricity = np.linalg.norm(centre_low - 0.5, axis=1)
@@ -84,17 +104,25 @@ def make_archetypes(config: WorldConfig, rng: np.random.Generator) -> dict[str, 
 
     centre_mid = rng.uniform(0.1, 0.9, size=(k_mid, 2))
     size_mid = rng.uniform(0.12, 0.3, k_mid)
-    tuning_mid = rng.normal(size=(k_mid, N_MID))
+    tuning_mid = rng.normal(size=(k_mid, N_MID if vision_dims is None else vision_dims[0]))
     tuning_mid /= np.linalg.norm(tuning_mid, axis=1, keepdims=True)
+    low = {"low_centre": centre_low, "low_size": size_low, "low_tuning": tuning_low,
+           "mid_centre": centre_mid, "mid_size": size_mid, "mid_tuning": tuning_mid}
+    if vision_dims is not None:
+        # a random unit direction in the pooled embedding: features are normalised by one global sd,
+        # so its response to a scene has about unit variance, and the softplus rectifies it around
+        # a threshold drawn per archetype
+        weights_high = rng.normal(size=(k_high, vision_dims[1]))
+        weights_high /= np.linalg.norm(weights_high, axis=1, keepdims=True)
+        return low | {"high_weights": weights_high, "high_bias": rng.normal(-0.5, 0.3, k_high),
+                      "reads_vision_model": np.ones(1)}
 
     weights_high = rng.normal(0, 0.3, size=(k_high, N_SEMANTIC))
     for k in range(k_high):  # each high-level archetype prefers one or two categories
         preferred = rng.choice(len(CATEGORIES), size=rng.integers(1, 3), replace=False)
         weights_high[k, preferred] = rng.uniform(1.5, 3.0, size=preferred.size)
     bias_high = rng.normal(-0.5, 0.3, k_high)
-    return {"low_centre": centre_low, "low_size": size_low, "low_tuning": tuning_low,
-            "mid_centre": centre_mid, "mid_size": size_mid, "mid_tuning": tuning_mid,
-            "high_weights": weights_high, "high_bias": bias_high}
+    return low | {"high_weights": weights_high, "high_bias": bias_high}
 
 
 # -- subjects --------------------------------------------------------------------------------------
@@ -148,23 +176,49 @@ class SubjectModel:
         if low.size:
             drive = features.low @ self._pooling_weights(low, self.tuning_low[low], grid)
             out[:, low] = torch.sqrt(drive.clamp_min(0))
-        if mid.size:
+        if mid.size and features.patches is not None:
+            out[:, mid] = torch.nn.functional.softplus(2 * self._pooled_tokens(mid, features.patches))
+        elif mid.size:
             out[:, mid] = features.mid @ self._pooling_weights(mid, self.tuning_mid[mid], grid)
         if high.size:
-            drive = features.semantic @ torch.as_tensor(self.weights_high[high].T, dtype=torch.float32)
+            content = features.pooled if features.pooled is not None else features.semantic
+            if content.shape[1] != self.weights_high.shape[1]:
+                raise ValueError(f"high-level voxels read {self.weights_high.shape[1]} features but the images "
+                                 f"have {content.shape[1]}: the world was built with another vision model")
+            drive = content @ torch.as_tensor(self.weights_high[high].T, dtype=torch.float32)
             out[:, high] = torch.nn.functional.softplus(2 * (drive + torch.as_tensor(self.bias_high[high], dtype=torch.float32)))
         return out.numpy().astype(np.float64)
 
-    def _pooling_weights(self, voxels: np.ndarray, tuning: np.ndarray, grid: int) -> torch.Tensor:
-        """(channels * grid * grid, len(voxels)): tuning over channels x Gaussian receptive field."""
+    def _receptive_fields(self, voxels: np.ndarray, grid: int) -> np.ndarray:
+        """(len(voxels), grid, grid): each voxel's Gaussian receptive field on a grid, summing to 1."""
         cells = (np.arange(grid) + 0.5) / grid
         sd = self.size[voxels][:, None]
         wx = np.exp(-((cells[None] - self.centre[voxels, 0:1]) ** 2) / (2 * sd ** 2))
         wy = np.exp(-((cells[None] - self.centre[voxels, 1:2]) ** 2) / (2 * sd ** 2))
         rf = wy[:, :, None] * wx[:, None, :]
-        rf /= rf.sum(axis=(1, 2), keepdims=True)
-        weights = tuning[:, :, None, None] * rf[:, None]  # (V, channels, grid, grid)
+        return rf / rf.sum(axis=(1, 2), keepdims=True)
+
+    def _pooling_weights(self, voxels: np.ndarray, tuning: np.ndarray, grid: int) -> torch.Tensor:
+        """(channels * grid * grid, len(voxels)): tuning over channels x Gaussian receptive field."""
+        weights = tuning[:, :, None, None] * self._receptive_fields(voxels, grid)[:, None]  # (V, channels, g, g)
         return torch.as_tensor(weights.reshape(len(voxels), -1).T, dtype=torch.float32)
+
+    def _pooled_tokens(self, voxels: np.ndarray, patches: torch.Tensor, block: int = 64) -> torch.Tensor:
+        """(n, len(voxels)): patch tokens pooled over each voxel's receptive field, read along its tuning.
+
+        Pooled per voxel first, then projected, in blocks of images, so memory stays at
+        block x channels x voxels rather than channels x grid^2 x voxels."""
+        n, channels, grid, _ = patches.shape
+        if channels != self.tuning_mid.shape[1]:
+            raise ValueError(f"mid-level voxels read {self.tuning_mid.shape[1]} token channels but the images "
+                             f"have {channels}: the world was built with another vision model")
+        rf = torch.as_tensor(self._receptive_fields(voxels, grid).reshape(len(voxels), -1).T, dtype=torch.float32)
+        tuning = torch.as_tensor(self.tuning_mid[voxels].T, dtype=torch.float32)  # (C, V)
+        out = torch.empty(n, len(voxels))
+        for start in range(0, n, block):
+            pooled = patches[start:start + block].flatten(2) @ rf  # (b, C, V)
+            out[start:start + block] = (pooled * tuning).sum(1)
+        return out
 
 
 def mean_squared_session_position(trials_per_session: int) -> float:
@@ -178,11 +232,12 @@ def session_position(index_in_session: np.ndarray, trials_per_session: int) -> n
     return (index_in_session - half) / half
 
 
-def subject_archetypes(config: WorldConfig, index: int, shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def subject_archetypes(config: WorldConfig, index: int, shared: dict[str, np.ndarray],
+                       vision_dims: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """The world's archetypes, or (in a control world without commonality) the subject's own."""
     if config.shared_archetypes:
         return shared
-    return make_archetypes(config, derive_rng(config.seed, "archetypes", "subject", index))
+    return make_archetypes(config, derive_rng(config.seed, "archetypes", "subject", index), vision_dims)
 
 
 def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarray]) -> SubjectModel:
@@ -205,8 +260,8 @@ def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarr
     centre = np.full((n_voxels, 2), 0.5)
     size = np.full(n_voxels, 0.5)
     tuning_low = np.zeros((n_voxels, vision.GABOR_CHANNELS))
-    tuning_mid = np.zeros((n_voxels, N_MID))
-    weights_high = np.zeros((n_voxels, N_SEMANTIC))
+    tuning_mid = np.zeros((n_voxels, archetypes["mid_tuning"].shape[1]))
+    weights_high = np.zeros((n_voxels, archetypes["high_weights"].shape[1]))
     bias_high = np.zeros(n_voxels)
     for mask, prefix in ((low, "low"), (mid, "mid")):
         n = int(mask.sum())
@@ -216,9 +271,16 @@ def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarr
     n_low, n_mid, n_high = counts
     t = archetypes["low_tuning"][arch[low]] * np.exp(rng.normal(0, 0.6 * dev, (n_low, vision.GABOR_CHANNELS)))
     tuning_low[low] = t / t.sum(axis=1, keepdims=True)
-    t = archetypes["mid_tuning"][arch[mid]] + rng.normal(0, 0.6 * dev, (n_mid, N_MID))
+    # vision-model tunings are unit vectors in wide spaces: their deviations are scaled so they stay the
+    # same size relative to the archetype as in the hand-crafted world (whose draws are unchanged)
+    mid_width, high_width = archetypes["mid_tuning"].shape[1], archetypes["high_weights"].shape[1]
+    reads_vision = "reads_vision_model" in archetypes
+    mid_spread = np.sqrt(N_MID / mid_width) if reads_vision else 1.0
+    high_spread = 1.0 / np.sqrt(high_width) if reads_vision else 1.0
+    t = archetypes["mid_tuning"][arch[mid]] + rng.normal(0, 0.6 * dev * mid_spread, (n_mid, mid_width))
     tuning_mid[mid] = t / np.linalg.norm(t, axis=1, keepdims=True)
-    weights_high[high] = archetypes["high_weights"][arch[high]] + rng.normal(0, 0.5 * dev, (n_high, N_SEMANTIC))
+    weights_high[high] = archetypes["high_weights"][arch[high]] + rng.normal(0, 0.5 * dev * high_spread,
+                                                                             (n_high, high_width))
     bias_high[high] = archetypes["high_bias"][arch[high]] + rng.normal(0, 0.3 * dev, n_high)
 
     noise = config.noise
@@ -230,16 +292,58 @@ def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarr
     noise_sd = np.sqrt(own_var * (1 - noise.drift_fraction))
     drift_sd = np.sqrt(own_var * noise.drift_fraction / mean_squared_session_position(
         config.session.trials_per_session))
-    # plus the code noise, whose variance in every voxel is code_noise (the signal variance is 1)
+    # plus the code noise: its variance in a voxel depends on the read-out (set_ncsnr, once it is fitted)
     ncsnr = 1.0 / np.sqrt(own_var + noise.code_noise)
 
-    order = rng.permutation(n_voxels)  # each subject has its own voxel order
+    if config.voxel_layout == "random":
+        order = rng.permutation(n_voxels)  # each subject has its own voxel order
+    else:
+        order = cortical_order(kind, centre, arch)
     return SubjectModel(kind=kind[order], archetype=arch[order].astype(np.int64), centre=centre[order],
                         size=size[order], tuning_low=tuning_low[order], tuning_mid=tuning_mid[order],
                         weights_high=weights_high[order], bias_high=bias_high[order],
                         calib_mean=np.zeros(n_voxels), calib_sd=np.ones(n_voxels),
                         readout=np.zeros((n_voxels, config.code_dims)), ncsnr=ncsnr[order],
                         noise_sd=noise_sd[order], drift_sd=drift_sd[order])
+
+
+# -- voxel layout ----------------------------------------------------------------------------------
+
+ANGLE_BINS = 16  # wedges of polar angle on the virtual cortical sheet
+
+
+def _sheet_position(kind: np.ndarray, centre: np.ndarray, archetype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, rank key) of each voxel on a virtual cortical sheet: low and mid voxels by polar angle
+    (row) and eccentricity, as retinotopic maps are laid out; high voxels by archetype (a category
+    patch), so neighbours share tuning as they do in cortex."""
+    offset = centre - 0.5
+    angle = np.arctan2(offset[:, 1], offset[:, 0])
+    wedge = np.minimum((angle + np.pi) / (2 * np.pi) * ANGLE_BINS, ANGLE_BINS - 1).astype(np.int64)
+    eccentricity = np.linalg.norm(offset, axis=1)
+    high = kind == KINDS.index("high")
+    row = np.where(high, archetype, wedge)
+    return row, np.where(high, 0.0, eccentricity)
+
+
+def cortical_order(kind: np.ndarray, centre: np.ndarray, archetype: np.ndarray) -> np.ndarray:
+    """Voxel order of a cortex-like layout: by kind (early, mid, high areas), then sheet row, then
+    eccentricity, as nsdgeneral voxels come in volume order and neighbours have neighbouring fields."""
+    row, key = _sheet_position(kind, centre, archetype)
+    return np.lexsort((np.arange(len(kind)), key, row, kind))
+
+
+def voxel_coordinates(model: SubjectModel, layout: str) -> np.ndarray:
+    """(V, 3) integer i/j/k of each voxel: k the area (kind), i the sheet row (polar-angle wedge or
+    category patch), j the rank along it (by eccentricity). All -1 when the layout is random."""
+    if layout == "random":
+        return np.full((model.n_voxels, 3), -1, dtype=np.int64)
+    row, key = _sheet_position(model.kind, model.centre, model.archetype)
+    ijk = np.empty((model.n_voxels, 3), dtype=np.int64)
+    ijk[:, 0], ijk[:, 2] = row, model.kind
+    for group in np.unique(np.stack([model.kind, row], 1), axis=0):
+        members = np.flatnonzero((model.kind == group[0]) & (row == group[1]))
+        ijk[members[np.argsort(key[members], kind="stable")], 1] = np.arange(members.size)
+    return ijk
 
 
 def standardise(units: SubjectModel, features: ImageFeatures, grid: int) -> np.ndarray:
@@ -259,8 +363,9 @@ def archetype_units(archetypes: dict[str, np.ndarray]) -> SubjectModel:
     centre, size = np.full((n, 2), 0.5), np.full(n, 0.5)
     centre[low], size[low] = archetypes["low_centre"], archetypes["low_size"]
     centre[mid], size[mid] = archetypes["mid_centre"], archetypes["mid_size"]
-    tuning_low, tuning_mid = np.zeros((n, vision.GABOR_CHANNELS)), np.zeros((n, N_MID))
-    weights_high, bias_high = np.zeros((n, N_SEMANTIC)), np.zeros(n)
+    tuning_low = np.zeros((n, vision.GABOR_CHANNELS))
+    tuning_mid = np.zeros((n, archetypes["mid_tuning"].shape[1]))
+    weights_high, bias_high = np.zeros((n, archetypes["high_weights"].shape[1])), np.zeros(n)
     tuning_low[low], tuning_mid[mid] = archetypes["low_tuning"], archetypes["mid_tuning"]
     weights_high[high], bias_high[high] = archetypes["high_weights"], archetypes["high_bias"]
     zeros = np.zeros(n)
@@ -279,11 +384,13 @@ class SharedCode:
     scale: np.ndarray  # (code_dims,) sd of each component over the calibration scenes
 
     def encode(self, features: ImageFeatures, grid: int) -> np.ndarray:
-        """(n_images, code_dims): zero mean, unit variance, uncorrelated over the calibration scenes."""
+        """(n_images, code_dims): zero mean and uncorrelated over the calibration scenes; unit variance
+        (whitened) or mean variance 1 across components (natural)."""
         return self.units.tuning_response(features, grid) @ self.axes / self.scale
 
     @classmethod
-    def fit(cls, archetypes: dict[str, np.ndarray], features: ImageFeatures, grid: int, dims: int) -> "SharedCode":
+    def fit(cls, archetypes: dict[str, np.ndarray], features: ImageFeatures, grid: int, dims: int,
+            scaling: str = "whitened") -> "SharedCode":
         units = archetype_units(archetypes)
         response = standardise(units, features, grid)
         if dims > min(response.shape):
@@ -291,7 +398,10 @@ class SharedCode:
                              f"(archetype units x calibration images); lower code_dims")
         _, singular, vt = np.linalg.svd(response - response.mean(0), full_matrices=False)
         axes = vt[:dims].T
-        return cls(units, axes, (response - response.mean(0)).dot(axes).std(axis=0))
+        scale = (response - response.mean(0)).dot(axes).std(axis=0)
+        if scaling == "natural":  # one scale for all: the components keep their variance profile, mean 1
+            scale = np.full_like(scale, np.sqrt(np.mean(scale ** 2)))
+        return cls(units, axes, scale)
 
     def save(self, path: Path) -> None:
         self.units.save(path, {"code_axes": self.axes, "code_scale": self.scale})
@@ -311,3 +421,17 @@ def fit_readout(subject: SubjectModel, code: SharedCode, features: ImageFeatures
     weights, *_ = np.linalg.lstsq(z, tuning, rcond=None)  # (code_dims, V)
     weights /= np.maximum((z @ weights).std(axis=0), 1e-6)
     subject.readout = weights.T
+
+
+def code_noise_variance(readout: np.ndarray, code_noise: float) -> np.ndarray:
+    """(V,) variance that isotropic code noise of variance ``code_noise`` adds to each voxel: code_noise
+    times the read-out's squared norm. With a whitened code and a unit-variance signal the norm is 1;
+    with a natural-variance code a voxel that reads weak components has a larger read-out, so more noise."""
+    return code_noise * (readout ** 2).sum(axis=1)
+
+
+def set_ncsnr(subject: SubjectModel, code_noise: float, trials_per_session: int) -> None:
+    """The voxel's noise-ceiling SNR, signal sd / total noise sd (the signal sd is 1), once its read-out
+    is known: its own white noise and drift plus the code noise it reads out."""
+    own_var = subject.noise_sd ** 2 + subject.drift_sd ** 2 * mean_squared_session_position(trials_per_session)
+    subject.ncsnr = 1.0 / np.sqrt(own_var + code_noise_variance(subject.readout, code_noise))

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from brainrecon.data.simworld.encoding import image_features, session_position
-from brainrecon.data.simworld.world import EXTRA, load_subject_truth, load_world_config
+from brainrecon.data.simworld.world import EXTRA, load_code_values, load_subject_truth, load_world_config
 from brainrecon.data.store import Store
+from brainrecon.errors import StoreError
 from brainrecon.evaluate.retrieval import RetrievalScore, retrieval_top1
 
 
@@ -61,11 +62,23 @@ def oracle_evidence(store: Store, subject: str) -> OracleEvidence:
         drift_load[stim_row] = np.sum(np.bincount(sessions[hit], weights=u[hit]) ** 2)
     variance = (model.noise_sd[None] ** 2 / counts[:, None]
                 + model.drift_sd[None] ** 2 * drift_load[:, None] / counts[:, None] ** 2)
-    semantic = np.load(store.extra_path(f"{EXTRA}/semantic.npy"), allow_pickle=False)
-    rows_in_table = store.stimuli.rows(ids)
-    features = image_features(store.images_for(ids), semantic[rows_in_table], config.feature_grid)
-    signal = model.signal(truth.code.encode(features, config.feature_grid)).astype(np.float64)
+    signal = model.signal(true_code(store, subject, ids)).astype(np.float64)
     return OracleEvidence(ids, mean, variance, signal, model.readout, config.noise.code_noise / counts)
+
+
+def true_code(store: Store, subject: str, stimulus_ids: np.ndarray) -> np.ndarray:
+    """The stimuli's noise-free shared code: as saved by the simulator, or (stores written before the
+    values were saved, always hand-crafted worlds) recomputed from the images."""
+    try:
+        return load_code_values(store, subject, stimulus_ids)
+    except StoreError:
+        config = load_world_config(store)
+        if config.vision_model:
+            raise
+        semantic = np.load(store.extra_path(f"{EXTRA}/semantic.npy"), allow_pickle=False)
+        features = image_features(store.images_for(stimulus_ids), semantic[store.stimuli.rows(stimulus_ids)],
+                                  config.feature_grid)
+        return load_subject_truth(store, subject).code.encode(features, config.feature_grid)
 
 
 def oracle_loglik(evidence: OracleEvidence, block: int = 64) -> np.ndarray:
@@ -97,3 +110,32 @@ def oracle_loglik(evidence: OracleEvidence, block: int = 64) -> np.ndarray:
 
 def oracle_retrieval(store: Store, subject: str, way: int = 300, draws: int = 30, seed: int = 42) -> RetrievalScore:
     return retrieval_top1(oracle_loglik(oracle_evidence(store, subject)), way, draws, seed, loglik=True)
+
+
+def posterior_code(evidence: OracleEvidence, prior_mean: np.ndarray, prior_cov: np.ndarray,
+                   block: int = 64) -> np.ndarray:
+    """E[code | averaged response] for each test stimulus (n, code_dims), under the true model.
+
+    The averaged response is x = A (c + e) + d with code noise e ~ N(0, s I) and voxel noise
+    d ~ N(0, D). The generalised least-squares read-out w = (A^T D^-1 A)^-1 A^T D^-1 x is c plus
+    noise of covariance N = s I + (A^T D^-1 A)^-1; with a Gaussian prior N(m, S) on the code
+    (from training stimuli only) the posterior mean is m + S (S + N)^-1 (w - m). It is what a
+    decoder that knows the encoding model can say about the code, so mapping it into a target
+    space gives that space's ceiling (a decoder like any other: it cannot beat the oracle).
+    """
+    a = torch.as_tensor(evidence.readout, dtype=torch.float64)
+    x = torch.as_tensor(evidence.mean_response)
+    m = torch.as_tensor(prior_mean, dtype=torch.float64)
+    s_prior = torch.as_tensor(prior_cov, dtype=torch.float64)
+    eye = torch.eye(a.shape[1], dtype=torch.float64)
+    out = torch.empty(len(x), a.shape[1], dtype=torch.float64)
+    for start in range(0, len(x), block):
+        i = slice(start, start + block)
+        pa = a[None] / torch.as_tensor(evidence.variance[i])[:, :, None]  # D^-1 A (b, V, k)
+        fisher = torch.einsum("vk,bvl->bkl", a, pa)  # A^T D^-1 A
+        w = torch.linalg.solve(fisher, torch.einsum("bv,bvk->bk", x[i], pa))
+        noise = torch.as_tensor(evidence.code_variance[i], dtype=torch.float64)[:, None, None] * eye \
+            + torch.linalg.inv(fisher)
+        gain = torch.linalg.solve(s_prior[None] + noise, (w - m)[:, :, None])  # (S + N)^-1 (w - m)
+        out[i] = m + (s_prior @ gain).squeeze(-1)
+    return out.numpy()

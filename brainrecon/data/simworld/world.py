@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.config import WorldConfig
 from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode, SubjectModel, fit_readout,
-                                               image_features, make_archetypes, make_subject, session_position,
-                                               subject_archetypes)
+                                               image_features, make_archetypes, make_subject, session_position, set_ncsnr,
+                                               subject_archetypes, voxel_coordinates)
+from brainrecon.data.simworld.vision_model import VisionModel
 from brainrecon.data.store import Store
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
 from brainrecon.data.writer import StoreWriter
@@ -95,7 +97,11 @@ def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False
     all_ids = np.arange(plan.n_stimuli)
     bar = lambda it, desc, total=None: tqdm(it, desc=desc, total=total, disable=not progress,  # noqa: E731
                                             file=sys.stderr, leave=False)
-    source = {"kind": "simulated", "config": config.model_dump(mode="json")}
+    # the vision model is loaded (and a bad directory refused) before anything is written
+    vision = VisionModel(config.vision_model) if config.vision_model else None
+    vision_dims = (vision.token_dim, vision.pooled_dim) if vision else None
+    source = {"kind": "simulated", "config": config.model_dump(mode="json"),
+              "vision_model": vision.describe() if vision else None}
     with StoreWriter(out, source=source, overwrite=overwrite) as writer:
         extra = writer.extra_dir(EXTRA)
         # 1. stimuli: render in chunks straight into the memory-mapped image array
@@ -115,21 +121,28 @@ def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False
         # 2. the shared code(s), then each subject: read-out, then betas session by session
         calib_images, calib_semantic, _, _ = _render_chunk(config, np.arange(config.calibration_images),
                                                            "calibration")
-        calib_features = image_features(calib_images, calib_semantic, config.feature_grid)
-        shared = make_archetypes(config, derive_rng(config.seed, "archetypes"))
+        if vision is not None:
+            vision.calibrate(calib_images)
+            save_file({k: np.ascontiguousarray(v) for k, v in vision.normaliser.arrays().items()},
+                      str(extra / "vision-normaliser.safetensors"))
+        calib_features = image_features(calib_images, calib_semantic, config.feature_grid, vision)
+        shared = make_archetypes(config, derive_rng(config.seed, "archetypes"), vision_dims)
         codes: dict[str, tuple[SharedCode, np.ndarray]] = {}  # one code per archetype set
         for s in bar(range(config.n_subjects), "subjects"):
-            archetypes = subject_archetypes(config, s, shared)
+            archetypes = subject_archetypes(config, s, shared, vision_dims)
             code_files[subject_name(s)] = code_name = "code.safetensors" if config.shared_archetypes \
                 else f"code-{subject_name(s)}.safetensors"
             if code_name not in codes:
-                code = SharedCode.fit(archetypes, calib_features, config.feature_grid, config.code_dims)
+                code = SharedCode.fit(archetypes, calib_features, config.feature_grid, config.code_dims,
+                                      config.code_scaling)
                 code.save(extra / code_name)
-                codes[code_name] = (code, _encode_all(config, code, images, semantic, bar))
+                values = _encode_all(config, code, images, semantic, vision, bar)
+                np.save(extra / code_values_name(code_name), values, allow_pickle=False)
+                codes[code_name] = (code, values)
             _simulate_subject(writer, config, s, archetypes, *codes[code_name], plan, calib_features)
         atomic_write_json(extra / "world.json", {"config": config.model_dump(mode="json"),
                                                  "semantic_features": sc.SEMANTIC_FEATURES, "kinds": list(KINDS),
-                                                 "code_files": code_files})
+                                                 "code_files": code_files, "vision_model": source["vision_model"]})
     return out
 
 
@@ -140,21 +153,29 @@ def _simulate_subject(writer: StoreWriter, config: WorldConfig, s: int, archetyp
     name = subject_name(s)
     model = make_subject(config, s, archetypes)
     fit_readout(model, code, calib_features, config.feature_grid)
+    set_ncsnr(model, config.noise.code_noise, config.session.trials_per_session)
     trials, position = make_schedule(config, plan.test_ids, plan.train_ids[s], derive_rng(config.seed, "schedule", s))
     roi = np.asarray([f"sim-{KINDS[k]}" for k in model.kind.tolist()])
     kinds = {k: int((model.kind == i).sum()) for i, k in enumerate(KINDS)}
-    betas = writer.add_subject(name, trials, VoxelTable.unknown(model.n_voxels, roi), config.betas_dtype,
-                               extra_info={"voxel_kinds": kinds})
+    voxels = VoxelTable(ijk=voxel_coordinates(model, config.voxel_layout), roi=roi)
+    betas = writer.add_subject(name, trials, voxels, config.betas_dtype,
+                               extra_info={"voxel_kinds": kinds, "voxel_layout": config.voxel_layout})
     gains, offsets = _write_sessions(config, s, model, trials, position, code_values, betas)
     model.save(writer.extra_dir(EXTRA) / f"{name}.safetensors", {"session_gain": gains, "session_offset": offsets})
 
 
-def _encode_all(config: WorldConfig, code: SharedCode, images, semantic, bar) -> np.ndarray:
-    """Every stimulus's shared code (n_stimuli, code_dims): small, so held in memory."""
+def code_values_name(code_name: str) -> str:
+    """The file holding every stimulus's value of the code saved as ``code_name``."""
+    return code_name.replace(".safetensors", "-values.npy")
+
+
+def _encode_all(config: WorldConfig, code: SharedCode, images, semantic, vision, bar) -> np.ndarray:
+    """Every stimulus's shared code (n_stimuli, code_dims): small, so held in memory (and saved: the
+    oracle and the ceilings read the exact values the betas were drawn from)."""
     out = np.empty((len(images), config.code_dims), dtype=np.float64)
     for part in bar(list(_chunks(len(images), config.chunk_images)), "encode"):
-        out[part] = code.encode(image_features(np.asarray(images[part]), semantic[part], config.feature_grid),
-                                config.feature_grid)
+        out[part] = code.encode(image_features(np.asarray(images[part]), semantic[part], config.feature_grid,
+                                               vision), config.feature_grid)
     return out
 
 
@@ -193,6 +214,14 @@ def load_subject_truth(store: Store, subject: str) -> SubjectTruth:
     model, extra = SubjectModel.load(store.extra_path(f"{EXTRA}/{subject}.safetensors"))
     code = SharedCode.load(store.extra_path(f"{EXTRA}/{world['code_files'][subject]}"))
     return SubjectTruth(model, code, extra["session_gain"], extra["session_offset"])
+
+
+def load_code_values(store: Store, subject: str, stimulus_ids: np.ndarray) -> np.ndarray:
+    """The noise-free shared code (n, code_dims) of the given stimuli, as the subject's betas were drawn."""
+    world = json.loads(store.extra_path(f"{EXTRA}/world.json").read_text())
+    values = np.load(store.extra_path(f"{EXTRA}/{code_values_name(world['code_files'][subject])}"),
+                     mmap_mode="r", allow_pickle=False)
+    return np.asarray(values[store.stimuli.rows(np.asarray(stimulus_ids))], dtype=np.float64)
 
 
 def load_world_config(store: Store) -> WorldConfig:
