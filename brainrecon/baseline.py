@@ -46,6 +46,8 @@ from brainrecon.pretrained import SIMWORLD, resolve_model_dir
 SPACES = ("clip_tokens", "clip_pooled", "handcrafted")
 SPACE_LABELS = {"clip_tokens": "small-CLIP tokens", "clip_pooled": "small-CLIP pooled",
                 "handcrafted": "hand-crafted"}
+# the space of this table that a run's retrieval target lives in (small-CLIP runs)
+SPACE_OF_TARGET = {"image_tokens": "clip_tokens", "image_pooled": "clip_pooled"}
 RIDGE_COMPONENTS = 256  # wider spaces are ridged into their top training principal components
 
 

@@ -1,8 +1,8 @@
 """`brainrecon demo`: the main job on the simulated world, end to end.
 
-simulate a world -> fit ridge decoders -> 300-way retrieval against the Bayes-optimal
-oracle -> (with the shipped small model set) decode brain-predicted CLIP embeddings
-into images. Every figure it prints is measured here; nothing is selected by looking at
+simulate a world -> the Bayes-optimal oracle, each target space's ceiling and a ridge
+into it (300-way retrieval) -> (with the shipped small model set) decode brain-predicted
+CLIP embeddings into images. Every figure it prints is measured here; nothing is selected by looking at
 the true image (one sample per embedding, no selection at all).
 """
 

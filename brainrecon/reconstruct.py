@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from brainrecon.config import StrictConfig, load_config
+from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.store import Store, open_store
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
@@ -284,8 +285,7 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
                 "settings": config.model_dump(mode="json"), "selection": selection.label,
                 "oracle_selection": config.selection == "oracle", "subjects": summary, "images": entries,
                 "seconds": round(time.perf_counter() - started, 1),
-                "note": ("Simulated world: a testbed, not an NSD result."
-                         if context.store.source.get("kind") == "simulated" else "")}
+                "note": SIMULATED_NOTE if context.store.source.get("kind") == "simulated" else ""}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -41,7 +41,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "| average |" in result.stdout and f"Report: {out / 'report' / 'index.html'}" in result.stdout
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["reconstructions"] == str((out / "reconstructions" / "ecphory").resolve())
-    assert (out / "report" / "index.html").read_text().count("data:image/png;base64,") >= 2
+    page = (out / "report" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2
+    assert 'id="ceilings"' in page and "small-CLIP pooled" in page  # the run read against its space's ceiling
     manifest = json.loads((out / "reconstructions" / "ecphory" / "manifest.json").read_text())
     assert manifest["settings"]["ecphory"] and len(manifest["images"]) == rec["n_images"]
     run("demo", "--out", str(out), "--config", "tiny", "--images", "2", "--no-progress")  # replaces its own output

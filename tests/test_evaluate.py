@@ -73,7 +73,7 @@ def test_metrics_json_schema_and_values_match_direct_computation(two_subject_run
     saved = json.loads((two_subject_run / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert metrics["format"] == METRICS_FORMAT and metrics["model"] == "ridge"
-    assert metrics["data_source"] == "simulated" and "not an NSD result" in metrics["note"]
+    assert metrics["data_source"] == "simulated" and "not NSD results" in metrics["note"]
     assert metrics["selection"] == {"mode": "brain", "label": "brain-predicted (honest)", "oracle": False}
     assert set(metrics["versions"]) >= {"brainrecon", "torch", "python"}
     assert metrics["leakage"]["held_out"] and len(metrics["leakage"]["checks"]) >= 3
@@ -118,7 +118,7 @@ def test_printed_table_has_every_subject_and_names_missing_metrics(metrics):
     assert any(line.startswith("| subj02 |") for line in lines)
     assert any(line.startswith("| average |") for line in lines)
     assert "n/a" in table and "SwAV: not available" in table
-    assert "Selection: brain-predicted (honest)" in table and "not an NSD result" in table
+    assert "Selection: brain-predicted (honest)" in table and "not NSD results" in table
 
 
 def test_a_feature_network_from_standard_weights_is_scored_deterministically(tmp_path, train_world):

@@ -25,7 +25,7 @@ from typing import Any
 
 
 from brainrecon.config import StrictConfig, load_config
-from brainrecon.baseline import SPACE_LABELS
+from brainrecon.baseline import SPACE_LABELS, SPACE_OF_TARGET
 from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.io import atomic_write_json, atomic_write_text
 
@@ -170,10 +170,6 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
                                                 "embedding_cosine")},
                    retrieval_note=f"fused embedding (k={config.samples}, alpha {config.alpha})")
     return row
-
-
-# the target space of the world's ceiling table that a model's retrieval target lives in
-SPACE_OF_TARGET = {"image_tokens": "clip_tokens", "image_pooled": "clip_pooled"}
 
 
 def oracle_row(store_path: Path, config: LeaderboardConfig) -> dict:

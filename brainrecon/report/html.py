@@ -17,7 +17,9 @@ import json
 from pathlib import Path
 
 
-from brainrecon.errors import EvaluationError
+from brainrecon.baseline import SPACE_LABELS, SPACE_OF_TARGET, load_ceilings
+from brainrecon.data import open_store
+from brainrecon.errors import BrainreconError, EvaluationError
 from brainrecon.evaluate.evaluation import METRIC_COLUMNS, format_cell, is_available, read_manifest
 from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
 from brainrecon.io import atomic_write_text, sha256_file
@@ -164,6 +166,37 @@ def _per_subject(metrics: dict, out: Path) -> str:
     return _figure(path, "per-subject metrics", "per-subject")
 
 
+def ceilings_html(metrics: dict) -> str:
+    """This run's retrieval beside the world's oracle and its target space's ceiling (simulated worlds
+    whose store holds a current ceilings.json); empty otherwise."""
+    from_target = SPACE_OF_TARGET.get(metrics["retrieval_target"])
+    try:
+        table = load_ceilings(open_store(metrics["store"]))
+    except BrainreconError:
+        table = None
+    if table is None or from_target is None:
+        return ""
+    stored = {row["subject"]: row for row in table["subjects"]}
+    rows = []
+    for subject, entry in metrics["subjects"].items():
+        value = entry["values"].get("image_retrieval", {}).get("value")
+        if subject not in stored or value is None or stored[subject]["oracle"] is None:
+            continue
+        oracle = stored[subject]["oracle"]["image_top1"]
+        ceiling = stored[subject]["spaces"][from_target]["ceiling"]["image_top1"]
+        rows.append(f"<tr><td>{html.escape(subject)}</td><td>{100 * value:.1f}</td><td>{100 * ceiling:.1f}</td>"
+                    f"<td>{value / ceiling:.2f}</td><td>{100 * oracle:.1f}</td><td>{value / oracle:.2f}</td></tr>")
+    if not rows:
+        return ""
+    return (f'<h2>Against the world\'s ceilings</h2><p>Image retrieval of this run beside the Bayes-optimal oracle '
+            f'and the ceiling of its target space ({html.escape(SPACE_LABELS[from_target])}): the best a decoder '
+            f'into that space reaches with what the simulated brain carries ({table["way"]}-way, from the store\'s '
+            f'ceilings.json; ceilings are scored with the training images\' mean target subtracted). '
+            f'Simulated-world figures, not NSD results.</p><table id="ceilings"><thead><tr><th>subject</th>'
+            f'<th>this run</th><th>space ceiling</th><th>÷ ceiling</th><th>oracle</th><th>÷ oracle</th></tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table>')
+
+
 def _clip_label(clip: str | None) -> str:
     if clip == "simworld":
         return "the shipped small CLIP of the simulated world, not OpenAI ViT-L/14"
@@ -206,6 +239,7 @@ over images or retrieval draws; average: over subjects). Retrieval: {retrieval.g
 {protocol['draws']} draws (seed {protocol['seed']}). Images: resized to {protocol['preresize']} then to each
 metric's size, antialias {protocol['antialias']}. CLIP metric: {html.escape(_clip_label(protocol.get('clip')))}.</p>
 {metrics_html(metrics)}
+{ceilings_html(metrics)}
 <h2>Per subject</h2>
 {_per_subject(metrics, out)}
 <h2>Training curves</h2>
