@@ -67,7 +67,8 @@ class ImageFeatures:
 
 
 def image_features(images: np.ndarray, semantic: np.ndarray, grid: int, vision_model=None) -> ImageFeatures:
-    """Hand-crafted features, plus a calibrated ``VisionModel``'s when one is given."""
+    """Gabor energy, plus either the hand-crafted colour/texture maps or, when a calibrated
+    ``VisionModel`` is given, its features (which mid-level voxels then read instead)."""
     patches, pooled = vision_model.features(np.asarray(images)) if vision_model is not None else (None, None)
     low, mid = [], []
     step = vision.images_per_batch(images.shape[1])
@@ -75,8 +76,9 @@ def image_features(images: np.ndarray, semantic: np.ndarray, grid: int, vision_m
         pixels = vision.to_float_images(images[start:start + step])
         energy = vision.gabor_energy(pixels)
         low.append(vision.pool_grid(energy, grid).flatten(1))
-        mid.append(vision.pool_grid(vision.colour_texture_maps(pixels, energy), grid).flatten(1))
-    return ImageFeatures(low=torch.cat(low), mid=torch.cat(mid),
+        if vision_model is None:
+            mid.append(vision.pool_grid(vision.colour_texture_maps(pixels, energy), grid).flatten(1))
+    return ImageFeatures(low=torch.cat(low), mid=torch.cat(mid) if mid else torch.zeros(len(images), 0),
                          semantic=torch.as_tensor(np.asarray(semantic, dtype=np.float32)),
                          patches=patches, pooled=pooled)
 
