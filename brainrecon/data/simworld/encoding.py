@@ -425,15 +425,10 @@ def fit_readout(subject: SubjectModel, code: SharedCode, features: ImageFeatures
     subject.readout = weights.T
 
 
-def code_noise_variance(readout: np.ndarray, code_noise: float) -> np.ndarray:
-    """(V,) variance that isotropic code noise of variance ``code_noise`` adds to each voxel: code_noise
-    times the read-out's squared norm. With a whitened code and a unit-variance signal the norm is 1;
-    with a natural-variance code a voxel that reads weak components has a larger read-out, so more noise."""
-    return code_noise * (readout ** 2).sum(axis=1)
-
-
 def set_ncsnr(subject: SubjectModel, code_noise: float, trials_per_session: int) -> None:
     """The voxel's noise-ceiling SNR, signal sd / total noise sd (the signal sd is 1), once its read-out
-    is known: its own white noise and drift plus the code noise it reads out."""
+    is known: its own white noise and drift, plus the code noise it reads out. Isotropic code noise adds
+    code_noise times the read-out's squared norm: 1 with a whitened code and a unit-variance signal;
+    larger, with a natural-variance code, for a voxel that reads weak components."""
     own_var = subject.noise_sd ** 2 + subject.drift_sd ** 2 * mean_squared_session_position(trials_per_session)
-    subject.ncsnr = 1.0 / np.sqrt(own_var + code_noise_variance(subject.readout, code_noise))
+    subject.ncsnr = 1.0 / np.sqrt(own_var + code_noise * (subject.readout ** 2).sum(axis=1))

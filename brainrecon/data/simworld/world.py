@@ -28,8 +28,8 @@ from tqdm import tqdm
 from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.config import WorldConfig
 from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode, SubjectModel, fit_readout,
-                                               image_features, make_archetypes, make_subject, session_position, set_ncsnr,
-                                               subject_archetypes, voxel_coordinates)
+                                               image_features, make_archetypes, make_subject, session_position,
+                                               set_ncsnr, subject_archetypes, voxel_coordinates)
 from brainrecon.data.simworld.vision_model import VisionModel
 from brainrecon.data.store import Store
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
