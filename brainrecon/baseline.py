@@ -7,10 +7,11 @@ embedding, and the hand-crafted Gabor/colour embedding), this measures 300-way r
   training trials only (alpha by cross-validation with folds split by stimulus), predicting the
   repeat-averaged test responses;
 - **ceiling** (simulated worlds): the Bayes posterior mean of the world's shared code given the
-  same averaged test responses, under the true encoding model (``oracle.posterior_code``), mapped
-  into the space by a ridge fitted from the *true* code of training images to their targets. It
-  is the best a decoder into that space can do with what the brain carries; being a decoder
-  like any other, it cannot beat the oracle in expectation;
+  same averaged test responses, under the true encoding model (``oracle.posterior_code``), read
+  into the space through a map fitted on training images: the linear map from their true codes,
+  its regularised pseudo-inverse, or a read-out trained for retrieval, whichever retrieves best
+  among held-out *training* stimuli. It is what a decoder that knows the encoding model reaches
+  in that space; being a decoder like any other, it cannot beat the oracle in expectation;
 - **capacity** (simulated worlds): the same map applied to the *noise-free* code of the test
   images: how much of the space the world's code carries at all. It sees no noise, so it can
   exceed the oracle; a low capacity says the brain encodes features the space lacks;
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from brainrecon.clip_image import ClipImageEmbedder
 from brainrecon.data.simworld.config import SIMULATED_NOTE
@@ -51,16 +53,24 @@ SPACE_OF_TARGET = {"image_tokens": "clip_tokens", "image_pooled": "clip_pooled"}
 RIDGE_COMPONENTS = 256  # wider spaces are ridged into their top training principal components
 
 
+def readout_label(readout) -> str:
+    if readout is None or isinstance(readout, str):
+        return readout or "linear"
+    return f"pseudo-inverse, lambda {readout:g}"
+
+
 @dataclass(frozen=True)
 class SpaceResult:
     ridge: RetrievalScore
     ridge_cosine: float  # mean centred cosine(predicted, true) on test images
     ceiling: RetrievalScore | None
     capacity: RetrievalScore | None
+    ceiling_readout: object = None  # None: the linear map; a float: the pseudo-inverse's lambda; "contrastive"
 
     def to_dict(self) -> dict:
         return {"ridge": self.ridge.to_dict(), "ridge_cosine": self.ridge_cosine,
                 "ceiling": self.ceiling.to_dict() if self.ceiling else None,
+                "ceiling_readout": readout_label(self.ceiling_readout),
                 "capacity": self.capacity.to_dict() if self.capacity else None}
 
 
@@ -142,15 +152,111 @@ def ridge_into_spaces(store: Store, subject: str, targets: dict[str, np.ndarray]
     return out, means
 
 
-def code_to_spaces(store: Store, subject: str, targets: dict[str, np.ndarray], code_of) -> dict:
-    """Ridge maps from the world's true code to each space, fitted on the subject's training images."""
-    train_ids = np.unique(store.subject(subject).train().stimulus_ids)
-    code = code_of(train_ids)
-    rows = store.stimuli.rows(train_ids)
-    maps = {}
-    for name, values in targets.items():
-        maps[name] = Ridge(RidgeConfig()).fit(code, values[rows])
-    return maps
+# How the ceiling reads a code estimate into a space. Cosine retrieval weights each direction of a
+# space by its variance there, not by how reliably the brain carries it, so the plain linear map from
+# the code (None) is not the best read-out: its regularised pseudo-inverse (a float: ridge lambda as a
+# fraction of the mean eigenvalue) reweights directions toward the likelihood's, and a read-out trained
+# for retrieval ("contrastive") learns the weighting, as the contrastive decoders do.
+CEILING_READOUTS = (None, 0.01, 0.1, 1.0, 10.0, "contrastive")
+VALIDATION_SHARE = 0.2  # of the subject's training stimuli, to choose the read-out
+CONTRASTIVE_STEPS, CONTRASTIVE_TEMPERATURE, CONTRASTIVE_LR = 100, 0.05, 3e-3
+
+
+def _read_out(code_map: Ridge, code: np.ndarray, readout, learned: torch.Tensor | None = None) -> np.ndarray:
+    """Predicted targets (n, D) of code estimates under one read-out (centred where the map's mean is)."""
+    if readout is None:
+        return code_map.predict(code).numpy()
+    centred = code - code_map.x_mean.numpy()
+    if readout == "contrastive":
+        return centred @ learned.numpy() + code_map.y_mean.numpy()
+    weight = code_map.weight.numpy()  # (code_dims, D)
+    gram = weight @ weight.T
+    lam = readout * np.trace(gram) / len(gram)
+    return centred @ np.linalg.solve(gram + lam * np.eye(len(gram)), weight) + code_map.y_mean.numpy()
+
+
+def _contrastive_readout(code_map: Ridge, code: np.ndarray, targets: np.ndarray, seed: int) -> torch.Tensor:
+    """A (code_dims, D) read-out trained with InfoNCE (CLIP's symmetric loss) to pick each training
+    stimulus's own centred target among the others', from its Bayes code estimate. It starts at the
+    linear map and lives in the span of the targets' top principal components, where the cosine to a
+    (normalised) target is exact and cheap."""
+    torch.manual_seed(seed)
+    centred = targets - code_map.y_mean.numpy()
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    _, basis = _reduced(centred, RIDGE_COMPONENTS, seed)
+    basis = np.eye(centred.shape[1]) if basis is None else basis  # (r, D), orthonormal rows
+    x = torch.as_tensor(code - code_map.x_mean.numpy(), dtype=torch.float32)
+    y = torch.as_tensor(unit @ basis.T, dtype=torch.float32)
+    weight = torch.nn.Parameter(torch.as_tensor(code_map.weight.numpy() @ basis.T, dtype=torch.float32))
+    optimiser = torch.optim.Adam([weight], lr=CONTRASTIVE_LR)
+    labels = torch.arange(len(x))
+    for _ in range(CONTRASTIVE_STEPS):
+        logits = torch.nn.functional.normalize(x @ weight, dim=1) @ y.T / CONTRASTIVE_TEMPERATURE
+        loss = (torch.nn.functional.cross_entropy(logits, labels)
+                + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return weight.detach() @ torch.as_tensor(basis, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class _CodeEstimates:
+    """The Bayes code estimates and true codes a subject's ceilings are computed from."""
+
+    train_ids: np.ndarray
+    train_true: np.ndarray
+    train_posterior: np.ndarray  # from the training trials: for choosing and training the read-out only
+    test_posterior: np.ndarray
+    test_true: np.ndarray
+
+    @classmethod
+    def of(cls, store: Store, subject: str, test_evidence) -> "_CodeEstimates":
+        train = oracle_evidence(store, subject, "train")
+        train_true = true_code(store, subject, train.stimulus_ids)
+        prior = (train_true.mean(0), np.cov(train_true, rowvar=False))
+        return cls(train.stimulus_ids, train_true, posterior_code(train, *prior), posterior_code(test_evidence, *prior),
+                   true_code(store, subject, test_evidence.stimulus_ids))
+
+
+@dataclass(frozen=True)
+class _Readout:
+    choice: object  # an entry of CEILING_READOUTS
+    code_map: Ridge  # true code -> targets, fitted on the training images
+    learned: torch.Tensor | None  # the contrastive read-out's weights
+
+
+def _choose_readout(store: Store, values: np.ndarray, codes: _CodeEstimates, seed: int) -> _Readout:
+    """The read-out with the best retrieval among held-out *training* stimuli. The maps are fitted on the
+    other training images (the linear map from their true codes, the contrastive read-out from their
+    Bayes code estimates); the held-out ones are decoded from their code estimates."""
+    order = np.random.default_rng(seed).permutation(len(codes.train_ids))
+    cut = int(VALIDATION_SHARE * len(order))
+    held, fit = np.sort(order[:cut]), np.sort(order[cut:])
+    rows = store.stimuli.rows(codes.train_ids)
+    code_map = Ridge(RidgeConfig()).fit(codes.train_true[fit], values[rows[fit]])
+    learned = _contrastive_readout(code_map, codes.train_posterior[fit], values[rows[fit]], seed)
+    mean, truth = values[rows[fit]].mean(0), values[rows[held]]
+    scores = {}
+    for readout in CEILING_READOUTS:
+        predicted = _read_out(code_map, codes.train_posterior[held], readout, learned)
+        scores[readout] = _centred_retrieval(predicted, truth, mean, min(300, len(held)), 10, seed)[0].image_top1
+    best = max(CEILING_READOUTS, key=lambda r: (scores[r], r is None))
+    if best != "contrastive":  # refit the closed-form map on every training image
+        code_map = Ridge(RidgeConfig()).fit(codes.train_true, values[rows])
+    return _Readout(best, code_map, learned)
+
+
+def space_ceiling(store: Store, values: np.ndarray, codes: _CodeEstimates, truth: np.ndarray, mean: np.ndarray,
+                  way: int, draws: int, seed: int) -> tuple[RetrievalScore, RetrievalScore, object]:
+    """(ceiling, capacity, read-out) of one space: the Bayes code estimate of the test responses, and the
+    noise-free test code, read into the space by a map fitted on the training images' true codes."""
+    readout = _choose_readout(store, values, codes, seed)
+    predicted = _read_out(readout.code_map, codes.test_posterior, readout.choice, readout.learned)
+    ceiling = _centred_retrieval(predicted, truth, mean, way, draws, seed)[0]
+    capacity = _centred_retrieval(readout.code_map.predict(codes.test_true).numpy(), truth, mean, way, draws,
+                                  seed)[0]
+    return ceiling, capacity, readout.choice
 
 
 def subject_ceilings(store: Store, subject: str, targets: dict[str, np.ndarray], way: int = 300,
@@ -159,28 +265,21 @@ def subject_ceilings(store: Store, subject: str, targets: dict[str, np.ndarray],
     test_ids = data.test().stimulus_ids
     test_rows = store.stimuli.rows(test_ids)
     predicted, means = ridge_into_spaces(store, subject, targets)
-    ceiling_inputs, oracle = None, None
+    codes, oracle = None, None
     if store.source.get("kind") == "simulated":
         evidence = oracle_evidence(store, subject)
         if not np.array_equal(evidence.stimulus_ids, test_ids):
             raise ValueError("the oracle's test stimuli differ from the store's test split")
         oracle = retrieval_top1(oracle_loglik(evidence), way, draws, seed, loglik=True)
-        train_code = true_code(store, subject, np.unique(data.train().stimulus_ids))
-        posterior = posterior_code(evidence, train_code.mean(0), np.cov(train_code, rowvar=False))
-        maps = code_to_spaces(store, subject, targets, lambda ids: true_code(store, subject, ids))
-        ceiling_inputs = (maps, posterior, true_code(store, subject, test_ids))
+        codes = _CodeEstimates.of(store, subject, evidence)
     spaces = {}
     for name, values in targets.items():
         truth = values[test_rows]
         ridge, cosine = _centred_retrieval(predicted[name], truth, means[name], way, draws, seed)
-        ceiling = capacity = None
-        if ceiling_inputs is not None:
-            maps, posterior, noise_free = ceiling_inputs
-            ceiling = _centred_retrieval(maps[name].predict(posterior).numpy(), truth, means[name], way, draws,
-                                         seed)[0]
-            capacity = _centred_retrieval(maps[name].predict(noise_free).numpy(), truth, means[name], way, draws,
-                                          seed)[0]
-        spaces[name] = SpaceResult(ridge, cosine, ceiling, capacity)
+        ceiling = capacity = readout = None
+        if codes is not None:
+            ceiling, capacity, readout = space_ceiling(store, values, codes, truth, means[name], way, draws, seed)
+        spaces[name] = SpaceResult(ridge, cosine, ceiling, capacity, readout)
     return SubjectResult(subject, data.n_voxels, int((~data.trials.is_test).sum()), len(test_ids), oracle, spaces)
 
 
@@ -218,7 +317,8 @@ def format_table(results: list[SubjectResult]) -> str:
         lines.append(f"| **mean (÷ oracle)** | | {100 * oracle:.1f} |{cells}")
     lines.append(f"\n{first.way}-way top-1 image retrieval (brain → image) in %, mean over {first.draws} draws "
                  f"(± 95% CI); chance {100 / first.way:.2f}%. Oracle: Bayes-optimal identification under the true "
-                 f"model. Ceiling: the Bayes estimate of the world's code mapped into the space. Ridge: voxels → "
+                 f"model. Ceiling: the Bayes estimate of the world's code, read into the space (read-out chosen on "
+                 f"held-out training stimuli). Ridge: voxels → "
                  f"space. Cosine after subtracting the training images' mean target.")
     return "\n".join(lines)
 

@@ -137,6 +137,17 @@ def test_ceilings_are_computed_stored_and_ordered(tiny_world):
     assert stored["subjects"][0]["spaces"]["clip_pooled"]["ceiling"]["image_top1"] == \
         results[0].spaces["clip_pooled"].ceiling.image_top1
     assert stored["way"] == 100 and "not NSD results" in stored["note"]
+    readouts = {space["ceiling_readout"] for row in stored["subjects"] for space in row["spaces"].values()}
+    assert readouts <= {"linear", "contrastive"} | {f"pseudo-inverse, lambda {x:g}" for x in (0.01, 0.1, 1.0, 10.0)}
+
+
+def test_oracle_evidence_of_training_stimuli_is_for_choices_on_training_data(tiny_world):
+    store = open_store(tiny_world)
+    train = oracle_evidence(store, "subj01", "train")
+    np.testing.assert_array_equal(train.stimulus_ids, np.unique(store.subject("subj01").train().stimulus_ids))
+    assert not set(train.stimulus_ids.tolist()) & set(oracle_evidence(store, "subj01").stimulus_ids.tolist())
+    with pytest.raises(ValueError, match="split must be 'test' or 'train'"):
+        oracle_evidence(store, "subj01", "all")
 
 
 def test_stored_ceilings_refuse_another_store(tmp_path, tiny_world):

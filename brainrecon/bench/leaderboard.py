@@ -292,7 +292,7 @@ def leaderboard_markdown(result: dict) -> str:
     for name, space in oracle.get("spaces", {}).items():
         for kind in ("ceiling", "ridge"):
             score = space[kind]
-            label = (f"{SPACE_LABELS[name]} ceiling (the Bayes estimate of the code, mapped into the space)"
+            label = (f"{SPACE_LABELS[name]} ceiling (the Bayes estimate of the code, read into the space)"
                      if kind == "ceiling" else f"plain ridge into {SPACE_LABELS[name]} (centred)")
             lines.append(f"| *{label}* | {_pct(score['image_top1'], score['image_ci95'])} | "
                          f"{_pct(score['brain_top1'], score['brain_ci95'])} | "

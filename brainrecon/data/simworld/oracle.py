@@ -36,13 +36,17 @@ class OracleEvidence:
     code_variance: np.ndarray  # (n,): variance of the averaged code noise per stimulus (code_noise / n)
 
 
-def oracle_evidence(store: Store, subject: str) -> OracleEvidence:
+def oracle_evidence(store: Store, subject: str, split: str = "test") -> OracleEvidence:
+    """What the true model says about each stimulus of ``split`` ("test", or "train" for choices made on
+    training data): its repeat-averaged response with gains and offsets undone, and the noise levels."""
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     config = load_world_config(store)
     truth = load_subject_truth(store, subject)
     model, gain, offset = truth.model, truth.session_gain, truth.session_offset
     data = store.subject(subject)
     trials = data.trials
-    rows = np.flatnonzero(trials.is_test)
+    rows = np.flatnonzero(trials.is_test if split == "test" else ~trials.is_test)
     sessions = trials.session[rows]
     raw = np.asarray(data.raw_betas[rows], dtype=np.float64)
     cleaned = (raw - offset[sessions - 1]) / gain[sessions - 1]
