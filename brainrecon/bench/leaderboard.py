@@ -304,7 +304,8 @@ def leaderboard_markdown(result: dict) -> str:
         f"(seed {config['seed']}), chance {100 / way:.2f}%, ± 95% CI over draws, in each model's own target space "
         f"(the shipped small CLIP; the oracle in the world's true likelihood). ÷ oracle: image retrieval divided by "
         f"the oracle's. ÷ ceiling: divided by the ceiling of the model's own target space (small-CLIP tokens or "
-        f"pooled), the best a decoder into that space reaches in this world (`brainrecon simulate` computes it; "
+        f"pooled): what a decoder that knows the encoding model reaches in that space (`brainrecon simulate` "
+        f"computes it; "
         f"docs/simulated-world.md). Ceiling and ridge rows are scored with the training images' mean target "
         f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
