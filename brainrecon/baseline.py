@@ -242,7 +242,10 @@ def _choose_readout(store: Store, values: np.ndarray, codes: _CodeEstimates, see
         predicted = _read_out(code_map, codes.train_posterior[held], readout, learned)
         scores[readout] = _centred_retrieval(predicted, truth, mean, min(300, len(held)), 10, seed)[0].image_top1
     best = max(CEILING_READOUTS, key=lambda r: (scores[r], r is None))
-    if best != "contrastive":  # refit the closed-form map on every training image
+    # refit the closed-form map on every training image; the contrastive read-out keeps the map it was
+    # trained around (fitted on the 80% of training images outside the held-out share), which then also
+    # gives that space's capacity
+    if best != "contrastive":
         code_map = Ridge(RidgeConfig()).fit(codes.train_true, values[rows])
     return _Readout(best, code_map, learned)
 
