@@ -38,9 +38,9 @@ import torch
 from brainrecon.clip_image import ClipImageEmbedder
 from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik, posterior_code, true_code
-from brainrecon.data.store import MANIFEST, Store
+from brainrecon.data.store import Store
 from brainrecon.embed.handcrafted import LowLevelEmbedder
-from brainrecon.io import atomic_write_json, sha256_file
+from brainrecon.io import atomic_write_json
 from brainrecon.evaluate.retrieval import RetrievalScore, cosine_scores, retrieval_top1
 from brainrecon.models.ridge import Ridge, RidgeConfig
 from brainrecon.pretrained import SIMWORLD, resolve_model_dir
@@ -329,15 +329,11 @@ def format_table(results: list[SubjectResult]) -> str:
 CEILINGS_FILE = "ceilings.json"
 
 
-def _manifest_sha256(store: Store) -> str:
-    return sha256_file(store.root / MANIFEST)
-
-
 def save_ceilings(store: Store, results: list[SubjectResult]) -> Path:
     """Store the table beside the world (``STORE/ceilings.json``), tied to the store's manifest hash."""
     first = next(iter(results[0].spaces.values())).ridge
     path = store.root / CEILINGS_FILE
-    atomic_write_json(path, {"store_manifest_sha256": _manifest_sha256(store), "way": first.way,
+    atomic_write_json(path, {"store_manifest_sha256": store.manifest_sha256, "way": first.way,
                              "draws": first.draws, "scoring": "cosine after subtracting the training images' "
                                                              "mean target", "spaces": list(results[0].spaces),
                              "note": SIMULATED_NOTE, "subjects": [r.to_dict() for r in results]})
@@ -350,4 +346,4 @@ def load_ceilings(store: Store) -> dict | None:
     if not path.is_file():
         return None
     table = json.loads(path.read_text())
-    return table if table.get("store_manifest_sha256") == _manifest_sha256(store) else None
+    return table if table.get("store_manifest_sha256") == store.manifest_sha256 else None

@@ -62,7 +62,7 @@ def simulate(config: str = typer.Option("default", "--config", help="World prese
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
              score: bool = typer.Option(True, "--score/--no-score", help="Compute, store and print the oracle, "
                                                                          "each target space's ceiling and a ridge."),
-             way: int = typer.Option(300, "--way", help="N-way retrieval (the field reports 300)."),
+             way: int = typer.Option(300, "--way", min=2, help="N-way retrieval (the field reports 300)."),
              progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Simulate a multi-subject world into a store; print the oracle, each target space's ceiling and a ridge."""
     from brainrecon.baseline import format_table
@@ -80,7 +80,8 @@ def simulate(config: str = typer.Option("default", "--config", help="World prese
 def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output folder (replaced if it holds "
                                                                           "an earlier demo)."),
          config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
-         images: int = typer.Option(30, "--images", help="Test images to reconstruct (with and without Ecphory)."),
+         images: int = typer.Option(30, "--images", min=1,
+                                    help="Test images to reconstruct (with and without Ecphory)."),
          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """The main job on the simulated world: simulate, fit ridge, compare with the oracle, reconstruct."""
     from brainrecon.demo import run_demo
@@ -136,10 +137,18 @@ def store_import_bdata(file: Path = typer.Option(..., "--file", help="BData HDF5
 
 
 def main() -> None:
+    """Every error caused by input ends as one `brainrecon: error:` line and exit status 2, never a traceback."""
+    from pydantic import ValidationError
+
+    from brainrecon.config import describe
+
     try:
         app()
     except BrainreconError as exc:
         print(f"brainrecon: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as exc:  # a config built without validate_config: still one line
+        print(f"brainrecon: error: {describe(exc)}", file=sys.stderr)
         sys.exit(2)
 
 

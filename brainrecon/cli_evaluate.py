@@ -24,10 +24,12 @@ def evaluate_command(
             help="Score betas z-scored with test statistics (MindEye's files), labelled NOT held out."),
         device: str = typer.Option("cpu", "--device")) -> None:
     """The field's metrics for a run, per subject and averaged with 95% CIs; writes metrics.json."""
+    from brainrecon.config import validate_config
     from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run, metrics_table
 
-    config = EvaluateConfig(way=way, draws=draws, weights=str(weights) if weights else None, clip=clip,
-                            device=device, allow_test_normalization=allow_test_normalization)
+    config = validate_config(EvaluateConfig, {
+        "way": way, "draws": draws, "weights": str(weights) if weights else None, "clip": clip, "device": device,
+        "allow_test_normalization": allow_test_normalization}, "evaluate options", as_flags=True)
     metrics = evaluate_run(run, recons, data, config, out)
     typer.echo(metrics_table(metrics))
     typer.echo(f"Wrote {out or Path(run) / 'metrics.json'}")
@@ -37,7 +39,7 @@ def report_command(
         run: Path = typer.Option(..., "--run", help="A run evaluated with `brainrecon evaluate`."),
         out: Path | None = typer.Option(None, "--out", help="Report folder (default RUN/report)."),
         metrics: Path | None = typer.Option(None, "--metrics", help="metrics.json (default RUN/metrics.json)."),
-        max_images: int = typer.Option(12, "--max-images", help="Images per subject in the grids.")) -> None:
+        max_images: int = typer.Option(12, "--max-images", min=1, help="Images per subject in the grids.")) -> None:
     """A self-contained HTML page (index.html) with PNG figures: grids, table, curves, published figures."""
     from brainrecon.report.html import build_report
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from brainrecon.errors import StoreError
+from brainrecon.errors import BrainreconError, StoreError
 
 app = typer.Typer(help="Natural Scenes Dataset (NSD) preparation.", no_args_is_help=True)
 
@@ -37,6 +37,17 @@ def parse_subjects(values: list[str]) -> list[int]:
     return numbers
 
 
+def parse_sessions(value: str | None) -> int | str | None:
+    """``--sessions``: a count, or 'available' (each subject the sessions it has on disk)."""
+    if value is None or value == "available":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreError(f"--sessions takes a number of sessions (e.g. --sessions 37) or 'available', got "
+                         f"{value!r}.") from None
+
+
 @app.command()
 def prepare(
     root: Path = typer.Option(..., "--root", help="NSD root: the folder holding nsddata/, nsddata_betas/, "
@@ -45,7 +56,8 @@ def prepare(
     out: Path = typer.Option(..., "--out", help="Store to create (written atomically)."),
     space: str = typer.Option("func1pt8mm", "--space", help="Volume space folder."),
     roi: str = typer.Option("nsdgeneral", "--roi", help="ROI mask name (roi/<ROI>.nii.gz; voxels with label > 0)."),
-    sessions: Optional[int] = typer.Option(None, "--sessions", help="Use only each subject's first N sessions."),
+    sessions: Optional[str] = typer.Option(None, "--sessions", help="Use only each subject's first N sessions, or "
+                                                                    "'available': each subject the sessions it has."),
     betas: str = typer.Option("betas_fithrf_GLMdenoise_RR", "--betas", help="Beta version folder."),
     betas_format: str = typer.Option("auto", "--betas-format", help="auto (HDF5 if present, else NIfTI), hdf5 "
                                                                     "or nifti."),
@@ -59,10 +71,10 @@ def prepare(
 
     try:
         summary = prepare_nsd(root, parse_subjects(subjects + (more_subjects or [])), out, space=space, roi=roi,
-                              sessions=sessions, betas=betas, overwrite=overwrite, progress=progress,
+                              sessions=parse_sessions(sessions), betas=betas, overwrite=overwrite, progress=progress,
                               betas_format=betas_format, betas_dtype=dtype)
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except BrainreconError as exc:  # as the main command line reports it, when this app is run on its own
+        typer.echo(f"brainrecon: error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"NSD store written to {summary.out}")
     typer.echo(f"  stimuli: {summary.n_stimuli} images")
@@ -97,8 +109,8 @@ def import_mindeye1_command(
 
     try:
         summary = import_mindeye1(root, subject, out, overwrite=overwrite, progress=progress)
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except BrainreconError as exc:  # as the main command line reports it, when this app is run on its own
+        typer.echo(f"brainrecon: error: {exc}", err=True)
         raise typer.Exit(2) from None
     _print_mindeye_summary(summary)
 
@@ -119,7 +131,7 @@ def import_mindeye2_command(
 
     try:
         summary = import_mindeye2(root, subject, out, sessions=sessions, overwrite=overwrite, progress=progress)
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except BrainreconError as exc:  # as the main command line reports it, when this app is run on its own
+        typer.echo(f"brainrecon: error: {exc}", err=True)
         raise typer.Exit(2) from None
     _print_mindeye_summary(summary)

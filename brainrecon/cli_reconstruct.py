@@ -23,6 +23,7 @@ def memory_build(run: Path = typer.Option(..., "--run", help="A finished trainin
                  index: str = typer.Option("auto", "--index", help="faiss index: auto, exact, ivf or hnsw."),
                  progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Keys = the run's predictions for each subject's training trials; values = their true embeddings."""
+    from brainrecon.config import validate_config
     from brainrecon.memory import MemoryConfig
     from brainrecon.reconstruct import (
         RunContext,
@@ -31,9 +32,11 @@ def memory_build(run: Path = typer.Option(..., "--run", help="A finished trainin
         memory_dir,
     )
 
+    options = {"search": search, "index": index}
+    validate_config(MemoryConfig, options, "memory build options", as_flags=True)  # before the run is opened
     context = RunContext.open(run, data)
     for subject in context.subjects(_subjects(subjects)):
-        config = MemoryConfig(search=search, index=index, search_on=(context.model.retrieval_target,))
+        config = MemoryConfig(**options, search_on=(context.model.retrieval_target,))
         memory = build_memory(context, run, subject, config, progress)
         scores = ecphory_embedding_scores(context, memory, subject)
         typer.echo(f"{subject}: {memory.n_entries} memories from {memory.n_trials} trials -> "
@@ -64,14 +67,17 @@ def reconstruct_command(
         steps: int = typer.Option(25, "--steps"), guidance: float = typer.Option(3.0, "--guidance"),
         n_images: int | None = typer.Option(None, "--n-images", help="Only the first N test images."),
         device: str = typer.Option("cpu", "--device"), seed: int = typer.Option(0, "--seed"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier reconstructions in --out."),
         progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Reconstruct test images from brain activity with a trained run; honest selection by default."""
+    from brainrecon.config import validate_config
     from brainrecon.reconstruct import ReconstructConfig, reconstruct
 
-    config = ReconstructConfig(generator=generator, generator_path=generator_path, ecphory=ecphory, k=k,
-                               alpha=alpha, selection="oracle" if oracle_selection else "brain", steps=steps,
-                               guidance=guidance, n_images=n_images, device=device, seed=seed)
-    manifest = reconstruct(run, out, config, _subjects(subjects), data, progress)
+    config = validate_config(ReconstructConfig, {
+        "generator": generator, "generator_path": generator_path, "ecphory": ecphory, "k": k, "alpha": alpha,
+        "selection": "oracle" if oracle_selection else "brain", "steps": steps, "guidance": guidance,
+        "n_images": n_images, "device": device, "seed": seed}, "reconstruct options", as_flags=True)
+    manifest = reconstruct(run, out, config, _subjects(subjects), data, progress, overwrite=overwrite)
     typer.echo(f"Wrote {len(manifest['images'])} images to {out} (selection: {manifest['selection']}).")
 
 
@@ -80,14 +86,16 @@ def bank_build(images: Path = typer.Option(..., "--images", help="Folder of imag
                clip: Path = typer.Option(..., "--clip", help="Local CLIP directory ('simworld' allowed)."),
                out: Path = typer.Option(..., "--out", help="Bank directory (resumes an interrupted build)."),
                index: str = typer.Option("auto", "--index", help="auto, exact, ivf, ivfpq or hnsw."),
-               batch_size: int = typer.Option(64, "--batch-size"), device: str = typer.Option("cpu", "--device"),
+               batch_size: int = typer.Option(64, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
                progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Embed a folder of images with CLIP into a faiss index."""
+    from brainrecon.config import check_device
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.memory import build_bank
     from brainrecon.train.targets import resolve_model_dir
 
-    embedder = ClipImageEmbedder(resolve_model_dir(str(clip), "clip", "clip"), device, batch_size=batch_size)
+    embedder = ClipImageEmbedder(resolve_model_dir(str(clip), "clip", "clip"), check_device(device),
+                                 batch_size=batch_size)
     bank = build_bank(images, embedder, out, batch_size=batch_size, index=index,
                       image_size=embedder.model.config.image_size, progress=progress)
     typer.echo(f"Indexed {len(bank)} images into {out}")
@@ -99,7 +107,7 @@ def bank_search(bank: Path = typer.Option(..., "--bank", help="A bank from `brai
                 out: Path = typer.Option(..., "--out", help="JSON file for the results."),
                 data: Path | None = typer.Option(None, "--data"),
                 subjects: str | None = typer.Option(None, "--subjects"),
-                k: int = typer.Option(16, "--k")) -> None:
+                k: int = typer.Option(16, "--k", min=1)) -> None:
     """The bank images nearest to each test trial's predicted embedding."""
     from brainrecon.io import atomic_write_json
     from brainrecon.memory import ImageBank

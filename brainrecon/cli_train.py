@@ -15,6 +15,8 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
                   out: Path = typer.Option(..., "--out", help="Run directory to create (or continue)."),
                   resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest "
                                                                        "checkpoint."),
+                  overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out (never a "
+                                                                             "folder that is not a run)."),
                   clip: Optional[str] = typer.Option(None, "--clip", help="Local CLIP directory for the targets "
                                                                           "(overrides targets.clip)."),
                   vae: Optional[str] = typer.Option(None, "--vae", help="Local VAE directory for low-level "
@@ -25,14 +27,19 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
 
     Multi-GPU / multi-node: `torchrun --nproc_per_node=N -m brainrecon.cli train ...` (or `accelerate launch`).
     """
-    from brainrecon.config import load_config
+    from brainrecon.config import load_config, validate_config
+    from brainrecon.errors import ConfigError
     from brainrecon.train.config import TrainConfig
     from brainrecon.train.trainer import train
 
-    cfg = load_config(TrainConfig, config, "train")
-    targets = cfg.targets.model_copy(update={k: v for k, v in {"clip": clip, "vae": vae}.items() if v})
-    cfg = cfg.model_copy(update={"targets": targets, **({"max_steps": max_steps} if max_steps else {})})
-    run = train(cfg, data, out, resume=resume, progress=progress)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+    values = load_config(TrainConfig, config, "train").model_dump(mode="json")
+    values["targets"].update({k: v for k, v in {"clip": clip, "vae": vae}.items() if v is not None})
+    if max_steps is not None:
+        values["max_steps"] = max_steps
+    cfg = validate_config(TrainConfig, values, source=f"{config} with the command-line options")
+    run = train(cfg, data, out, resume=resume, progress=progress, overwrite=overwrite)
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         from brainrecon.evaluate.evaluation import metrics_table

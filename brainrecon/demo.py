@@ -22,9 +22,8 @@ from brainrecon.baseline import ceiling_table, format_table, save_ceilings
 from brainrecon.config import load_config
 from brainrecon.data import Store, open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
-from brainrecon.errors import BrainreconError
 from brainrecon.evaluate.evaluation import metrics_table
-from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.io import atomic_write_json, atomic_write_text, check_output_dir, exclusive_lock
 
 ROWS = 4  # grid rows per block: original, from true embedding, from brain, with Ecphory
 
@@ -57,8 +56,6 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     Uses the same pieces as `brainrecon train` / `memory build` / `reconstruct`: the
     demo is those commands run in sequence on a simulated world.
     """
-    import shutil
-
     from brainrecon.assets.train import recorded_guidance
     from brainrecon.config import validate_config
     from brainrecon.embed.clip import ClipImageEmbedder
@@ -76,11 +73,10 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
 
     quiet_model_loading()
     run_dir = out / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
     config = validate_config(TrainConfig, {"model": {"kind": "ridge", "target": "image_pooled"},
                                            "targets": {"clip": "simworld", "image_tokens": False,
                                                        "image_pooled": True}, "subjects": [subject]})
-    run = train(config, store.root, run_dir, progress=False)
+    run = train(config, store.root, run_dir, progress=False, overwrite=True)
     values = json.loads((run / "metrics.json").read_text())["subjects"][subject]["values"]
     retrieval = {"way": values["image_retrieval"]["way"], "chance": values["image_retrieval"]["chance"],
                  "image_top1": values["image_retrieval"]["value"], "brain_top1": values["brain_retrieval"]["value"]}
@@ -91,9 +87,9 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     guidance = recorded_guidance(assets)
     settings = {"n_images": n_images, "steps": steps, "seed": seed, "batch_size": 32, "guidance": guidance}
     plain = run_reconstruct(run, out / "reconstructions" / "plain",
-                            ReconstructConfig(ecphory=False, k=1, **settings), progress=False)
+                            ReconstructConfig(ecphory=False, k=1, **settings), progress=False, overwrite=True)
     fused = run_reconstruct(run, out / "reconstructions" / "ecphory", ReconstructConfig(k=k, **settings),
-                            progress=False)
+                            progress=False, overwrite=True)
     read = lambda manifest, folder: np.stack([np.asarray(Image.open(folder / e["file"]))
                                               for e in manifest["images"]])
     from_brain = read(plain, out / "reconstructions" / "plain")
@@ -138,12 +134,18 @@ def save_reconstruction_grid(rec: Reconstructions, path: Path, columns: int = 10
 
 def run_demo(out: Path, config: str = "default", progress: bool = True, echo=print, n_images: int = 30) -> dict:
     """Run the demo into ``out`` (replacing an earlier demo there); return what it wrote to results.json."""
+    marker = out / "demo.json"
+    check_output_dir(out, "an earlier `brainrecon demo`", lambda path: (path / "demo.json").is_file(), overwrite=True)
+    with exclusive_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        # claimed first, so that a demo killed half-way is still recognised (and replaced) by the next one
+        atomic_write_json(marker, {"brainrecon_version": __version__, "config": config, "finished": False})
+        return _run_demo(out, marker, config, progress, echo, n_images)
+
+
+def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_images: int) -> dict:
     from brainrecon.assets import SIMWORLD_ASSETS
 
-    marker = out / "demo.json"
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise BrainreconError(f"{out} exists and was not made by `brainrecon demo`; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     world = load_config(WorldConfig, config, "worlds")
     started = time.perf_counter()
     simulate_world(world, out / "store", overwrite=True, progress=progress)
@@ -199,7 +201,7 @@ def run_demo(out: Path, config: str = "default", progress: bool = True, echo=pri
     atomic_write_text(out / "report.md", report + f"\n{SIMULATED_NOTE}\n")
     atomic_write_text(out / "retrieval.md", f"# brainrecon demo: retrieval\n\n{table}\n\n{SIMULATED_NOTE}\n")
     atomic_write_json(out / "results.json", summary)
-    atomic_write_json(marker, {"brainrecon_version": __version__, "config": config})
+    atomic_write_json(marker, {"brainrecon_version": __version__, "config": config, "finished": True})
     echo(f"Wrote {out / 'results.json'}, {out / 'report.md'}")
     if "evaluation" in summary:
         echo(f"Report: {summary['evaluation']['report']}")

@@ -23,3 +23,11 @@ class EvaluationError(BrainreconError, ValueError):
 
 class ModelPathError(BrainreconError, ValueError):
     """A pretrained-model path is not an existing local directory (e.g. a hub id was given)."""
+
+
+class OutputError(BrainreconError, ValueError):
+    """An output path is a file, holds something else, already exists, or another process is writing it."""
+
+
+class DivergenceError(BrainreconError, ArithmeticError):
+    """Training produced a non-finite loss or weights; nothing was saved as final."""

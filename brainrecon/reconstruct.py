@@ -12,6 +12,9 @@ every output says which selection was used.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +22,16 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from brainrecon.config import StrictConfig, load_config
+from brainrecon.config import Device, StrictConfig, load_config
 from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.store import Store, open_store
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
-from brainrecon.io import atomic_write_bytes, atomic_write_json
+from brainrecon.io import (atomic_write_bytes, atomic_write_json, check_output_dir, exclusive_lock, partial_dir,
+                           publish_dir, sha256_file)
 from brainrecon.memory import EcphoryConfig, MemoryConfig, SubjectMemory, fuse
 from brainrecon.memory.selection import (
     select_first,
@@ -52,16 +57,17 @@ class ReconstructConfig(StrictConfig):
     generator: Literal["unclip", "versatile"] = "unclip"
     generator_path: str = SIMWORLD  # a local pipeline directory, or the shipped small unCLIP decoder
     ecphory: bool = True
-    k: int = 10  # Ecphory: memories per image, one sample each; without Ecphory: samples per image
-    alpha: float = 0.6
+    k: int = Field(10, ge=1)  # Ecphory: memories per image, one sample each; without Ecphory: samples per image
+    alpha: float = Field(0.6, ge=0.0, le=1.0)  # Ecphory: weight of the brain prediction
     selection: Literal["brain", "first", "oracle"] = "brain"
-    steps: int = 25
-    guidance: float = 3.0
-    mix_ratio: float = 0.0  # Versatile Diffusion: share of the text condition (0.5 as MindBridge/Psychometry)
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(3.0, ge=0.0)
+    mix_ratio: float = Field(0.0, ge=0.0, le=1.0)  # Versatile Diffusion: share of the text condition (0.5 as
+    # MindBridge/Psychometry)
     seed: int = 0
-    batch_size: int = 16
-    n_images: int | None = None  # the first n test images (all by default)
-    device: str = "cpu"
+    batch_size: int = Field(16, ge=1)
+    n_images: int | None = Field(None, ge=1)  # the first n test images (all by default)
+    device: Device = "cpu"
 
 
 @dataclass
@@ -82,6 +88,7 @@ class RunContext:
         if not store_path.is_dir():
             raise ConfigError(f"the store this run was trained on ({info.store}) is not there; pass --data STORE")
         store = open_store(store_path)
+        info.check_store(Path(run), store.root, store.manifest_sha256)
         return cls(model, info, store, load_targets(store, config.targets, progress=False), config)
 
     def subjects(self, names: list[str] | None) -> list[str]:
@@ -213,16 +220,46 @@ def unit_first_token(tokens: np.ndarray) -> np.ndarray:
     return (tokens / np.maximum(norm, 1e-8)).astype(np.float32)
 
 
+def is_reconstructions(path: Path) -> bool:
+    """Whether a folder holds the output of `brainrecon reconstruct` (its manifest lists images)."""
+    try:
+        return "images" in json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, subjects: list[str] | None = None,
-                data: str | Path | None = None, progress: bool = True) -> dict:
-    """Reconstruct each subject's test images; writes OUT/<subject>/<stimulus>.png and OUT/manifest.json."""
+                data: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    """Reconstruct each subject's test images; writes OUT/<subject>/<stimulus>.png and OUT/manifest.json.
+
+    OUT is assembled in OUT.partial and renamed into place at the end, under a lock, so a killed or
+    concurrent run never leaves PNGs without their manifest, or stale PNGs of an earlier run beside it.
+    A folder that is not a reconstruction is refused, even with ``overwrite``.
+    """
+    out = Path(out)
+    check_output_dir(out, "brainrecon reconstructions", is_reconstructions, overwrite)
+    with exclusive_lock(out):
+        check_output_dir(out, "brainrecon reconstructions", is_reconstructions, overwrite)
+        assembled = partial_dir(out)
+        shutil.rmtree(assembled, ignore_errors=True)  # left by a killed run: its samples are redone
+        assembled.mkdir(parents=True)
+        try:
+            manifest = _reconstruct(run, assembled, config, subjects, data, progress)
+        except BaseException:
+            shutil.rmtree(assembled, ignore_errors=True)
+            raise
+        publish_dir(assembled, out)
+    return manifest
+
+
+def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects: list[str] | None,
+                 data: str | Path | None, progress: bool) -> dict:
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.generate.base import quiet_model_loading
 
     quiet_model_loading()
     started = time.perf_counter()
     context = RunContext.open(run, data, config.device)
-    out = Path(out)
     generator = _generator(config)
     clip = ClipImageEmbedder(resolve_model_dir(context.config.targets.clip, "clip", "clip"), config.device,
                              batch_size=64)
@@ -273,15 +310,19 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
         folder = out / subject
         folder.mkdir(parents=True, exist_ok=True)
         for i, stimulus in enumerate(ids.tolist()):
-            atomic_write_bytes(folder / f"{stimulus}.png", _png(chosen[i]))
+            png = _png(chosen[i])
+            atomic_write_bytes(folder / f"{stimulus}.png", png)
             entries.append({
                 "subject": subject, "stimulus_id": int(stimulus), "file": f"{subject}/{stimulus}.png",
+                "sha256": hashlib.sha256(png).hexdigest(),
                 "seed": sample_seed(config.seed, int(selection.indices[i]), i),
                 "sample_index": int(selection.indices[i]),
                 "selection": selection.label,
                 "retrieved_stimuli": retrieved[i].tolist() if retrieved is not None else None})
         summary[subject] = {"n_images": n, "selection": selection.label, "oracle": selection.is_oracle}
     manifest = {"run": str(Path(run).resolve()), "store": str(context.store.root), "kind": context.info.kind,
+                "run_model_sha256": sha256_file(Path(run) / "model.safetensors"),
+                "store_manifest_sha256": context.store.manifest_sha256,
                 "settings": config.model_dump(mode="json"), "selection": selection.label,
                 "oracle_selection": config.selection == "oracle", "subjects": summary, "images": entries,
                 "seconds": round(time.perf_counter() - started, 1),

@@ -6,7 +6,7 @@ import pytest
 
 from brainrecon.data import open_store
 from brainrecon.data.bdata import image_name, import_bdata, make_fake_bdata
-from brainrecon.data.store import partial_path
+from brainrecon.io import partial_dir as partial_path
 from brainrecon.errors import StoreError
 
 

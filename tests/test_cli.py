@@ -51,7 +51,7 @@ def test_demo_runs_end_to_end(tmp_path):
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
     failed = run("demo", "--out", str(other), "--config", "tiny", check=False)
-    assert failed.returncode == 2 and "was not made by `brainrecon demo`" in failed.stderr
+    assert failed.returncode == 2 and "holds files that are not an earlier `brainrecon demo`" in failed.stderr
 
 
 def test_simulate_store_info_verify_and_errors(tmp_path):
@@ -62,7 +62,8 @@ def test_simulate_store_info_verify_and_errors(tmp_path):
     assert "subj02: 1800 trials in 12 sessions" in run("store", "info", str(store)).stdout
     assert "OK" in run("store", "verify", str(store)).stdout
     again = run("simulate", "--config", "tiny", "--out", str(store), "--no-score", check=False)
-    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2 and "already holds a brainrecon store" in again.stderr
+    assert "Traceback" not in again.stderr
     bad = run("simulate", "--config", "nope", "--out", str(tmp_path / "x"), check=False)
     assert bad.returncode == 2 and "no worlds preset named 'nope'" in bad.stderr
     missing = run("store", "info", str(tmp_path / "absent"), check=False)
@@ -73,3 +74,47 @@ def test_too_few_test_images_for_the_requested_way_is_a_clear_error(tmp_path):
     result = run("simulate", "--config", "tiny", "--out", str(tmp_path / "s"), "--way", "400", "--no-progress",
                  check=False)
     assert result.returncode == 2 and "400-way retrieval needs at least 400 test items" in result.stderr
+
+
+def test_concurrent_and_killed_writers_of_a_store(tmp_path):
+    """Two writers of one store: exactly one wins and the store verifies. A writer killed with SIGKILL
+    leaves no store, and the rerun writes the same bytes as an uninterrupted run."""
+    import os
+    import random
+    import signal
+    import time
+
+    from brainrecon.config import load_config
+    from brainrecon.data.simworld import WorldConfig
+
+    small = tmp_path / "small.yaml"  # the tiny world, smaller still: this test builds it four times
+    load_config(WorldConfig, "tiny", "worlds", n_subjects=1, n_train_images=100, n_test_images=50,
+                calibration_images=64).save(small)
+
+    def simulate(out):
+        return subprocess.Popen(CLI + ["simulate", "--config", str(small), "--out", str(out), "--no-score",
+                                       "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    out = tmp_path / "store"
+    writers = [simulate(out) for _ in range(2)]
+    results = [(w.wait(timeout=600), w.stderr.read()) for w in writers]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "another brainrecon process is writing" in loser or "already holds a brainrecon store" in loser
+    assert "Traceback" not in loser
+    assert "OK" in run("store", "verify", str(out)).stdout
+
+    killed = tmp_path / "killed"
+    writer = simulate(killed)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed.partial").exists() and writer.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.Random(0).uniform(0.0, 1.0))  # somewhere in the middle of writing
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL and not killed.exists()
+    assert simulate(killed).wait(timeout=600) == 0
+    files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes()  # noqa: E731
+                          for p in sorted(root.rglob("*")) if p.is_file()}
+    assert files(killed) == files(out)

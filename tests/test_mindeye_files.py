@@ -15,7 +15,7 @@ from PIL import Image
 from brainrecon.data import open_store
 from brainrecon.data.mindeye_fake import fake_experiment, make_fake_mindeye1, make_fake_mindeye2
 from brainrecon.data.mindeye_files import import_mindeye1, import_mindeye2
-from brainrecon.errors import StoreError
+from brainrecon.errors import OutputError, StoreError
 from brainrecon.io import sha256_file
 
 
@@ -225,8 +225,8 @@ def test_me2_too_many_sessions_and_existing_output(me2_root, tmp_path):
     message = assert_fails_cleanly(import_mindeye2, me2_root, tmp_path / "out", "--sessions 3", sessions=3)
     assert "1..2" in message
     out = tmp_path / "exists"
-    out.mkdir()
-    with pytest.raises(StoreError, match="already exists"):
+    import_mindeye2(me2_root, 1, out, sessions=2, progress=False)
+    with pytest.raises(OutputError, match="already holds a brainrecon store"):
         import_mindeye2(me2_root, 1, out, progress=False)
     import_mindeye2(me2_root, 1, out, sessions=1, overwrite=True, progress=False)
     assert len(open_store(out).subject("subj01").trials) == 750

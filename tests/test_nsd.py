@@ -21,7 +21,7 @@ from brainrecon.data import StimulusTable, StoreWriter, open_store
 from brainrecon.data.nsd import prepare_nsd
 from brainrecon.data.nsd_fake import make_fake_nsd, stim_info_header
 from brainrecon.data.nsd_files import NSDPaths, read_hdf5_trials, read_nifti_trials
-from brainrecon.errors import StoreError
+from brainrecon.errors import OutputError, StoreError
 
 VERSION = "betas_fithrf_GLMdenoise_RR"
 SPACE = "func1pt8mm"
@@ -273,6 +273,26 @@ def test_missing_session_file(fake, tmp_path):
     prepare_nsd(paths.root, [1], tmp_path / "ok", sessions=1, progress=False)  # the suggested fix works
 
 
+def test_each_subject_can_use_the_sessions_it_has(fake, tmp_path):
+    paths = copy_tree(fake, tmp_path)
+    for fmt in ("hdf5", "nifti"):  # subject 2 has only its first session, as a partial download would
+        paths.betas(2, SPACE, VERSION, 2, fmt).unlink()
+    with pytest.raises(StoreError, match="betas_session02"):
+        prepare_nsd(paths.root, [1, 2], tmp_path / "out", progress=False)
+    prepare_nsd(paths.root, [1, 2], tmp_path / "ok", sessions="available", progress=False)
+    store = open_store(tmp_path / "ok")
+    assert store.source["sessions_per_subject"] == {"subj01": 2, "subj02": 1}
+    assert len(store.subject("subj01").trials) == 1500 and len(store.subject("subj02").trials) == 750
+    # the split rule holds for each count: the shared images are test for everyone, nothing else is
+    trials = {name: store.subject(name).trials for name in store.subjects}
+    test = {name: set(t.stimulus_id[t.is_test].tolist()) for name, t in trials.items()}
+    train = {name: set(t.stimulus_id[~t.is_test].tolist()) for name, t in trials.items()}
+    assert test["subj02"] and test["subj02"] <= test["subj01"]
+    assert not (train["subj01"] | train["subj02"]) & (test["subj01"] | test["subj02"])
+    with pytest.raises(StoreError, match="'available'"):
+        prepare_nsd(paths.root, [1], tmp_path / "bad", sessions="some", progress=False)
+
+
 def test_wrong_number_of_trials(fake, tmp_path):
     paths = copy_tree(fake, tmp_path)
     path = paths.betas(1, SPACE, VERSION, 1, "hdf5")
@@ -335,10 +355,16 @@ def test_csv_with_missing_columns(fake, tmp_path):
 def test_existing_output_is_not_replaced_without_overwrite(fake, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(StoreError, match="already exists"):
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds files that are not a brainrecon store"):
+        prepare_nsd(fake.root, [1], out, sessions=1, progress=False, overwrite=True)  # never someone's files
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()  # an empty folder may be written into
+    prepare_nsd(fake.root, [1], out, sessions=1, progress=False)
+    with pytest.raises(OutputError, match="already holds a brainrecon store"):
         prepare_nsd(fake.root, [1], out, progress=False)
-    prepare_nsd(fake.root, [1], out, sessions=1, progress=False, overwrite=True)
-    assert len(open_store(out).subject("subj01").trials) == 750
+    prepare_nsd(fake.root, [1], out, sessions=2, progress=False, overwrite=True)
+    assert len(open_store(out).subject("subj01").trials) == 1500
 
 
 # ---------------------------------------------------------------------------------------------

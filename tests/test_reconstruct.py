@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -121,3 +122,51 @@ def test_generators_get_image_tokens_at_the_targets_scale():
                           ReconstructConfig(generator="versatile", mix_ratio=0.5), pooled_norm=7.0, seed=0)
     np.testing.assert_allclose(np.linalg.norm(versatile.image_tokens[:, 0], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(versatile.text_tokens, text)  # text tokens keep their own scale
+
+
+def test_killed_reconstruct_leaves_nothing_and_a_rerun_gives_the_same_bytes(ridge_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out):
+        return [sys.executable, "-m", "brainrecon.cli", "reconstruct", "--run", str(ridge_run), "--out", str(out),
+                "--n-images", "4", "--k", "2", "--steps", "2", "--no-progress"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "whole"), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (tmp_path / "killed.partial").is_dir():  # it has started writing
+            time.sleep(0.5)
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not killed.exists()  # no PNGs without a manifest
+    subprocess.run(command(killed), check=True, env=env, capture_output=True)
+    assert not (tmp_path / "killed.partial").exists()
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    again = json.loads((killed / "manifest.json").read_text())
+    assert [e["sha256"] for e in whole["images"]] == [e["sha256"] for e in again["images"]]
+    for entry in again["images"]:
+        assert (killed / entry["file"]).read_bytes() == (tmp_path / "whole" / entry["file"]).read_bytes()
+
+
+def test_reconstruct_replaces_its_own_output_only_when_asked(ridge_run, tmp_path):
+    from brainrecon.errors import OutputError
+
+    out = tmp_path / "r"
+    config = ReconstructConfig(n_images=3, k=1, steps=2, ecphory=False)
+    reconstruct(ridge_run, out, config, progress=False)
+    with pytest.raises(OutputError, match="already holds brainrecon reconstructions"):
+        reconstruct(ridge_run, out, config, progress=False)
+    smaller = reconstruct(ridge_run, out, config.model_copy(update={"n_images": 2}), progress=False,
+                          overwrite=True)
+    assert sorted(p.name for p in (out / "subj01").iterdir()) == sorted(
+        f"{e['stimulus_id']}.png" for e in smaller["images"])  # no stale PNGs of the larger run

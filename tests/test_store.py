@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from brainrecon.data import StimulusTable, StoreWriter, TrialTable, VoxelTable, open_store
-from brainrecon.data.store import partial_path
-from brainrecon.errors import StoreError
+from brainrecon.io import partial_dir as partial_path
+from brainrecon.errors import OutputError, StoreError
 
 
 def make_tables(n_stimuli=12, n_test=4, repeats=3, sessions=3):
@@ -192,7 +192,7 @@ def test_checksum_verification_detects_changed_bytes(simple):
 
 def test_existing_store_needs_overwrite_and_failed_write_leaves_nothing(simple):
     path, betas, trials, stimuli = simple
-    with pytest.raises(StoreError, match="already exists.*--overwrite"):
+    with pytest.raises(OutputError, match="already holds a brainrecon store.*--overwrite"):
         write_store(path, betas, trials, stimuli)
     before = (path / "manifest.json").read_bytes()
     with pytest.raises(RuntimeError):

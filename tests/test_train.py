@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from brainrecon.config import validate_config
 from brainrecon.data import open_store
-from brainrecon.errors import ConfigError
+from brainrecon.errors import ConfigError, DivergenceError
 from brainrecon.train.batches import BalancedBatches, SubjectStream
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.run import load_run
@@ -270,3 +270,38 @@ def test_every_preset_is_valid_for_its_model():
         config = load_config(TrainConfig, name, "train")
         validate_config(model_class(config.model_kind).config_class, config.model_options, source=name)
         assert (config.targets.clip == "simworld") == name.startswith("sim-")
+
+
+def test_divergence_stops_training_and_saves_nothing_final(train_world, tmp_path):
+    config = small_config("mindbridge", optim={"lr": 1e6}, max_steps=40, log_every=1)
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+.*Lower optim.lr"):
+        train(config, train_world, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    for folder in (tmp_path / "run" / "checkpoints").glob("step-*"):  # any checkpoint kept is finite
+        assert all(torch.isfinite(t).all() for t in load_file(str(folder / "model.safetensors")).values())
+
+
+def test_resume_skips_a_truncated_checkpoint_for_the_one_before(train_world, tmp_path):
+    config = small_config("mindbridge", max_steps=4, checkpoint_every=2, keep_checkpoints=5)
+    run = train(config, train_world, tmp_path / "run", progress=False)
+    finished = (run / "model.safetensors").read_bytes()
+    latest = run / "checkpoints" / "step-00000004" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # a disk that filled up mid-write
+    with pytest.warns(UserWarning, match="step-00000004.*resumed from .*step-00000002"):
+        train(config, train_world, run, resume=True, progress=False)
+    assert (run / "model.safetensors").read_bytes() == finished  # steps 3-4 redone exactly
+    for folder in (run / "checkpoints").glob("step-*"):
+        (folder / "state.json").unlink()
+    with pytest.raises(ConfigError, match="no usable checkpoint.*state.json"):
+        train(config, train_world, run, resume=True, progress=False)
+
+
+def test_overwrite_replaces_a_run_and_nothing_else(train_world, tmp_path):
+    config = small_config("mindbridge", max_steps=2)
+    run = train(config, train_world, tmp_path / "run", progress=False)
+    (run / "stale.txt").write_text("from the first run")
+    train(small_config("mindbridge", max_steps=3), train_world, run, progress=False, overwrite=True)
+    assert not (run / "stale.txt").exists() and "max_steps: 3" in (run / "config.yaml").read_text()
+    assert json.loads((run / "model.json").read_text())["store_manifest_sha256"] == \
+        open_store(train_world).manifest_sha256

@@ -41,6 +41,7 @@ NSD_CORE_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 BETAS_FORMATS = ("auto", "hdf5", "nifti")
 IMAGE_BLOCK_BYTES = 64 << 20
 
+AVAILABLE = "available"  # sessions=: each subject's sessions on disk
 SessionCallback = Callable[[str, int, int], None]  # (subject name, session, n_sessions) after each session
 
 
@@ -88,13 +89,17 @@ class NSDSummary:
 
 
 def prepare_nsd(root: str | Path, subjects: list[int], out: str | Path, *, space: str = "func1pt8mm",
-                roi: str = "nsdgeneral", sessions: int | None = None, betas: str = "betas_fithrf_GLMdenoise_RR",
+                roi: str = "nsdgeneral", sessions: int | str | None = None,
+                betas: str = "betas_fithrf_GLMdenoise_RR",
                 overwrite: bool = False, progress: bool = True, betas_format: str = "auto",
                 betas_dtype: str = "float32", on_session: SessionCallback | None = None) -> NSDSummary:
     """Write NSD subjects (numbers 1..8) to a brainrecon store at ``out``.
 
     ``sessions`` limits every subject to its first N sessions (default: all its core
-    sessions). ``betas_format`` "auto" reads each session's .hdf5 when present, else its
+    sessions); ``"available"`` gives each subject the sessions it has on disk (1..n, up to its
+    core count), so a partial download of one subject does not truncate the others. The counts
+    go into the manifest (``source.sessions_per_subject``); the split rule (shared images are
+    test) holds for any count. ``betas_format`` "auto" reads each session's .hdf5 when present, else its
     .nii.gz. Every input is checked before anything is written; a run that stops part-way
     leaves ``out.partial`` and is continued by re-running with the same arguments.
     """
@@ -103,6 +108,7 @@ def prepare_nsd(root: str | Path, subjects: list[int], out: str | Path, *, space
     paths = NSDPaths(root)
     design = read_design(paths.expdesign)
     plans = [_plan_subject(paths, design, s, sessions, space, roi, betas, betas_format) for s in subjects]
+    per_subject = {plan.name: plan.n_sessions for plan in plans}
     info = read_stim_info(paths.stim_info, subjects)
     _check_stim_info_matches_design(paths, info, design, plans)
     stimulus_ids = np.unique(np.concatenate([p.image_ids for p in plans]))
@@ -121,6 +127,7 @@ def prepare_nsd(root: str | Path, subjects: list[int], out: str | Path, *, space
     source = {"kind": "nsd", "root": str(root.resolve()), "brainrecon_function": "prepare_nsd",
               "options": {"subjects": list(subjects), "space": space, "roi": roi, "sessions": sessions,
                           "betas": betas, "betas_format": betas_format, "betas_dtype": betas_dtype},
+              "sessions_per_subject": per_subject,
               "conventions": {"stimulus_id": "NSD 73k index, 0-based", "session": "1-based",
                               "repeat": "0-based count of earlier presentations",
                               "split": "test = shared-1000 images (sharedix), train = the rest",
@@ -151,8 +158,8 @@ def _check_options(root: Path, subjects, sessions, space, roi, betas, betas_form
         raise StoreError("no subjects given; pass NSD subject numbers such as --subjects 1 2 5 7.")
     if len(set(subjects)) != len(subjects):
         raise StoreError(f"subjects {list(subjects)} list a subject twice; give each once.")
-    if sessions is not None and sessions < 1:
-        raise StoreError(f"--sessions must be at least 1, got {sessions}.")
+    if sessions is not None and sessions != AVAILABLE and (not isinstance(sessions, int) or sessions < 1):
+        raise StoreError(f"--sessions takes a number of sessions (at least 1) or '{AVAILABLE}', got {sessions!r}.")
     for name, value in (("space", space), ("roi", roi), ("betas", betas)):
         if not value or "/" in value or "\\" in value or value.startswith("."):
             raise StoreError(f"--{name} {value!r} must be a plain folder or file name such as the defaults.")
@@ -168,10 +175,14 @@ def _plan_subject(paths: NSDPaths, design: Design, subject: int, sessions: int |
     if not 1 <= subject <= n_subjects:
         raise StoreError(f"subject {subject} does not exist: {paths.expdesign} describes subjects 1..{n_subjects}.")
     available = design.n_sessions
-    if sessions is not None and sessions > available:
+    if isinstance(sessions, int) and sessions > available:
         raise StoreError(f"--sessions {sessions} asks for more sessions than {paths.expdesign} describes "
                          f"({available}); use --sessions {available} or fewer.")
-    n_sessions = sessions or min(NSD_CORE_SESSIONS.get(subject, available), available)
+    core = min(NSD_CORE_SESSIONS.get(subject, available), available)
+    if sessions == AVAILABLE:
+        n_sessions = _sessions_on_disk(paths, subject, space, version, betas_format, core)
+    else:
+        n_sessions = sessions or core
     image_ids = subject_trial_ids(design, subject, n_sessions)
     is_test = np.isin(image_ids, design.sharedix - 1)
     if not is_test.any():
@@ -195,6 +206,19 @@ def _plan_subject(paths: NSDPaths, design: Design, subject: int, sessions: int |
     return SubjectPlan(number=subject, n_sessions=n_sessions, image_ids=image_ids, is_test=is_test,
                        mask_path=mask_path, volume_shape=tuple(labels.shape), coords=coords,
                        roi_labels=roi_labels.astype(str), session_files=files)
+
+
+def _sessions_on_disk(paths: NSDPaths, subject: int, space: str, version: str, betas_format: str,
+                      most: int) -> int:
+    """How many of the subject's sessions 1, 2, ... (at most ``most``) have a betas file, counting up to a gap."""
+    formats = ("hdf5", "nifti") if betas_format == "auto" else (betas_format,)
+    count = 0
+    while count < most and any(paths.betas(subject, space, version, count + 1, f).is_file() for f in formats):
+        count += 1
+    if count == 0:
+        raise StoreError(f"subject {subject} has no session 1 betas under {paths.root} (--space {space}, --betas "
+                         f"{version}); download them, or leave the subject out.")
+    return count
 
 
 def _session_file(paths: NSDPaths, subject: int, space: str, version: str, session: int, betas_format: str,

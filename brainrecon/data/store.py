@@ -27,7 +27,7 @@ import numpy as np
 
 from brainrecon.errors import StoreError
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
-from brainrecon.io import sha256_file
+from brainrecon.io import partial_dir, sha256_file
 
 FORMAT_NAME = "brainrecon-store"
 FORMAT_VERSION = 1
@@ -48,10 +48,6 @@ REMAKE = "Re-create the store with `brainrecon simulate` or `brainrecon nsd prep
 def subject_files(name: str) -> dict[str, str]:
     base = f"subjects/{name}"
     return {"betas": f"{base}/betas.npy", "trials": f"{base}/trials.csv", "voxels": f"{base}/voxels.csv"}
-
-
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +248,11 @@ class Store:
         return f"Store({str(self.root)!r}, subjects={self.subjects}, stimuli={len(self.stimuli)})"
 
     @property
+    def manifest_sha256(self) -> str:
+        """The store's identity: the manifest lists every file's sha256, so a re-made or edited store differs."""
+        return sha256_file(self.root / MANIFEST)
+
+    @property
     def subjects(self) -> list[str]:
         return sorted(self.manifest["subjects"])
 
@@ -308,6 +309,14 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
+def is_store(path: Path) -> bool:
+    """Whether a folder holds a brainrecon store (its manifest names the format)."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def open_store(path: str | Path, verify_checksums: bool = False) -> Store:
     """Open and validate a store.
 
@@ -318,8 +327,8 @@ def open_store(path: str | Path, verify_checksums: bool = False) -> Store:
     root = Path(path)
     if not root.is_dir():
         hint = ""
-        if partial_path(root).exists():
-            hint = (f" An unfinished write was found at {partial_path(root)} (the writing process was "
+        if partial_dir(root).exists():
+            hint = (f" An unfinished write was found at {partial_dir(root)} (the writing process was "
                     f"interrupted); run the command that writes the store again.")
         raise StoreError(f"no brainrecon store at {root}.{hint} Create one with `brainrecon simulate --out "
                          f"{root}` or `brainrecon nsd prepare --out {root}`.")

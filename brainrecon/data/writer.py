@@ -25,11 +25,12 @@ from numpy.lib.format import open_memmap
 
 from brainrecon import __version__
 from brainrecon.data.store import (BETAS_DTYPES, FORMAT_NAME, FORMAT_VERSION, IMAGES, MANIFEST, NORMALIZATIONS,
-                                   STIMULI_TABLE, check_finite, check_subject_tables, load_npy, partial_path,
+                                   STIMULI_TABLE, check_finite, check_subject_tables, is_store, load_npy,
                                    subject_files)
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable
 from brainrecon.errors import StoreError
-from brainrecon.io import atomic_write_json, atomic_write_text, sha256_file
+from brainrecon.io import (atomic_write_json, atomic_write_text, check_output_dir, exclusive_lock, partial_dir,
+                           publish_dir, sha256_file)
 
 RESUME_DIR = ".resume"  # inside STORE.partial; never published
 
@@ -46,7 +47,7 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, source: dict, overwrite: bool = False, resume: bool = False):
         self.path = Path(path)
-        self.tmp = partial_path(self.path)
+        self.tmp = partial_dir(self.path)
         self.source = source
         self.overwrite = overwrite
         self.resume = resume
@@ -60,8 +61,18 @@ class StoreWriter:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> "StoreWriter":
-        if self.path.exists() and not self.overwrite:
-            raise StoreError(f"{self.path} already exists; choose another --out or pass --overwrite to replace it.")
+        check_output_dir(self.path, "a brainrecon store", is_store, self.overwrite)
+        # two writers of one store would interleave their files in one .partial: the second one waits for nothing
+        self._lock = exclusive_lock(self.path)
+        self._lock.__enter__()
+        try:
+            return self._start()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+
+    def _start(self) -> "StoreWriter":
+        check_output_dir(self.path, "a brainrecon store", is_store, self.overwrite)  # as it is now we hold the lock
         if self.resume and self._resumable():
             self._checkpoints = json.loads((self.tmp / RESUME_DIR / "checkpoints.json").read_text())
             return self
@@ -74,6 +85,12 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            return self._close(exc_type)
+        finally:
+            self._lock.__exit__(None, None, None)
+
+    def _close(self, exc_type) -> bool:
         if exc_type is not None:
             if self.resume:
                 for array in self._arrays:
@@ -204,10 +221,4 @@ class StoreWriter:
             check_finite(betas, self.path / files["betas"])
 
     def _publish(self) -> None:
-        if self.path.exists():
-            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.tmp, self.path)
+        publish_dir(self.tmp, self.path)

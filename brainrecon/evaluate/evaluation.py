@@ -18,6 +18,8 @@ Confidence intervals (all 95%):
 
 from __future__ import annotations
 
+import hashlib
+import io
 import platform
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from PIL import Image
 
-from brainrecon.config import StrictConfig
+from brainrecon.config import Device, StrictConfig
 from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.store import Store
 from brainrecon.errors import EvaluationError
@@ -72,14 +75,14 @@ IMAGE_METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip",
 
 
 class EvaluateConfig(StrictConfig):
-    way: int = 300  # N-way retrieval (lowered to the number of test images when there are fewer)
-    draws: int = 30
+    way: int = Field(300, ge=2)  # N-way retrieval (lowered to the number of test images when there are fewer)
+    draws: int = Field(30, ge=1)
     seed: int = 42
     weights: str | None = None  # a local directory with the standard AlexNet/Inception/EffNet/SwAV files
     clip: str | None = None  # CLIP for the CLIP metric (OpenAI ViT-L/14 on NSD); default: the run's target CLIP
     antialias: bool = False  # the published runs resized without antialiasing (docs/metrics.md)
-    batch_size: int = 32
-    device: str = "cpu"
+    batch_size: int = Field(32, ge=1)
+    device: Device = "cpu"
     allow_test_normalization: bool = False  # score stores z-scored with test statistics, labelled not held out
 
 
@@ -226,7 +229,12 @@ def read_reconstructions(recons: Path, subject: str, manifest: dict) -> tuple[np
         if not path.is_file():
             raise EvaluationError(f"{path} is listed in {recons / 'manifest.json'} but missing; "
                                   f"run `brainrecon reconstruct` again")
-        images.append(np.asarray(Image.open(path).convert("RGB")))
+        data = path.read_bytes()
+        if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise EvaluationError(f"{path} is not the image `brainrecon reconstruct` wrote (its sha256 differs from "
+                                  f"{recons / 'manifest.json'}); only unedited reconstructions are scored: run "
+                                  f"`brainrecon reconstruct` again")
+        images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         raise EvaluationError(f"reconstructions of {subject} in {recons} differ in size ({sorted(shapes)})")
@@ -243,6 +251,15 @@ def check_manifest(manifest: dict, run: Path, store: Store, recons: Path, test_i
     if made_on != store.root.resolve():
         raise EvaluationError(f"the reconstructions in {recons} were made on store {made_on}, but this evaluation "
                               f"reads {store.root.resolve()}; pass --data {made_on} (or reconstruct again)")
+    pinned = manifest.get("store_manifest_sha256")
+    if pinned is not None and pinned != store.manifest_sha256:
+        raise EvaluationError(f"the reconstructions in {recons} were made on another version of {made_on} (its "
+                              f"manifest sha256 has changed since); reconstruct again")
+    model = run / "model.safetensors"
+    pinned = manifest.get("run_model_sha256")
+    if pinned is not None and model.is_file() and pinned != sha256_file(model):
+        raise EvaluationError(f"the reconstructions in {recons} were made by other weights than {model} holds now "
+                              f"(retrained or edited since); reconstruct again")
     for subject, ids in test_ids.items():
         scored = np.asarray([e["stimulus_id"] for e in manifest["images"] if e["subject"] == subject])
         outside = scored[~np.isin(scored, ids)]

@@ -4,32 +4,33 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator, model_validator
 
-from brainrecon.config import StrictConfig
+from brainrecon.config import StrictConfig, validate_config
+from brainrecon.models import model_class
 from brainrecon.train.targets import TargetsConfig
 
 
 class OptimConfig(StrictConfig):
     """AdamW with MindEye's one-cycle schedule (no weight decay on biases and norms)."""
 
-    lr: float = 3e-4  # the peak (max_lr) for "onecycle"
-    weight_decay: float = 0.01
+    lr: float = Field(3e-4, gt=0)  # the peak (max_lr) for "onecycle"
+    weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    pct_start: float | None = None  # warm-up fraction; None = 2 / epochs, as MindEye
-    div_factor: float = 25.0
-    final_div_factor: float = 1000.0
-    grad_clip: float | None = None
+    pct_start: float | None = Field(None, gt=0, lt=1)  # warm-up fraction; None = 2 / epochs, as MindEye
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1000.0, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
 
 
 class EvalConfig(StrictConfig):
     """Retrieval after training on the held-out test set, MindEye protocol (30 draws of 300, seed 42)."""
 
-    way: int = 300
-    draws: int = 30
+    way: int = Field(300, ge=2)
+    draws: int = Field(30, ge=1)
     seed: int = 42
-    batch_size: int = 256
+    batch_size: int = Field(256, ge=1)
 
 
 class TrainConfig(StrictConfig):
@@ -37,17 +38,17 @@ class TrainConfig(StrictConfig):
     subjects: list[str] | None = None  # None: every subject in the store
     sessions: list[int] | None = None  # training sessions to use (None: all); test trials never train
     subject_sessions: dict[str, list[int]] = {}  # per-subject sessions, overriding `sessions` (efficiency studies)
-    max_trials: int | None = None  # per subject: a fixed seeded subset (data-efficiency studies)
+    max_trials: int | None = Field(None, ge=1)  # per subject: a fixed seeded subset (data-efficiency studies)
     model: dict[str, Any]  # {kind: <model kind>, ...that model's options}
     targets: TargetsConfig = TargetsConfig()
     batch_size: int = 32  # per subject per draw, summed over processes
     grad_accum: int = 1
     epochs: int = 10
-    max_steps: int | None = None  # stop early (e.g. smoke tests); schedules still span `epochs`
+    max_steps: int | None = Field(None, ge=1)  # stop early (e.g. smoke tests); schedules still span `epochs`
     steps: int | None = None  # a fixed optimiser-step budget the schedule spans, instead of `epochs`
     optim: OptimConfig = OptimConfig()
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
+    checkpoint_every: int = Field(0, ge=0)  # optimiser steps between checkpoints; 0 = once per epoch
     keep_checkpoints: int = 2
     log_every: int = 10
     tensorboard: bool = True  # used when the tensorboard package is installed
@@ -69,6 +70,13 @@ class TrainConfig(StrictConfig):
         if value is not None and value < 1:
             raise ValueError("must be at least 1")
         return value
+
+    @model_validator(mode="after")
+    def _model_options_fit_the_model(self) -> TrainConfig:
+        # checked here, with the rest of the config, so a typo fails before a run folder is written
+        cls = model_class(self.model_kind)
+        validate_config(cls.config_class, self.model_options, source=f"model ({self.model_kind})")
+        return self
 
     def sessions_for(self, subject: str) -> list[int] | None:
         return self.subject_sessions.get(subject, self.sessions)

@@ -9,6 +9,10 @@
     RUN/checkpoints/step-N/      model.safetensors, optimizer.safetensors, state.json
     RUN/checkpoints/latest.json  which checkpoint is the newest complete one
 
+A run pins what it was made from: model.json holds the sha256 of the store's manifest,
+and `--resume`, `evaluate` and `reconstruct` refuse another store. Weights are checked
+to be finite before any checkpoint or final model is written.
+
 Checkpoints are assembled in `step-N.partial/` and renamed into place, and
 `latest.json` is replaced only afterwards, so a kill at any moment leaves the
 previous checkpoint intact. Weights are safetensors; everything else is JSON.
@@ -20,17 +24,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from brainrecon import __version__
 from brainrecon.config import load_config
-from brainrecon.errors import ConfigError
-from brainrecon.io import atomic_path, atomic_write_json
+from brainrecon.data.store import Store
+from brainrecon.errors import ConfigError, DivergenceError, OutputError
+from brainrecon.io import atomic_path, atomic_write_json, check_output_dir
 from brainrecon.models import build_model
 from brainrecon.models.base import BrainModel, TargetSpace
 from brainrecon.train.config import TrainConfig
@@ -50,15 +57,39 @@ class RunInfo:
     subjects: dict[str, int]
     space: TargetSpace
     store: str
+    store_manifest_sha256: str | None = None  # None for runs made before runs pinned their store
 
     def to_dict(self) -> dict:
         return {"format": RUN_FORMAT, "brainrecon": __version__, "kind": self.kind, "options": self.options,
-                "subjects": self.subjects, "space": self.space.to_dict(), "store": self.store}
+                "subjects": self.subjects, "space": self.space.to_dict(), "store": self.store,
+                "store_manifest_sha256": self.store_manifest_sha256}
 
     @classmethod
     def from_dict(cls, data: dict) -> RunInfo:
         return cls(data["kind"], data["options"], {k: int(v) for k, v in data["subjects"].items()},
-                   TargetSpace.from_dict(data["space"]), data.get("store", ""))
+                   TargetSpace.from_dict(data["space"]), data.get("store", ""), data.get("store_manifest_sha256"))
+
+    def check_store(self, run: Path, store_root: Path, store_sha256: str) -> None:
+        """Refuse a store other than the one this run was trained on (a re-made store included)."""
+        if self.store_manifest_sha256 is not None and self.store_manifest_sha256 != store_sha256:
+            pinned = self.store_manifest_sha256[:12]
+            raise RunError(f"{run} was trained on a store whose manifest sha256 is {pinned}…, "
+                           f"but {store_root} has {store_sha256[:12]}… (another store, or one re-made or edited "
+                           f"since); give --data the store the run was trained on, or train a new run on this one")
+
+
+def is_run(path: Path) -> bool:
+    """Whether a folder holds a training run (its config is written first, before anything else)."""
+    return (Path(path) / "config.yaml").is_file()
+
+
+def check_finite(model: torch.nn.Module, what: str) -> None:
+    """Refuse to write non-finite weights: a NaN model must never look like a finished run."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise DivergenceError(f"{what}: {len(bad)} weight tensor(s) are not finite (first: {bad[0]}); training "
+                              f"diverged. Lower optim.lr or set optim.grad_clip, then start again with --overwrite")
 
 
 def _save_model_atomic(model: torch.nn.Module, path: Path) -> None:
@@ -72,20 +103,32 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
 
     # -- starting ---------------------------------------------------------------------------------
-    def start(self, config: TrainConfig, resume: bool) -> None:
-        """Create the run, or check that `--resume` continues the same config."""
+    def start(self, config: TrainConfig, resume: bool, overwrite: bool = False, store: Store | None = None) -> None:
+        """Create the run, or check that `--resume` continues the same config on the same store.
+
+        Called with everything else already validated, so a bad config or store never leaves a
+        half-made run folder behind that would block the corrected command.
+        """
         saved = self.path / "config.yaml"
-        if saved.is_file():
-            if not resume:
-                raise RunError(f"{self.path} already holds a run; pass --resume to continue it, or choose a "
-                               f"new --out")
+        if resume and not overwrite and is_run(self.path):
             previous = load_config(TrainConfig, saved, "train")
             if previous != config:
                 raise RunError(f"{saved} differs from the config given now; a resumed run must use the same "
-                               f"config (or start a new run with a new --out)")
+                               f"config (or start again with --overwrite, or choose a new --out)")
+            info = self.path / "model.json"
+            if store is not None and info.is_file():
+                RunInfo.from_dict(json.loads(info.read_text())).check_store(self.path, store.root,
+                                                                            store.manifest_sha256)
             return
-        if self.path.exists() and any(self.path.iterdir()):
-            raise RunError(f"{self.path} exists and is not a brainrecon run; choose an empty or new --out")
+        try:
+            replace = check_output_dir(self.path, "a brainrecon run", is_run, overwrite)
+        except OutputError as error:
+            if is_run(self.path) and not overwrite:
+                raise RunError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
+                               f"replace it, or choose a new --out") from None
+            raise error
+        if replace:
+            shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         config.save(saved)
 
@@ -107,6 +150,7 @@ class RunDir:
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         extra: dict, keep: int) -> None:
+        check_finite(model, f"checkpoint at step {step}")
         name = f"step-{step:08d}"
         final, partial = self.checkpoints / name, self.checkpoints / f"{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -121,14 +165,37 @@ class RunDir:
         for old in sorted(self.checkpoints.glob("step-????????"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def latest_checkpoint(self) -> Path | None:
+    def resume_from(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+        """Load the newest intact checkpoint into model and optimizer; its state, or None if there is none.
+
+        A checkpoint that cannot be read (truncated, deleted files) or holds non-finite weights is
+        skipped for the one before it, with a warning; if none is usable, the error names each file.
+        """
+        names = sorted((p.name for p in self.checkpoints.glob("step-????????")), reverse=True)
         pointer = self.checkpoints / "latest.json"
-        if not pointer.is_file():
-            return None
-        folder = self.checkpoints / json.loads(pointer.read_text())["checkpoint"]
-        if not (folder / "state.json").is_file():
-            raise RunError(f"{pointer} names {folder}, which is incomplete; delete {pointer} to fall back")
-        return folder
+        if pointer.is_file():
+            try:
+                latest = json.loads(pointer.read_text())["checkpoint"]
+                names = [latest] + [n for n in names if n != latest]
+            except (ValueError, KeyError):
+                pass  # a broken pointer: the folders themselves say which checkpoints exist
+        problems = []
+        for name in names:
+            folder = self.checkpoints / name
+            try:
+                state = self.load_checkpoint(folder, model, optimizer)
+                check_finite(model, str(folder))
+            except (OSError, ValueError, KeyError, RuntimeError, DivergenceError, SafetensorError) as error:
+                problems.append(f"{folder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                continue
+            if problems:
+                warnings.warn(f"unusable checkpoint(s) skipped ({'; '.join(problems)}); resumed from {folder}",
+                              stacklevel=2)
+            return state
+        if problems:
+            raise RunError(f"no usable checkpoint in {self.checkpoints}: {'; '.join(problems)}. Delete the "
+                           f"broken checkpoint folders to start from step 0, or start again with --overwrite")
+        return None
 
     @staticmethod
     def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -140,6 +207,7 @@ class RunDir:
 
     # -- the finished run -------------------------------------------------------------------------
     def save_final(self, model: torch.nn.Module) -> None:
+        check_finite(model, "the final model")
         _save_model_atomic(model, self.path / "model.safetensors")
 
     @property

@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from brainrecon.data.store import Store, open_store
-from brainrecon.errors import ConfigError
-from brainrecon.io import atomic_write_json
+from brainrecon.errors import ConfigError, DivergenceError
+from brainrecon.io import atomic_write_json, exclusive_lock
 from brainrecon.models import build_model
 from brainrecon.models.base import (
     BrainModel,
@@ -144,8 +144,8 @@ def _tensorboard(run: RunDir, enabled: bool):
 
 
 def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: bool = False,
-          progress: bool = True) -> Path:
-    """Train (or continue) a run; returns the run directory."""
+          progress: bool = True, overwrite: bool = False) -> Path:
+    """Train (or continue, or with ``overwrite`` replace) a run; returns the run directory."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -153,19 +153,29 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     # process would train alone, as if it were rank 0
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    main = accelerator.is_main_process
     run = RunDir(out)
-    if main:
-        run.start(config, resume)
-    accelerator.wait_for_everyone()
+    # everything a bad input can break is checked before the run folder is touched
     store = open_store(store_path)
     subjects = resolve_subjects(store, config)
     with accelerator.main_process_first():  # one process computes the targets cache, the others read it
         targets = load_targets(store, config.targets, progress=progress and main)
-
     model, _ = initial_model(config, subjects, targets)
+    with contextlib.ExitStack() as held:
+        if main:
+            held.enter_context(exclusive_lock(run.path))  # one writer per run: a second `--resume` is refused
+            run.start(config, resume, overwrite, store)
+        accelerator.wait_for_everyone()
+        return _train(config, store, model, targets, run, resume, progress, accelerator)
+
+
+def _train(config: TrainConfig, store: Store, model: BrainModel, targets: Targets, run: RunDir, resume: bool,
+           progress: bool, accelerator) -> Path:
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    subjects = dict(model.subjects)
     store_root = str(store.root.resolve())
-    info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space, store_root)
+    info = RunInfo(config.model_kind, config.model_options, subjects, targets.space, store_root,
+                   store.manifest_sha256)
     if main:
         run.write_info(info)
         rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
@@ -185,10 +195,8 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
 
     optimizer = torch.optim.AdamW(parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr,
                                   betas=config.optim.betas)
-    start_step = 0
-    checkpoint = run.latest_checkpoint() if resume else None
-    if checkpoint is not None:
-        start_step = int(RunDir.load_checkpoint(checkpoint, model, optimizer)["step"])
+    state = run.resume_from(model, optimizer) if resume else None
+    start_step = int(state["step"]) if state else 0
     step_module, optimizer = accelerator.prepare(TrainingStep(model), optimizer)
     unwrapped = accelerator.unwrap_model(step_module).model
     log = CsvLog(run.path / "log.csv", start_step) if main else None
@@ -215,7 +223,13 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
             with context, accelerator.autocast():
                 loss, values = step_module(parts, info_step, generator)
                 accelerator.backward(loss / config.grad_accum)
-            for key, value in {"loss": float(loss.detach()), **values}.items():
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DivergenceError(
+                    f"training diverged at step {step + 1}: the loss is {value} (learning rate {lr:.3g}, peak "
+                    f"optim.lr {config.optim.lr:g}). Lower optim.lr or set optim.grad_clip, then start again with "
+                    f"--overwrite; nothing was saved as final")
+            for key, value in {"loss": value, **values}.items():
                 logged[key] = logged.get(key, 0.0) + value / config.grad_accum
             samples += sum(len(b) for b in parts) * world
         if config.optim.grad_clip:

@@ -31,10 +31,10 @@ from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode,
                                                image_features, make_archetypes, make_subject, session_position,
                                                set_ncsnr, subject_archetypes, voxel_coordinates)
 from brainrecon.data.simworld.vision_model import VisionModel
-from brainrecon.data.store import Store
+from brainrecon.data.store import Store, is_store
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
 from brainrecon.data.writer import StoreWriter
-from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.io import atomic_write_json, atomic_write_text, check_output_dir
 from brainrecon.rng import derive_rng
 
 EXTRA = "simworld"
@@ -93,6 +93,7 @@ def _chunks(n: int, size: int):
 def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
     """Simulate ``config``'s world into a store at ``out``; returns the path."""
     out = Path(out)
+    check_output_dir(out, "a brainrecon store", is_store, overwrite)  # before the slow part; again when writing
     plan = StimulusPlan.from_config(config)
     all_ids = np.arange(plan.n_stimuli)
     bar = lambda it, desc, total=None: tqdm(it, desc=desc, total=total, disable=not progress,  # noqa: E731
