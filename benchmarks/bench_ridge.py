@@ -45,6 +45,7 @@ import numpy as np
 SIZES = {
     "tiny": (600, 300, 1040),  # for debugging the script
     "tiny-wide": (300, 600, 1040),
+    "issue": (3000, 1500, 4000),  # the size of the cross-validation issue's figures (CV vs one fit)
     "small": (4000, 2000, 8320),  # ~ one simulated-world subject (5,000 train trials x 1,700-2,400 voxels)
     "large": (8000, 4000, 8320),  # 2x trials, 2x voxels: ~0.8 GB of float64 data, a few minutes
     "wide": (2000, 8000, 8320),  # more voxels than trials: the dual (n x n Gram) path
@@ -95,6 +96,15 @@ def child(args) -> None:
     # imports first, so that neither the baseline RSS nor the fit time counts them
     if args.method == "sklearn":
         from sklearn.linear_model import Ridge as SkRidge
+    elif args.method == "himalaya-cv":  # pip install himalaya (numpy + scikit-learn); its torch backend, our BLAS
+        import torch
+        from himalaya.backend import set_backend
+        from himalaya.ridge import RidgeCV
+        from sklearn.model_selection import KFold
+
+        torch.set_num_threads(args.threads)
+        set_backend("torch")
+        info["himalaya"] = __import__("himalaya").__version__
     else:
         import torch
 
@@ -111,12 +121,27 @@ def child(args) -> None:
         info["solver"] = model.solver_
         started = time.perf_counter()
         pred = model.predict(x_test)
+    elif args.method == "himalaya-cv":  # the same grid, 5 shuffled folds, one alpha shared by all targets
+        model = RidgeCV(alphas=np.logspace(0, 6, 13), fit_intercept=True, solver_params={"local_alpha": False},
+                        cv=KFold(5, shuffle=True, random_state=0)).fit(x, y)
+        info["fit_s"] = time.perf_counter() - started
+        info["alpha"] = float(np.asarray(model.best_alphas_)[0])
+        started = time.perf_counter()
+        pred = np.asarray(model.predict(x_test), dtype=np.float64)
     else:
         dtype = "float32" if args.method.endswith("f32") else "float64"
-        if args.method == "ours-cv":
+        if args.method.startswith("ours-cv"):  # ours-cv-before: the same call, on the code before this change
             ridge = Ridge(RidgeConfig(dtype=dtype)).fit(x, y)
             info["alpha"] = float(ridge.alpha[0])
             info["cv_errors"] = next(iter(ridge.cv_scores.values()))
+        elif args.method == "ours-chol":  # one alpha, one Cholesky solve, nothing else (the CV's yardstick)
+            from brainrecon.models.ridge import _cholesky_fit
+
+            ridge = Ridge(RidgeConfig(alphas=(args.alpha,), dtype=dtype))
+            xt, yt = ridge._tensor(x), ridge._tensor(y)
+            ridge.x_mean, ridge.y_mean = xt.mean(0), yt.mean(0)
+            ridge.weight, _ = _cholesky_fit(xt - ridge.x_mean, yt - ridge.y_mean, ridge._tensor([args.alpha])[0])
+            del xt, yt
         else:  # the refit step of Ridge.fit, without its CV loop
             ridge = Ridge(RidgeConfig(alphas=(args.alpha,), dtype=dtype))
             xt, yt = ridge._tensor(x), ridge._tensor(y)
@@ -145,9 +170,11 @@ def child(args) -> None:
 # parent
 
 
-def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path) -> dict:
+def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path, before: Path | None = None) -> dict:
     env = dict(os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                         "MKL_NUM_THREADS")})
+    if method.endswith("-before"):
+        env["PYTHONPATH"] = str(before)  # a checkout of the code before the change (--before)
     cmd = [sys.executable, __file__, "--child", method, "--data", str(data), "--alpha", repr(alpha),
            "--threads", str(threads), "--pred", str(pred)]
     started = time.perf_counter()
@@ -160,31 +187,22 @@ def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path) -
 def working_set(n: int, p: int, t: int, cv: bool) -> int:
     """Elements our fit holds at its peak on top of its inputs X (n, p) and Y (n, t), from reading ridge.py.
 
-    Refit on all rows, m = min(n, p): the centred X (n p), then the largest of: eigh (Gram, its
-    column-major copy and LAPACK syevd's ~2 m^2 workspace: 4 m^2); during `project`, the centred Y (n t)
-    with its two products (primal: 2 p t; dual: n t) next to the eigenvectors (m^2); during `weights`,
-    the projection, its scaled copy and coef (3 m t), plus the dual's X' coef (p t).
-    The CV loop, per fold (n' = 0.8 n training rows, v = 0.2 n validation rows): the same with n' rows,
-    where y[train] and its centred copy are briefly alive at once (2 n' t), plus the left factor (v m) and about
-    4 v t for one alpha's prediction and its squared error. The loop's variables (spectrum, projected,
-    left, prediction: n' p + m^2 + m t + v m + v t) are only rebound once the next fold has computed
-    its own, so one fold's set stays alive through the next fold and through the final refit.
+    Both paths keep the centred copies of X and Y (n p + n t). m = min(n, p), v = n / 5 rows per fold.
+    One alpha (Cholesky): the Gram and its factor (2 m^2), X'Y or Y's solve (p t) and the weights (p t).
+    Cross-validation: eigh (Gram, its copy and syevd's workspace, ~4 m^2, plus the eigenvectors m^2);
+    P = Q'X'Y (m t, with X'Y, p t, alive while it is made); P P' (m^2); per fold the validation
+    targets and the out-of-fold residuals (3 v t) with a few v x m and v x v blocks; the weights are
+    made by dividing P in place, then Q (m x t) (and X' for the dual, p t) -- P is freed after.
     """
-    m = min(n, p)
-
-    def refit(rows: float) -> float:
-        project = rows * t + (2 * p * t if rows >= p else rows * t)
-        weights = 3 * m * t + (p * t if rows < p else 0)
-        return rows * p + max(4 * m * m, m * m + project, m * m + weights)
-
+    m, v = min(n, p), n / 5
+    centred = n * p + n * t
     if not cv:
-        return int(refit(n))
-    nf, v = 0.8 * n, 0.2 * n
-    mf = min(nf, p)
-    fold = nf * p + max(4 * mf * mf, mf * mf + max(2 * nf * t, nf * t + (2 * p * t if nf >= p else nf * t)),
-                        mf * mf + mf * t + v * mf + 4 * v * t)
-    retained = nf * p + mf * mf + mf * t + v * mf + v * t
-    return int(max(refit(n), fold) + retained)
+        return int(centred + 2 * m * m + 2 * p * t)
+    spectrum = 5 * m * m
+    project = m * t + p * t
+    fold = m * t + m * m + 3 * v * t + 4 * v * m + 4 * v * v
+    weights = 2 * m * t + (p * t if n < p else 0)
+    return int(centred + m * m + max(spectrum, project, fold, weights))
 
 
 def predicted_extra_mb(n: int, p: int, t: int, method: str) -> float | None:
@@ -193,7 +211,7 @@ def predicted_extra_mb(n: int, p: int, t: int, method: str) -> float | None:
         return None
     itemsize = 4 if method.endswith("f32") else 8
     copies = (n * p + n * t) if itemsize == 4 else 0  # float64 inputs converted to float32 tensors
-    return (copies + working_set(n, p, t, cv=method == "ours-cv")) * itemsize / 2**20
+    return (copies + working_set(n, p, t, cv=method.startswith("ours-cv"))) * itemsize / 2**20
 
 
 def compare(pred: np.ndarray, ref: np.ndarray) -> dict:
@@ -209,6 +227,11 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1e4, help="alpha where CV did not run on that size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit: its CV runs beside ours "
+                                                    "(ours-cv-before) on the CV sizes, e.g. from `git worktree "
+                                                    "add /tmp/before f5dacea`")
+    parser.add_argument("--himalaya", action="store_true", help="also time himalaya's RidgeCV on the CV sizes "
+                                                                 "(pip install himalaya; not a dependency)")
     # child mode
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -240,11 +263,18 @@ def main() -> None:
               f"(data written in {time.perf_counter() - started:.1f} s)", flush=True)
         alpha = args.alpha
         rows = {}
-        methods = (["ours-cv"] if size in cv_sizes else []) + ["ours-1a", "ours-1a-f32", "sklearn"]
+        methods = ((["ours-cv"] + (["ours-cv-before"] if args.before else [])
+                    + (["himalaya-cv"] if args.himalaya else []) if size in cv_sizes else [])
+                   + ["ours-chol", "ours-1a", "ours-1a-f32", "sklearn"])
         for method in methods:
-            rows[method] = run_child(method, data, alpha, args.threads, data / f"pred-{method}.npy")
+            rows[method] = run_child(method, data, alpha, args.threads, data / f"pred-{method}.npy", args.before)
             if method == "ours-cv":
                 alpha = rows[method]["alpha"]
+            if method == "himalaya-cv":
+                rows[method]["alpha_used"] = rows[method]["alpha"]
+                print(f"{method:12s} fit {rows[method]['fit_s']:7.2f} s  peak RSS {rows[method]['peak_mb']:7.0f} MB  "
+                      f"alpha {rows[method]['alpha']:g}", flush=True)
+                continue
             rows[method]["alpha_used"] = alpha
             r = rows[method]
             r["predicted_extra_mb"] = predicted_extra_mb(n, p, t, method)
@@ -260,6 +290,13 @@ def main() -> None:
                 rows[method]["vs_sklearn"] = compare(np.load(data / f"pred-{method}.npy"), ref)
                 d = rows[method]["vs_sklearn"]
                 print(f"{method:12s} vs sklearn: max rel diff {d['max_rel']:.2e}, Frobenius rel {d['fro_rel']:.2e}")
+        if "himalaya-cv" in rows:
+            print(f"himalaya-cv / ours-cv: {rows['himalaya-cv']['fit_s'] / rows['ours-cv']['fit_s']:.2f}x the time")
+        if "ours-cv" in rows:
+            ratio = rows["ours-cv"]["fit_s"] / rows["ours-chol"]["fit_s"]
+            print(f"ours-cv / ours-chol (13 alphas x 5 folds vs one Cholesky fit): {ratio:.1f}x"
+                  + (f"; before this change {rows['ours-cv-before']['fit_s'] / rows['ours-chol']['fit_s']:.1f}x"
+                     if "ours-cv-before" in rows else ""))
         results.append({"size": size, "n": n, "p": p, "t": t, "fits": rows})
         for f in data.glob("*.npy"):
             f.unlink()
@@ -277,10 +314,13 @@ def main() -> None:
                   f"{p * t * itemsize / 1e9:.1f} GB")
         m = min(n, p)
         refit_flop = 2 * n * p * m + 2 * n * p * t + 2 * 2 * m * m * t  # Gram; X'Y or X'coef; Q'(.) and Q(.)
-        cv_flop = 5 * 13 * 2 * (0.2 * n) * m * t
-        print(f"   work: refit ~{refit_flop / 1e12:.0f} TFLOP + eigh of {m:,} (~{9 * m ** 3 / 1e12:.0f} TFLOP); "
-              f"CV: 5 folds' eighs and projections ~{5 * 0.8 * refit_flop / 1e12:.0f} TFLOP, "
-              f"13 alphas' validation predictions ~{cv_flop / 1e12:.0f} TFLOP")
+        v = 0.2 * n
+        # per fold and alpha: L D M' (v^2 m), S (v^3), S L D (v^2 m), L D P P' (v m^2); once: P P' (m^2 t)
+        cv_flop = 5 * 13 * 2 * (2 * v * v * m + 2 * v ** 3 + v * m * m) + 2 * m * m * t
+        oof_flop = 5 * 2 * (v * p * t + v * v * t)
+        print(f"   work: refit ~{refit_flop / 1e12:.0f} TFLOP + one eigh of {m:,} (~{9 * m ** 3 / 1e12:.0f} TFLOP); "
+              f"CV (no refits, no per-alpha predictions) ~{cv_flop / 1e12:.0f} TFLOP; out-of-fold "
+              f"moments ~{oof_flop / 1e12:.0f} TFLOP")
     print(f"\ntotal {time.perf_counter() - total:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"header": header, "results": results}, indent=1))

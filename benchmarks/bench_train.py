@@ -147,7 +147,8 @@ def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
     import torch
 
     from brainrecon.models import StepInfo, SubjectBatch, TargetSpace, build_model
-    from brainrecon.train.trainer import parameter_groups
+    from brainrecon.train.config import OptimConfig
+    from brainrecon.train.trainer import make_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -156,7 +157,9 @@ def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
     model = build_model(spec["kind"], spec["options"], spec["subjects"], space).train()
     build_s = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(parameter_groups(model, spec["weight_decay"]), lr=spec["lr"])
+    # as the trainer makes it; spec["kernel"] picks AdamW's kernel, so kernels compare in one run
+    optimizer = make_optimizer(model, OptimConfig(lr=spec["lr"], weight_decay=spec["weight_decay"],
+                                                  kernel=spec.get("kernel", "auto")))
     needed = [n for n in space.shapes if n in model.required_targets]
     gen = torch.Generator().manual_seed(1)
 
@@ -236,7 +239,8 @@ def print_throughput(rows: list[dict]) -> None:
           f"{'peak RSS':>9s} {'after build':>11s}  loss/backward/optimizer share")
     for r in rows:
         split = "/".join(f"{100 * v:.0f}%" for v in r["split"].values())
-        print(f"{r['kind']:12s} {r['params']:12,d} {r['subjects']:>5d} x {r['batch_per_subject']:<4d} "
+        kind = r["kind"] + (f" {r['kernel']}" if "kernel" in r else "")
+        print(f"{kind:12s} {r['params']:12,d} {r['subjects']:>5d} x {r['batch_per_subject']:<4d} "
               f"{r['steps_per_s']:8.2f} {r['samples_per_s']:9.1f} {r['peak_mb']:7.0f}MB "
               f"{r['rss_after_build_mb']:9.0f}MB"
               f"  {split}  ({r['steps']} steps in {r['seconds']:.1f} s)", flush=True)
@@ -442,6 +446,8 @@ def main() -> None:
     parser.add_argument("--profile", default="",
                         help="comma list of kinds to torch.profile (3 steps, after the timing)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--kernels", default="auto", help="comma list of AdamW kernels to time each model with "
+                                                          "(auto, fused, foreach, for-loop), e.g. for-loop,auto")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -471,10 +477,11 @@ def main() -> None:
             print(f"\n== NSD dimensions, reduced widths ({args.threads} torch threads)")
             rows = []
             for k in kinds:
-                spec = nsd_spec(k)
-                print(f"{k}: {json.dumps(spec['options'])}; subjects {list(spec['subjects'].values())}; "
-                      f"targets {spec['space']}", flush=True)
-                rows.append(run_child(spec, args.threads, args.nsd_seconds, k in profiled))
+                for kernel in args.kernels.split(","):
+                    spec = {**nsd_spec(k), "kernel": kernel}
+                    print(f"{k} (AdamW {kernel}): {json.dumps(spec['options'])}; subjects "
+                          f"{list(spec['subjects'].values())}; targets {spec['space']}", flush=True)
+                    rows.append({**run_child(spec, args.threads, args.nsd_seconds, k in profiled), "kernel": kernel})
             print_throughput(rows)
             results["nsd"] = rows
         elif part == "scaling":

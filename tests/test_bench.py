@@ -86,3 +86,22 @@ def test_efficiency_plan_and_smoke_run(tmp_path):
     assert set(adapted["subjects"]) == {"subj01", "subj02"}  # the pretraining's stimuli are part of its history
     assert "New-subject adaptation" in (tmp_path / "eff" / "efficiency.md").read_text()
     assert Image.open(tmp_path / "eff" / "efficiency.png").size[0] > 200
+
+
+def test_gpu_check_runs_at_toy_sizes_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh is ready for a GPU slot: the same code runs end to end at --tiny sizes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--tiny", "--json",
+                             str(tmp_path / "gpu.json")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "| MindEye2-style training, bf16 |" in result.stdout and "ms/query" in result.stdout
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert [r["stage"].split(",")[0] for r in rows] == ["MindEye2-style training", "ridge",
+                                                         "Ecphory memory search"]
+    assert all(r["seconds"] > 0 for r in rows)

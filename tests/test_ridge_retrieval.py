@@ -36,6 +36,59 @@ def test_ridge_cross_validation_picks_alpha_per_target_group(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x).numpy(), model.predict(x).numpy())
 
 
+def refit_every_fold(model: Ridge, x, y, groups, target_groups):
+    """The definition cross-validation must equal: refit each fold (centred with its own training means)
+    at every alpha, predict its held-out rows; sum squared errors per group; out-of-fold moments at the
+    chosen alphas."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    alphas = torch.as_tensor(model.config.alphas, dtype=x.dtype)
+    errors = torch.zeros(len(alphas), len(target_groups), dtype=x.dtype)
+    predictions = torch.zeros(len(alphas), *y.shape, dtype=x.dtype)
+    for train, val in model._folds(len(x), groups):
+        xm, ym = x[train].mean(0), y[train].mean(0)
+        xt = x[train] - xm
+        for a, alpha in enumerate(alphas):
+            weight = torch.linalg.solve(xt.T @ xt + alpha * torch.eye(x.shape[1], dtype=x.dtype),
+                                        xt.T @ (y[train] - ym))
+            predictions[a, val] = (x[val] - xm) @ weight + ym
+            for index, group in enumerate(target_groups):
+                errors[a, index] += ((y[val][:, group] - predictions[a, val][:, group]) ** 2).sum()
+    chosen = errors.argmin(0)
+    picked = torch.cat([predictions[chosen[i], :, g] for i, g in enumerate(target_groups)], dim=1)
+    return errors, picked.mean(0), picked.var(0, unbiased=False)
+
+
+@pytest.mark.parametrize("n,p", [(150, 40), (60, 90)])  # primal and dual
+def test_cross_validation_equals_refitting_every_fold(n, p):
+    """The leave-fold-out identity gives the per-fold refits' errors and predictions, without refitting."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3 + 1.0
+    y = x[:, :6] @ rng.normal(size=(6, 9)) + rng.normal(size=(n, 9)) * 3 + 5.0
+    groups = np.repeat(np.arange(n // 2), 2)
+    target_groups = [slice(0, 4), slice(4, 9)]
+    model = Ridge(RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4)).fit(
+        x, y, groups=groups, target_groups=target_groups)
+    errors, mean, var = refit_every_fold(model, x, y, groups, target_groups)
+    for index, group in enumerate(target_groups):
+        np.testing.assert_allclose(model.cv_scores[f"{group.start}:{group.stop}"], errors[:, index], rtol=1e-8)
+    np.testing.assert_allclose(model.oof_mean, mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(model.oof_var, var, rtol=1e-8)
+
+
+@pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])
+def test_one_alpha_is_a_cholesky_fit_with_the_same_out_of_fold_statistics(n, p):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, p))
+    y = x @ rng.normal(size=(p, 5)) + rng.normal(size=(n, 5))
+    one = Ridge(RidgeConfig(alphas=(10.0,), folds=3)).fit(x, y)
+    # the same alpha reached through the eigendecomposition path (an alpha the CV never picks beside it)
+    spectral = Ridge(RidgeConfig(alphas=(10.0, 1e12), folds=3)).fit(x, y)
+    assert float(spectral.alpha[0]) == 10.0
+    np.testing.assert_allclose(one.weight, spectral.weight, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(one.oof_mean, spectral.oof_mean, rtol=1e-8)
+    np.testing.assert_allclose(one.oof_var, spectral.oof_var, rtol=1e-8)
+
+
 def brute_force(scores, subsets):
     image, brain = [], []
     for subset in subsets:

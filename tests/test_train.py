@@ -305,3 +305,24 @@ def test_overwrite_replaces_a_run_and_nothing_else(train_world, tmp_path):
     assert not (run / "stale.txt").exists() and "max_steps: 3" in (run / "config.yaml").read_text()
     assert json.loads((run / "model.json").read_text())["store_manifest_sha256"] == \
         open_store(train_world).manifest_sha256
+
+
+def test_adamw_kernel_is_fused_where_torch_has_it_and_steps_like_the_reference():
+    from brainrecon.train.trainer import make_optimizer
+
+    def trained(kernel: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 2))
+        optimizer = make_optimizer(model, OptimConfig(lr=1e-2, kernel=kernel))
+        for step in range(5):
+            model(torch.randn(4, 8, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return [p.detach().clone() for p in model.parameters()], optimizer
+
+    fused, optimizer = trained("auto")
+    assert optimizer.defaults["fused"] is True  # on CPU, torch 2.13 has the fused kernel
+    reference, reference_optimizer = trained("for-loop")
+    assert not reference_optimizer.defaults["fused"] and reference_optimizer.defaults["foreach"] is False
+    for a, b in zip(fused, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

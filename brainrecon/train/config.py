@@ -22,6 +22,9 @@ class OptimConfig(StrictConfig):
     div_factor: float = Field(25.0, gt=0)
     final_div_factor: float = Field(1000.0, gt=0)
     grad_clip: float | None = Field(None, gt=0)
+    # AdamW's kernel. "auto": fused (one kernel over all parameters) where torch has it for the device
+    # (CPU and CUDA here), else foreach; "for-loop" is torch's per-tensor reference, for comparison only
+    kernel: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
 
 
 class EvalConfig(StrictConfig):
