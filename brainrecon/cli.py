@@ -34,11 +34,16 @@ def _echo(message: str = "") -> None:
     typer.echo(message)
 
 
-def _build_world(config_name: str, out: Path, overwrite: bool, seed: int | None, progress: bool):
+def _build_world(config_name: str, out: Path, overwrite: bool, seed: int | None, progress: bool,
+                 way: int | None = None):
     from brainrecon.config import load_config
     from brainrecon.data.simworld import WorldConfig, simulate_world
+    from brainrecon.errors import ConfigError
 
     config = load_config(WorldConfig, config_name, "worlds", seed=seed)
+    if way is not None and way > config.n_test_images:  # known from the config: refuse before building
+        raise ConfigError(f"{way}-way retrieval needs at least {way} test items, but the world has "
+                          f"{config.n_test_images} test images; lower --way or raise n_test_images")
     started = time.perf_counter()
     simulate_world(config, out, overwrite=overwrite, progress=progress)
     return config, time.perf_counter() - started
@@ -68,7 +73,7 @@ def simulate(config: str = typer.Option("default", "--config", help="World prese
     from brainrecon.baseline import format_table
     from brainrecon.data.simworld import SIMULATED_NOTE
 
-    world, seconds = _build_world(config, out, overwrite, seed, progress)
+    world, seconds = _build_world(config, out, overwrite, seed, progress, way if score else None)
     _echo(f"Simulated {world.n_subjects} subjects into {out} in {seconds:.1f} s.")
     if score:
         results, path, _ = _score(out, way, 30)

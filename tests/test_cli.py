@@ -74,6 +74,7 @@ def test_too_few_test_images_for_the_requested_way_is_a_clear_error(tmp_path):
     result = run("simulate", "--config", "tiny", "--out", str(tmp_path / "s"), "--way", "400", "--no-progress",
                  check=False)
     assert result.returncode == 2 and "400-way retrieval needs at least 400 test items" in result.stderr
+    assert not (tmp_path / "s").exists()  # refused from the config, before the world was built
 
 
 def test_concurrent_and_killed_writers_of_a_store(tmp_path):
