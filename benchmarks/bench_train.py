@@ -470,7 +470,8 @@ def main() -> None:
             results["params"] = params_part()
         elif part == "sim":
             print(f"\n== simulated-world size, sim-* presets ({args.threads} torch threads)")
-            rows = [run_child(sim_spec(k), args.threads, args.seconds, k in profiled) for k in kinds]
+            rows = [{**run_child({**sim_spec(k), "kernel": kernel}, args.threads, args.seconds, k in profiled),
+                     "kernel": kernel} for k in kinds for kernel in args.kernels.split(",")]
             print_throughput(rows)
             results["sim"] = rows
         elif part == "nsd":
