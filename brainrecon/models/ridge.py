@@ -65,10 +65,6 @@ class _Spectrum:
         """Right-hand factor shared by every alpha: Q^T X^T Y (primal) or Q^T Y (dual)."""
         return self.vectors.T @ (self.x.T @ y if not self.dual else y)
 
-    def left(self, x_new: torch.Tensor) -> torch.Tensor:
-        """Left-hand factor for predictions on x_new: X_new Q (primal) or X_new X^T Q (dual)."""
-        return x_new @ self.vectors if not self.dual else (x_new @ self.x.T) @ self.vectors
-
     def hat_factors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, M) for training rows: their fit is L diag(d) P and their hat block L diag(d) M^T, d = 1/(λ+α)."""
         if self.dual:  # X_v X^T Q = Q_v Λ
