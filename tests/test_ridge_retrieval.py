@@ -58,14 +58,15 @@ def refit_every_fold(model: Ridge, x, y, groups, target_groups):
     return errors, picked.mean(0), picked.var(0, unbiased=False)
 
 
-@pytest.mark.parametrize("n,p", [(150, 40), (60, 90)])  # primal and dual
-def test_cross_validation_equals_refitting_every_fold(n, p):
+# primal and dual; few targets (residuals formed) and many (errors as traces)
+@pytest.mark.parametrize("n,p,t", [(150, 40, 9), (60, 90, 9), (150, 12, 60), (40, 90, 200)])
+def test_cross_validation_equals_refitting_every_fold(n, p, t):
     """The leave-fold-out identity gives the per-fold refits' errors and predictions, without refitting."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3 + 1.0
-    y = x[:, :6] @ rng.normal(size=(6, 9)) + rng.normal(size=(n, 9)) * 3 + 5.0
+    y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
     groups = np.repeat(np.arange(n // 2), 2)
-    target_groups = [slice(0, 4), slice(4, 9)]
+    target_groups = [slice(0, 4), slice(4, t)]
     model = Ridge(RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4)).fit(
         x, y, groups=groups, target_groups=target_groups)
     errors, mean, var = refit_every_fold(model, x, y, groups, target_groups)

@@ -120,18 +120,27 @@ def _cv_errors(spectrum: _Spectrum, projected: torch.Tensor, yc: torch.Tensor, f
     A group's error ||E||^2 = tr(S Y_v Y_v^T) - 2 tr(S L D P Y_v^T) + tr(S L D P P^T D L^T) with
     S = (I - H)^{-2}: only n_v x n_v and n_v x k products per alpha, and P P^T once per group; the
     number of targets never multiplies a per-alpha cost (at NSD scale t = 197,376 targets, k <= 15,724).
+    With fewer targets than groups x k, the residuals E are formed instead (also without refits).
     """
-    n = len(yc)
+    n, k, t = len(yc), len(spectrum.values), yc.shape[1]
     errors = torch.zeros(len(alphas), len(target_groups), dtype=yc.dtype, device=yc.device)
-    outer = [projected[:, g] @ projected[:, g].T for g in target_groups]  # P_g P_g^T, (k, k)
+    # per fold and alpha the traces cost about (groups x k) n_v k, forming the residuals k n_v t: with
+    # few targets (e.g. PCA-reduced spaces, t < k) forming them is the cheaper of the two exact ways
+    traces = len(target_groups) * k < t
+    outer = [projected[:, g] @ projected[:, g].T for g in target_groups] if traces else []  # P_g P_g^T
     for _, val in folds:
         left, right = spectrum.hat_factors(val)
         observed = yc[val]
-        own = [observed[:, g] @ observed[:, g].T for g in target_groups]  # Y_v Y_v^T
-        cross = [observed[:, g] @ projected[:, g].T for g in target_groups]  # Y_v P^T, (n_v, k)
+        own = [observed[:, g] @ observed[:, g].T for g in target_groups] if traces else []  # Y_v Y_v^T
+        cross = [observed[:, g] @ projected[:, g].T for g in target_groups] if traces else []  # Y_v P^T
         for a, alpha in enumerate(alphas):  # one alpha at a time: memory stays a few n_v x k blocks
             scaled = left / (spectrum.values + alpha)  # L D
             leave_out = _leave_out(scaled @ right.T, n)
+            if not traces:
+                held_out = leave_out @ (observed - scaled @ projected)  # the out-of-fold residuals
+                for index, group in enumerate(target_groups):
+                    errors[a, index] += held_out[:, group].pow(2).sum()
+                continue
             weight = leave_out @ leave_out  # S = (I - H)^{-2}
             weighted = weight @ scaled  # S L D
             for index in range(len(target_groups)):
