@@ -12,10 +12,11 @@ Fits (one child each):
 
 - ``ours-cv``: ``brainrecon.models.ridge.Ridge().fit`` as shipped: 13 alphas (1 .. 1e6), 5-fold CV,
   then a refit on all rows at the chosen alpha. float64, the default ``RidgeConfig.dtype``.
-- ``ours-1a`` / ``ours-1a-f32``: one alpha, no CV. ``Ridge.fit`` has no switch for that: it always
-  cross-validates, even with a single alpha. So this child runs the refit step of ``Ridge.fit`` itself
-  (centre, ``_Spectrum.of``, ``project``, ``weights``), the same code path without the CV loop. This is
-  the like-for-like comparison with sklearn. f32 is the dtype of the ``nsd-ridge`` preset on a GPU.
+- ``ours-chol``: ``Ridge(RidgeConfig(alphas=[a])).fit``, which with a single alpha skips the CV and
+  solves by Cholesky: what ships, and the like-for-like comparison with sklearn.
+- ``ours-1a`` / ``ours-1a-f32``: one alpha through the eigendecomposition path without the CV loop
+  (centre, ``_Spectrum.of``, ``project``, ``weights``), kept as a reference for the CV's cost per
+  decomposition. f32 is the dtype of the ``nsd-ridge`` preset on a GPU.
 - ``sklearn``: ``sklearn.linear_model.Ridge(alpha, solver="auto")`` with ``fit_intercept=True``. On dense
   data with one shared alpha, "auto" resolves to "cholesky" (recorded from ``solver_``): it solves
   ``(X'X + aI) W = X'Y`` when n >= p and the kernel system ``(XX' + aI) D = Y`` when n < p.

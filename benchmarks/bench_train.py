@@ -7,7 +7,9 @@ Figures go to docs/benchmarks/training.md. Parts:
 
 ``params``
     Parameter counts at NSD dimensions with the papers' sizes. Models are built on the meta device, so
-    nothing is allocated. They are compared with the published counts (mindeye.md sections 3.1 and 4.4).
+    nothing is allocated. They are compared with the published counts, as printed by the released
+    notebooks of MindEye (Scotti et al., NeurIPS 2023; Train_MindEye.ipynb) and MindEye2 (Scotti et al.,
+    ICML 2024; Train.ipynb and recon_inference.ipynb).
     They are also compared with an analytic count of the upstream dalle2 / MindEye prior and MindEye2
     backbone, written here from the upstream code. That analytic count reproduces the published figures
     exactly, so it can attribute every difference to a component.
@@ -290,7 +292,7 @@ def our_prior_count(prior) -> dict:
 
 
 def upstream_me2_backbone(h: int, tokens: int, dim: int) -> dict:
-    """MindEye2 BrainNetwork without the blurry head (mindeye.md section 4.2), analytically."""
+    """MindEye2 BrainNetwork without the blurry head, analytically (MindEye2, Scotti et al., ICML 2024; models.py)."""
     return {"mixer_blocks1": 4 * (2 * h + 2 * (h * h + h)), "mixer_blocks2 (vestigial)": 4 * 6,
             "backbone_linear": h * tokens * dim + tokens * dim, "clip_proj": 3 * (2 * dim + dim * dim + dim)}
 

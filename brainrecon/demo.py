@@ -18,12 +18,24 @@ import numpy as np
 from PIL import Image
 
 from brainrecon import __version__
-from brainrecon.baseline import ceiling_table, format_table, save_ceilings
-from brainrecon.config import load_config
+from brainrecon.assets.manifest import recorded_guidance
+from brainrecon.config import load_config, validate_config
 from brainrecon.data import Store, open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
-from brainrecon.evaluate.evaluation import metrics_table
+from brainrecon.embed.clip import ClipImageEmbedder
+from brainrecon.evaluate.ceilings import ceiling_table, format_table, save_ceilings
+from brainrecon.evaluate.ecphory import ecphory_embedding_scores
+from brainrecon.evaluate.evaluation import evaluate_run, final_evaluation, metrics_table
+from brainrecon.evaluate.metrics import two_way_identification
+from brainrecon.generate.base import GenerationRequest, quiet_model_loading
+from brainrecon.generate.unclip import UnclipGenerator
 from brainrecon.io import atomic_write_json, atomic_write_text, check_output_dir, exclusive_lock
+from brainrecon.pretrained import SIMWORLD_ASSETS
+from brainrecon.reconstruct import ReconstructConfig, build_memory
+from brainrecon.reconstruct import reconstruct as run_reconstruct
+from brainrecon.report.html import build_report
+from brainrecon.train import TrainConfig, train
+from brainrecon.train.run import RunContext
 
 ROWS = 4  # grid rows per block: original, from true embedding, from brain, with Ecphory
 
@@ -56,27 +68,13 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     Uses the same pieces as `brainrecon train` / `memory build` / `reconstruct`: the
     demo is those commands run in sequence on a simulated world.
     """
-    from brainrecon.assets.train import recorded_guidance
-    from brainrecon.config import validate_config
-    from brainrecon.embed.clip import ClipImageEmbedder
-    from brainrecon.evaluate.metrics import two_way_identification
-    from brainrecon.generate.base import GenerationRequest, quiet_model_loading
-    from brainrecon.generate.unclip import UnclipGenerator
-    from brainrecon.reconstruct import (
-        ReconstructConfig,
-        RunContext,
-        build_memory,
-        ecphory_embedding_scores,
-    )
-    from brainrecon.reconstruct import reconstruct as run_reconstruct
-    from brainrecon.train import TrainConfig, train
-
     quiet_model_loading()
     run_dir = out / "run"
     config = validate_config(TrainConfig, {"model": {"kind": "ridge", "target": "image_pooled"},
                                            "targets": {"clip": "simworld", "image_tokens": False,
                                                        "image_pooled": True}, "subjects": [subject]})
     run = train(config, store.root, run_dir, progress=False, overwrite=True)
+    final_evaluation(run)
     values = json.loads((run / "metrics.json").read_text())["subjects"][subject]["values"]
     retrieval = {"way": values["image_retrieval"]["way"], "chance": values["image_retrieval"]["chance"],
                  "image_top1": values["image_retrieval"]["value"], "brain_top1": values["brain_retrieval"]["value"]}
@@ -111,9 +109,6 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
 
 def evaluate_and_report(run: Path, recons: Path, report_dir: Path) -> tuple[dict, Path]:
     """`brainrecon evaluate --run RUN --recons DIR` then `brainrecon report`: metrics.json and the HTML page."""
-    from brainrecon.evaluate.evaluation import evaluate_run
-    from brainrecon.report.html import build_report
-
     metrics = evaluate_run(run, recons, progress=False)
     return metrics, build_report(run, report_dir)
 
@@ -144,8 +139,6 @@ def run_demo(out: Path, config: str = "default", progress: bool = True, echo=pri
 
 
 def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_images: int) -> dict:
-    from brainrecon.assets import SIMWORLD_ASSETS
-
     world = load_config(WorldConfig, config, "worlds")
     started = time.perf_counter()
     simulate_world(world, out / "store", overwrite=True, progress=progress)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from brainrecon.assets import SIMWORLD_ASSETS
 from brainrecon.errors import ConfigError, ModelPathError
 
 SIMWORLD = "simworld"  # names the shipped small model set (brainrecon/assets/simworld) instead of a directory
+# where the shipped set lives (package data; trained by `brainrecon assets train`)
+SIMWORLD_ASSETS = Path(__file__).resolve().parent / "assets" / "simworld"
 
 
 def require_local_dir(path: str | Path, argument: str, expect: Sequence[str] = ()) -> Path:

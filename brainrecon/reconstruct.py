@@ -16,7 +16,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,25 +24,25 @@ from PIL import Image
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from brainrecon.config import Device, StrictConfig, load_config
+from brainrecon.config import Device, StrictConfig
 from brainrecon.data.simworld.config import SIMULATED_NOTE
-from brainrecon.data.store import Store, open_store
+from brainrecon.embed.clip import ClipImageEmbedder
 from brainrecon.errors import ConfigError
-from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
+from brainrecon.generate.base import GenerationRequest, quiet_model_loading
+from brainrecon.generate.unclip import UnclipGenerator
+from brainrecon.generate.versatile import VersatileGenerator
 from brainrecon.io import (atomic_write_bytes, atomic_write_json, check_output_dir, exclusive_lock, partial_dir,
                            publish_dir, sha256_file)
-from brainrecon.memory import EcphoryConfig, MemoryConfig, SubjectMemory, fuse
+from brainrecon.memory import EcphoryConfig, ImageBank, MemoryConfig, SubjectMemory, fuse
 from brainrecon.memory.selection import (
     select_first,
     select_samples,
     select_samples_oracle,
 )
-from brainrecon.memory.store import MEMORY_NAMES
+from brainrecon.memory.subject_memory import MEMORY_NAMES
 from brainrecon.models.base import BrainModel, predict_in_batches
-from brainrecon.train.batches import training_rows
-from brainrecon.train.config import TrainConfig
-from brainrecon.train.run import RunInfo, load_run
-from brainrecon.train.targets import SIMWORLD, Targets, load_targets, resolve_model_dir
+from brainrecon.pretrained import SIMWORLD, resolve_model_dir
+from brainrecon.train.run import RunContext
 
 FULL_KEY_WIDTH = 2048  # keys up to this many numbers are searched in full, larger ones via PCA
 SEED_STRIDE = 1_000_003  # seeds of different candidates of one image never collide with other images'
@@ -70,36 +69,7 @@ class ReconstructConfig(StrictConfig):
     device: Device = "cpu"
 
 
-@dataclass
-class RunContext:
-    """A run loaded together with its store and targets."""
-
-    model: BrainModel
-    info: RunInfo
-    store: Store
-    targets: Targets
-    config: TrainConfig
-
-    @classmethod
-    def open(cls, run: str | Path, data: str | Path | None = None, device: str = "cpu") -> RunContext:
-        model, info = load_run(run, device)
-        config = load_config(TrainConfig, Path(run) / "config.yaml", "train")
-        store_path = Path(data) if data else Path(info.store)
-        if not store_path.is_dir():
-            raise ConfigError(f"the store this run was trained on ({info.store}) is not there; pass --data STORE")
-        store = open_store(store_path)
-        info.check_store(Path(run), store.root, store.manifest_sha256)
-        return cls(model, info, store, load_targets(store, config.targets, progress=False), config)
-
-    def subjects(self, names: list[str] | None) -> list[str]:
-        names = names or list(self.model.subjects)
-        unknown = [s for s in names if s not in self.model.subjects]
-        if unknown:
-            raise ConfigError(f"subjects {unknown} are not in this run (it has {sorted(self.model.subjects)})")
-        return names
-
-
-def _predict(model: BrainModel, betas: np.ndarray, subject: str, batch_size: int = 256,
+def predict_embeddings(model: BrainModel, betas: np.ndarray, subject: str, batch_size: int = 256,
              for_generation: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     """Predictions restricted to the embedding names a memory or generator can use."""
     out = predict_in_batches(model, betas, subject, batch_size, for_generation, seed)
@@ -113,16 +83,14 @@ def memory_dir(run: str | Path, subject: str) -> Path:
 def build_memory(context: RunContext, run: str | Path, subject: str, config: MemoryConfig | None = None,
                  progress: bool = True) -> SubjectMemory:
     """Keys: the model's predictions for the subject's training trials; values: their true embeddings."""
-    run_config = context.config
-    rows = training_rows(context.store, subject, run_config.seed, run_config.sessions_for(subject),
-                         run_config.max_trials)
+    rows = context.training_rows(subject)
     data = context.store.subject(subject)
     train_ids = data.trials.stimulus_id[rows]  # exactly the trials the run trained on
-    keys = _predict(context.model, data.read_trials(rows), subject)
+    keys = predict_embeddings(context.model, data.read_trials(rows), subject)
     names = [n for n in keys if n in context.targets.space]
     values = {n: context.targets.get(n, train_ids) for n in names}
     if config is None:
-        # small keys are searched exactly as they are; large token keys through PCA (memory/store.py)
+        # small keys are searched exactly as they are; large token keys through PCA (memory/subject_memory.py)
         width = int(np.prod(context.targets.space[context.model.retrieval_target]))
         config = MemoryConfig(search="full" if width <= FULL_KEY_WIDTH else "pca",
                               search_on=(context.model.retrieval_target,))
@@ -139,35 +107,10 @@ def open_memory(context: RunContext, run: str | Path, subject: str, progress: bo
     return build_memory(context, run, subject, progress=progress)
 
 
-def ecphory_embedding_scores(context: RunContext, memory: SubjectMemory, subject: str,
-                             alphas=(1.0, 0.8, 0.6, 0.4, 0.2), k: int = 10, way: int = 300, draws: int = 30,
-                             seed: int = 42) -> dict:
-    """Does Ecphory bring the predicted embedding closer to the truth? Cosine and retrieval per alpha.
-
-    The fused embedding scored for each test image is the blend with the mean of its
-    k retrieved values (what the k samples are generated around); alpha = 1 is the
-    plain prediction.
-    """
-    test = context.store.subject(subject).test()
-    key = context.model.retrieval_target
-    predicted = _predict(context.model, test.betas, subject)
-    truth = context.targets.get(key, test.stimulus_ids)
-    way = min(way, len(test))
-    rows = []
-    for alpha in alphas:
-        fused = fuse(predicted, memory, EcphoryConfig(k=k, alpha=alpha)).embeddings[key].mean(axis=1)
-        scores = cosine_scores(fused, truth)
-        retrieval = retrieval_top1(scores, way, draws, seed)
-        rows.append({"alpha": alpha, "embedding_cosine": float(np.mean(np.diag(scores))),
-                     "image_top1": retrieval.image_top1, "brain_top1": retrieval.brain_top1,
-                     "image_ci95": retrieval.image_ci95, "brain_ci95": retrieval.brain_ci95})
-    return {"subject": subject, "target": key, "k": k, "way": way, "draws": draws, "rows": rows}
-
-
 def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndarray]:
     """Each test image's predicted CLIP image direction: image_pooled, or token 0 of image_tokens."""
     test = context.store.subject(subject).test()
-    predicted = _predict(context.model, test.betas, subject)
+    predicted = predict_embeddings(context.model, test.betas, subject)
     if "image_pooled" in predicted:
         return test.stimulus_ids, predicted["image_pooled"]
     if "image_tokens" in predicted:
@@ -175,21 +118,27 @@ def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndar
     raise ConfigError("bank search needs a run predicting image_pooled or image_tokens")
 
 
+def search_bank(bank: str | Path, context: RunContext, subjects: list[str] | None, k: int) -> dict:
+    """The ``k`` bank images nearest to each test trial's predicted CLIP image direction, per subject."""
+    index = ImageBank.load(bank)
+    results = {}
+    for subject in context.subjects(subjects):
+        ids, queries = pooled_query(context, subject)
+        scores, paths = index.search(queries, k)
+        results[subject] = [{"stimulus_id": int(s), "paths": p, "scores": sc.tolist()}
+                            for s, p, sc in zip(ids.tolist(), paths, scores)]
+    return {"bank": str(bank), "run": str(context.path), "k": k, "results": results}
+
+
 def _generator(config: ReconstructConfig):
     path = resolve_model_dir(config.generator_path, "generator_path", "decoder")
     if config.generator == "unclip":
-        from brainrecon.generate.unclip import UnclipGenerator
-
         return UnclipGenerator(path, device=config.device, batch_size=config.batch_size)
-    from brainrecon.generate.versatile import VersatileGenerator
-
     return VersatileGenerator(path, device=config.device, batch_size=config.batch_size)
 
 
 def _requests(embeddings: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float, seed: int):
     """A GenerationRequest for a flat batch of embeddings, in the form the chosen generator reads."""
-    from brainrecon.generate.base import GenerationRequest
-
     common = {"steps": config.steps, "guidance_scale": config.guidance, "seed": seed}
     tokens = {"text_tokens": embeddings.get("text_tokens")}  # scaled by the pooled text norm: left as predicted
     if "image_tokens" in embeddings:
@@ -254,9 +203,6 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
 
 def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects: list[str] | None,
                  data: str | Path | None, progress: bool) -> dict:
-    from brainrecon.embed.clip import ClipImageEmbedder
-    from brainrecon.generate.base import quiet_model_loading
-
     quiet_model_loading()
     started = time.perf_counter()
     context = RunContext.open(run, data, config.device)
@@ -269,10 +215,10 @@ def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects
         test = context.store.subject(subject).test()
         n = min(config.n_images or len(test), len(test))
         ids, betas = test.stimulus_ids[:n], test.betas[:n]
-        brain = _predict(context.model, betas, subject)  # the honest reference for selection
+        brain = predict_embeddings(context.model, betas, subject)  # the honest reference for selection
         conditioning = brain  # models with a prior condition the generator on its sample instead
         if type(context.model).embeddings_for_generation is not BrainModel.embeddings_for_generation:
-            conditioning = _predict(context.model, betas, subject, for_generation=True, seed=config.seed)
+            conditioning = predict_embeddings(context.model, betas, subject, for_generation=True, seed=config.seed)
         retrieved = None
         if config.ecphory:
             memory = open_memory(context, run, subject, progress)
@@ -346,5 +292,4 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["ReconstructConfig", "RunContext", "build_memory", "ecphory_embedding_scores", "open_memory",
-           "reconstruct"]
+__all__ = ["ReconstructConfig", "build_memory", "open_memory", "predict_embeddings", "reconstruct", "search_bank"]

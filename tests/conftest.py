@@ -57,6 +57,7 @@ def train_world(tmp_path_factory):
 def ridge_run(train_world, tmp_path_factory):
     """A ridge run on subj01 of the train world, decoding small-CLIP image tokens (seconds to fit)."""
     from brainrecon.config import validate_config
+    from brainrecon.evaluate.evaluation import final_evaluation
     from brainrecon.train.config import TrainConfig
     from brainrecon.train.trainer import train
 
@@ -64,4 +65,6 @@ def ridge_run(train_world, tmp_path_factory):
         "model": {"kind": "ridge", "alphas": [100.0, 1000.0, 10000.0], "folds": 3},
         "targets": {"clip": "simworld", "image_tokens": True}, "subjects": ["subj01"],
         "eval": {"way": 100, "draws": 5}})
-    return train(config, train_world, tmp_path_factory.mktemp("runs") / "ridge", progress=False)
+    run = train(config, train_world, tmp_path_factory.mktemp("runs") / "ridge", progress=False)
+    final_evaluation(run)
+    return run

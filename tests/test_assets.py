@@ -24,7 +24,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def heldout_images():
-    from brainrecon.assets.train import heldout_scenes
+    from brainrecon.assets.scenes import heldout_scenes
 
     images, caption_lists = heldout_scenes(2)
     return images, caption_lists
@@ -98,7 +98,7 @@ def test_shipped_manifest_records_training():
 def test_quick_train_cli_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
-    from brainrecon.cli_assets import app
+    from brainrecon.cli.assets import app
     from brainrecon.embed.clip import ClipImageEmbedder, ClipTextEmbedder
     from brainrecon.generate.base import GenerationRequest
     from brainrecon.generate.unclip import UnclipGenerator
@@ -126,13 +126,13 @@ def quick_set(tmp_path_factory):
 
 
 def test_decoder_resumes_bit_for_bit_from_its_checkpoint(quick_set, tmp_path):
+    from brainrecon.assets.scenes import render_scenes
     from brainrecon.assets.train import (
         TrainPlan,
         build_pipeline,
         clip_image_embeds,
         encode_latents,
         load_clip_and_vae,
-        render_scenes,
         train_decoder,
     )
     from brainrecon.embed.clip import byte_level_tokenizer
@@ -165,7 +165,7 @@ def test_decoder_only_stage_keeps_clip_and_records_both_stages(quick_set, tmp_pa
 
     from typer.testing import CliRunner
 
-    from brainrecon.cli_assets import app
+    from brainrecon.cli.assets import app
 
     out = tmp_path / "set"
     shutil.copytree(quick_set, out)
@@ -187,14 +187,10 @@ def test_decoder_only_stage_keeps_clip_and_records_both_stages(quick_set, tmp_pa
 def test_guidance_is_chosen_on_validation_scenes_and_used_by_check(quick_set, tmp_path):
     import shutil
 
-    from brainrecon.assets.train import (
-        DEFAULT_GUIDANCE,
-        check_assets,
-        heldout_scenes,
-        recorded_guidance,
-        tune_guidance,
-        validation_scenes,
-    )
+    from brainrecon.assets.check import check_assets
+    from brainrecon.assets.manifest import DEFAULT_GUIDANCE, recorded_guidance
+    from brainrecon.assets.scenes import heldout_scenes, validation_scenes
+    from brainrecon.assets.tune import tune_guidance
 
     out = tmp_path / "set"
     shutil.copytree(quick_set, out)
@@ -219,3 +215,44 @@ def test_min_snr_weights_cap_easy_steps():
     weights = min_snr_weights(alphas, 5.0)
     torch.testing.assert_close(weights, torch.tensor([5 / 999, 1.0, 1.0, 1.0]), rtol=1e-4, atol=1e-6)
     assert torch.equal(min_snr_weights(alphas, 0.0), torch.ones(4))
+
+
+def test_assets_learning_rate_is_the_old_warmup_cosine_exactly():
+    """The assets' schedule is the trainer's "cosine" with warm-up and a 10% floor, bit for bit the old `lr_at`."""
+    import math
+
+    from brainrecon.assets.train import TrainPlan, lr_schedule
+    from brainrecon.train.trainer import learning_rate
+
+    def old_lr_at(step, total, peak, warmup):  # the assets' own schedule before they used the trainer's
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    full, quick = TrainPlan.full(), TrainPlan.quick()
+    cases = [(plan, total, peak) for plan in (full, quick)
+             for total, peak in ((plan.clip_steps, plan.clip_lr), (plan.vae_steps, plan.vae_lr),
+                                 (plan.unet_steps, plan.unet_lr))]
+    cases += [(TrainPlan(**{**full.__dict__, "warmup": warmup}), total, peak)
+              for warmup in (0, 1, 7, 100) for total in (1, 10, 101, 999) for peak in (3e-4, 1e-3, 0.1)]
+    for plan, total, peak in cases:
+        schedule = lr_schedule(peak, plan)
+        for step in range(total):
+            assert learning_rate(step, total, schedule, epochs=1) == old_lr_at(step, total, peak, plan.warmup), \
+                (step, total, peak, plan.warmup)
+
+
+def test_training_leaves_global_torch_state_alone_and_is_deterministic():
+    from brainrecon.assets.scenes import render_scenes
+    from brainrecon.assets.train import TrainPlan, train_vae
+
+    plan = TrainPlan.quick()
+    images, _ = render_scenes(3, "assets-train", range(16))
+    threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
+    first = train_vae(plan, images, seed=3, log=lambda *_: None)
+    assert torch.equal(torch.get_rng_state(), rng_state) and torch.get_num_threads() == threads
+    torch.rand(5)  # a caller's own draws do not change what the same seed trains
+    second = train_vae(plan, images, seed=3, log=lambda *_: None)
+    for (name, a), b in zip(first.named_parameters(), second.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

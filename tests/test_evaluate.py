@@ -23,6 +23,7 @@ from brainrecon.evaluate.evaluation import (
     METRICS_FORMAT,
     EvaluateConfig,
     evaluate_run,
+    final_evaluation,
     feature_encoders,
     image_values,
     metrics_table,
@@ -32,7 +33,8 @@ from brainrecon.evaluate.feature_nets import AlexNet
 from brainrecon.evaluate.leakage import LeakageError, check_leakage
 from brainrecon.evaluate.metrics import pixcorr, ssim
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
-from brainrecon.reconstruct import ReconstructConfig, RunContext, reconstruct
+from brainrecon.reconstruct import ReconstructConfig, reconstruct
+from brainrecon.train.run import RunContext
 from brainrecon.train.config import TrainConfig
 from brainrecon.train.trainer import train
 
@@ -47,7 +49,9 @@ def two_subject_run(train_world, tmp_path_factory):
         "model": {"kind": "ridge", "target": "image_pooled", "alphas": [1000.0], "folds": 2},
         "targets": {"clip": "simworld", "image_tokens": False, "image_pooled": True},
         "subjects": ["subj01", "subj02"], "eval": {"way": 50, "draws": 5}})
-    return train(config, train_world, tmp_path_factory.mktemp("eval") / "run", progress=False)
+    run = train(config, train_world, tmp_path_factory.mktemp("eval") / "run", progress=False)
+    final_evaluation(run)
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from brainrecon.data import open_store
 from brainrecon.data.mindeye_fake import fake_experiment, make_fake_mindeye1, make_fake_mindeye2
-from brainrecon.data.mindeye_files import import_mindeye1, import_mindeye2
+from brainrecon.data.mindeye1_files import import_mindeye1
+from brainrecon.data.mindeye2_files import import_mindeye2
 from brainrecon.errors import OutputError, StoreError
 from brainrecon.io import sha256_file
 
@@ -363,7 +364,7 @@ def test_me1_num_uniques_disagreeing_with_the_rows(me1_copy, tmp_path):
 def test_cli_import_commands_and_error_exit_code(me1_root, me2_root, tmp_path):
     from typer.testing import CliRunner
 
-    from brainrecon.cli_nsd import app
+    from brainrecon.cli.nsd import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["import-mindeye2", "--root", str(me2_root), "--subject", "1", "--out",

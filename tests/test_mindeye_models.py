@@ -229,13 +229,14 @@ def test_mindeye1_parameter_count_matches_published():
     space = TargetSpace({"image_tokens": (257, 768)})
     with torch.device("meta"):
         model = MindEye1(MindEye1Config(prior=None), {"subj01": 15724}, space)
-    assert _count(model, ("lin0", "mlp", "lin1", "projector")) == 947_579_904  # mindeye.md 3.1, voxel2clip
+    # voxel2clip as printed by MindEye's (Scotti et al., NeurIPS 2023) released Train_MindEye.ipynb
+    assert _count(model, ("lin0", "mlp", "lin1", "projector")) == 947_579_904
 
 
 def test_mindeye2_parameter_count_matches_published():
     space = TargetSpace({"image_tokens": (256, 1664)})
     with torch.device("meta"):
         model = MindEye2(MindEye2Config(hidden=1024, prior=None), {"subj01": 15724}, space)
-    assert _count(model, ("adapters",)) == 16_102_400  # mindeye.md 4.4, ridge
+    assert _count(model, ("adapters",)) == 16_102_400  # ridge, MindEye2 (Scotti et al., ICML 2024) Train.ipynb
     # upstream's vestigial mixer_blocks2 (4 x [LayerNorm(1) + Linear(1,1) + Linear(1,1)] = 4 x 6) are left out
     assert _count(model, ("mlp", "lin1", "projector")) == 453_360_280 - 24

@@ -374,7 +374,7 @@ def test_existing_output_is_not_replaced_without_overwrite(fake, tmp_path):
 def test_cli_prepare_and_error_exit_code(fake, tmp_path):
     from typer.testing import CliRunner
 
-    from brainrecon.cli_nsd import app
+    from brainrecon.cli.nsd import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["prepare", "--root", str(fake.root), "--subjects", "1", "2", "--out",

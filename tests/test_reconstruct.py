@@ -12,13 +12,9 @@ from typer.testing import CliRunner
 
 from brainrecon.cli import app
 from brainrecon.memory import SubjectMemory
-from brainrecon.reconstruct import (
-    ReconstructConfig,
-    RunContext,
-    build_memory,
-    ecphory_embedding_scores,
-    reconstruct,
-)
+from brainrecon.evaluate.ecphory import ecphory_embedding_scores
+from brainrecon.reconstruct import ReconstructConfig, build_memory, reconstruct
+from brainrecon.train.run import RunContext
 
 torch.set_num_threads(1)
 

@@ -151,7 +151,7 @@ def test_ridge_decoder_rescales_and_loads_runs_saved_before_rescaling():
     targets = (betas[:, :4] @ rng.normal(size=(4, 8)) * 0.2 + rng.normal(size=(300, 8))).astype(np.float32)
     space = TargetSpace({"image_pooled": (8,)})
     model = RidgeDecoder(RidgeDecoderConfig(target="image_pooled"), {"subj01": 40}, space)
-    fit = model.fit_subject("subj01", betas, targets, np.arange(300))
+    fit = model.fit_subject("subj01", betas, {"image_pooled": targets}, np.arange(300))
     assert fit["rescale"] == "global" and fit["gain"] > 1
     state = {k: v for k, v in model.state_dict().items() if not k.endswith(("__gain", "__bias"))}
     old = RidgeDecoder(RidgeDecoderConfig(target="image_pooled"), {"subj01": 40}, space)

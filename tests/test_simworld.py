@@ -115,7 +115,7 @@ def test_oracle_loglik_matches_dense_gaussian(tiny_world):
 def test_ceilings_are_computed_stored_and_ordered(tiny_world):
     """Every space's ceiling sits below the oracle (within its CI), the ridge below the ceiling's reach,
     and the table is stored with the world and refused once the store changes."""
-    from brainrecon.baseline import SPACES, ceiling_table, format_table, load_ceilings, save_ceilings
+    from brainrecon.evaluate.ceilings import SPACES, ceiling_table, format_table, load_ceilings, save_ceilings
 
     store = open_store(tiny_world)
     results = ceiling_table(store, way=100, draws=10)
@@ -153,7 +153,7 @@ def test_oracle_evidence_of_training_stimuli_is_for_choices_on_training_data(tin
 def test_stored_ceilings_refuse_another_store(tmp_path, tiny_world):
     import shutil
 
-    from brainrecon.baseline import CEILINGS_FILE, load_ceilings
+    from brainrecon.evaluate.ceilings import CEILINGS_FILE, load_ceilings
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_world, copy)

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from brainrecon.config import validate_config
 from brainrecon.data import open_store
 from brainrecon.errors import ConfigError, DivergenceError
-from brainrecon.train.batches import BalancedBatches, SubjectStream
+from brainrecon.evaluate.evaluation import final_evaluation
+from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.run import load_run
 from brainrecon.train.targets import TargetsConfig, load_targets
@@ -59,6 +60,8 @@ def small_config(kind: str, **overrides) -> TrainConfig:
 @pytest.mark.parametrize("kind", list(SMALL))
 def test_every_model_learns_above_chance(kind, train_world, tmp_path):
     run = train(small_config(kind), train_world, tmp_path / "run", progress=False)
+    assert not (run / "metrics.json").exists()  # the library trains; the command layer evaluates
+    final_evaluation(run)
     metrics = json.loads((run / "metrics.json").read_text())
     for subject, result in metrics["subjects"].items():
         retrieval = result["values"]["image_retrieval"]
@@ -80,10 +83,24 @@ def test_learning_rate_follows_one_cycle():
     assert all(np.diff(lrs[peak:]) <= 0)
 
 
+def test_cosine_and_constant_schedules_are_unchanged_by_the_warmup_options():
+    import math
+
+    for total in (1, 10, 97, 1000):
+        for lr in (3e-4, 1e-3):
+            cosine, constant = OptimConfig(lr=lr, schedule="cosine"), OptimConfig(lr=lr, schedule="constant")
+            for step in range(total):  # the formulas before warmup_steps / min_lr_fraction existed
+                assert learning_rate(step, total, cosine, epochs=3) == \
+                    lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+                assert learning_rate(step, total, constant, epochs=3) == lr
+    with pytest.raises(ValueError, match="'cosine' schedule only"):
+        OptimConfig(schedule="onecycle", warmup_steps=10)
+
+
 def test_batches_are_balanced_deterministic_and_split_across_ranks(train_world):
     store = open_store(train_world)
     targets = load_targets(store, TargetsConfig(), progress=False)
-    streams = [SubjectStream(store, s, targets, seed=3) for s in store.subjects]
+    streams = [SubjectStream(store, s, targets, 3, training_rows(store, s, 3)) for s in store.subjects]
     whole = BalancedBatches(streams, 8)(5)
     assert [b.subject for b in whole] == store.subjects and all(len(b) == 8 for b in whole)
     again = BalancedBatches(streams, 8)(5)

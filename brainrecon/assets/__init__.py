@@ -12,10 +12,12 @@ The shipped set lives in `SIMWORLD_ASSETS`:
 - `decoder/`  a `StableUnCLIPImg2ImgPipeline` directory whose `vae/` is the small VAE
               (`UnclipGenerator(SIMWORLD_ASSETS / "decoder")`, `VaePath(SIMWORLD_ASSETS / "decoder")`);
 - `manifest.json` how it was trained and how well it decodes.
+
+Code: `train` (the three models, resumable), `tune` (guidance on validation scenes), `check`
+(held-out decoding quality and the grid), with `scenes` (the disjoint scene sets) and `manifest`
+(the set's manifest.json) shared between them.
 """
 
-from pathlib import Path
-
-SIMWORLD_ASSETS = Path(__file__).resolve().parent / "simworld"
+from brainrecon.pretrained import SIMWORLD_ASSETS
 
 __all__ = ["SIMWORLD_ASSETS"]

@@ -22,9 +22,10 @@ The three training loops are written out in plain sight (nanoGPT style):
    zeroed with probability `cfg_dropout` (the pipeline's unconditional input is
    zeros), and cross-attention on the text encoder's states of the empty prompt.
 
-Held-out scenes are never rendered for training: training scenes come from the
-key "assets-train" and the quality check uses the default world's shared test
-images (key "scene", ids 0..n-1), exactly what `brainrecon simulate` stores first.
+All three follow the trainer's "cosine" learning-rate schedule (`brainrecon.train.trainer.learning_rate`)
+with a linear warm-up and a floor of 10% of the peak. Held-out scenes are never rendered for training
+(`brainrecon.assets.scenes`); `brainrecon.assets.tune` and `brainrecon.assets.check` then choose the
+guidance scale and measure the trained set.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,15 +43,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainrecon.data.simworld import scenes as sc
+from brainrecon.assets.manifest import read_manifest, write_manifest
+from brainrecon.assets.scenes import (
+    HELDOUT_KEY,
+    HELDOUT_WORLD_SEED,
+    IMAGE_SIZE,
+    TRAIN_KEY,
+    VALIDATION_KEY,
+    render_scenes,
+)
 from brainrecon.embed.clip import CLIP_MEAN, CLIP_STD, byte_level_tokenizer
-from brainrecon.rng import derive_rng
-
-IMAGE_SIZE = 64
-TRAIN_KEY = "assets-train"   # scenes for training; the world's own scenes use the key "scene"
-HELDOUT_WORLD_SEED = 0       # the default world's seed: its shared test images are the held-out set
-HELDOUT_KEY = "scene"
-VALIDATION_KEY = "assets-val"  # scenes for choosing sampling settings: neither trained on nor the held-out set
+from brainrecon.train.config import OptimConfig
+from brainrecon.train.run import optimizer_from_safetensors, optimizer_to_safetensors
+from brainrecon.train.trainer import learning_rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,12 +116,12 @@ class TrainPlan:
                    unet_min_snr=5.0, checkpoint_every=2)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def lr_schedule(peak: float, plan: TrainPlan) -> OptimConfig:
+    """The trainer's "cosine" schedule: linear warm-up over plan.warmup steps, then cosine from peak to 0.1 peak.
+
+    Read with `learning_rate(step, total, schedule, epochs=1)` (epochs only matters for "onecycle").
+    """
+    return OptimConfig(lr=peak, schedule="cosine", warmup_steps=plan.warmup, min_lr_fraction=0.1)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -123,24 +129,21 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+@contextmanager
+def private_torch_rng(seed: int | None = None) -> Iterator[None]:
+    """torch's global CPU generator, seeded with `seed` if given, for this block only.
+
+    Model initialisation (and VAE posterior sampling) draw from the global generator; inside this
+    block they draw from `seed`, and the caller's generator state is restored on the way out.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+        yield
+
+
 # ---------------------------------------------------------------------------------------------
-# data
-
-
-def render_scenes(seed: int, key: str, ids, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[list[str]]]:
-    """Scenes sampled from derive_rng(seed, key, id) — the same rule `simulate_world` uses."""
-    images, caption_lists = [], []
-    for stim in ids:
-        scene = sc.sample_scene(derive_rng(seed, key, int(stim)))
-        rendered = sc.render_scene(scene, size)
-        images.append(rendered.image)
-        caption_lists.append(sc.captions(scene, rendered))
-    return np.stack(images), caption_lists
-
-
-def heldout_scenes(n: int) -> tuple[np.ndarray, list[list[str]]]:
-    """The first n shared test images of the default world (`brainrecon simulate` stores them as ids 0..n-1)."""
-    return render_scenes(HELDOUT_WORLD_SEED, HELDOUT_KEY, range(n))
+# data: scenes (brainrecon.assets.scenes) as the pixels CLIP and the VAE take
 
 
 def to_clip_pixels(images: np.ndarray) -> torch.Tensor:
@@ -227,29 +230,30 @@ def count_parameters(module) -> int:
 
 def train_clip(plan: TrainPlan, images: np.ndarray, caption_lists: list[list[str]], tokenizer, seed: int,
                log=print):
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 1])
-    model = make_clip(plan).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.clip_lr, weight_decay=0.05)
-    for step in range(plan.clip_steps):
-        set_lr(optimizer, lr_at(step, plan.clip_steps, plan.clip_lr, plan.warmup))
-        idx = rng.choice(len(images), plan.clip_batch, replace=False)
-        texts = [caption_lists[i][int(rng.integers(len(caption_lists[i])))] for i in idx]
-        # no attention mask, as ClipTextEmbedder encodes: the causal mask keeps padding out of the EOS state
-        ids = tokenizer(texts, padding="longest", max_length=77, truncation=True, return_tensors="pt").input_ids
-        out = model(input_ids=ids, pixel_values=to_clip_pixels(images[idx]))
-        logits = out.logits_per_image  # (B, B), already scaled by exp(logit_scale)
-        target = torch.arange(len(idx))
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():  # CLIP's clamp of the temperature
-            model.logit_scale.clamp_(0, math.log(100))
-        if step % 50 == 0 or step == plan.clip_steps - 1:
-            accuracy = (logits.argmax(1) == target).float().mean().item()
-            log(f"clip step {step:5d}  loss {loss.item():.3f}  in-batch top-1 {accuracy:.2f}")
-    return model.eval()
+    with private_torch_rng(seed):
+        rng = np.random.default_rng([seed, 1])
+        model = make_clip(plan).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=plan.clip_lr, weight_decay=0.05)
+        schedule = lr_schedule(plan.clip_lr, plan)
+        for step in range(plan.clip_steps):
+            set_lr(optimizer, learning_rate(step, plan.clip_steps, schedule, epochs=1))
+            idx = rng.choice(len(images), plan.clip_batch, replace=False)
+            texts = [caption_lists[i][int(rng.integers(len(caption_lists[i])))] for i in idx]
+            # no attention mask, as ClipTextEmbedder encodes: the causal mask keeps padding out of the EOS state
+            ids = tokenizer(texts, padding="longest", max_length=77, truncation=True, return_tensors="pt").input_ids
+            out = model(input_ids=ids, pixel_values=to_clip_pixels(images[idx]))
+            logits = out.logits_per_image  # (B, B), already scaled by exp(logit_scale)
+            target = torch.arange(len(idx))
+            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():  # CLIP's clamp of the temperature
+                model.logit_scale.clamp_(0, math.log(100))
+            if step % 50 == 0 or step == plan.clip_steps - 1:
+                accuracy = (logits.argmax(1) == target).float().mean().item()
+                log(f"clip step {step:5d}  loss {loss.item():.3f}  in-batch top-1 {accuracy:.2f}")
+        return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,30 +261,31 @@ def train_clip(plan: TrainPlan, images: np.ndarray, caption_lists: list[list[str
 
 
 def train_vae(plan: TrainPlan, images: np.ndarray, seed: int, log=print):
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 2])
-    vae = make_vae(plan).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
-    for step in range(plan.vae_steps):
-        set_lr(optimizer, lr_at(step, plan.vae_steps, plan.vae_lr, plan.warmup))
-        pixels = to_vae_pixels(images[rng.choice(len(images), plan.vae_batch, replace=False)])
-        posterior = vae.encode(pixels).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        mse = F.mse_loss(recon, pixels)
-        loss = mse + plan.vae_kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == plan.vae_steps - 1:
-            psnr = 10 * math.log10(4 / max(mse.item(), 1e-8))  # pixels span [-1, 1]: peak-to-peak 2
-            log(f"vae  step {step:5d}  mse {mse.item():.4f}  (psnr {psnr:.1f} dB)")
-    vae.eval()
-    # unit-variance latents for the diffusion model, the role 0.18215 plays for SD's VAE
-    with torch.no_grad():
-        sample = to_vae_pixels(images[:min(len(images), 512)])
-        std = float(vae.encode(sample).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
-    return vae
+    with private_torch_rng(seed):
+        rng = np.random.default_rng([seed, 2])
+        vae = make_vae(plan).train()
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
+        schedule = lr_schedule(plan.vae_lr, plan)
+        for step in range(plan.vae_steps):
+            set_lr(optimizer, learning_rate(step, plan.vae_steps, schedule, epochs=1))
+            pixels = to_vae_pixels(images[rng.choice(len(images), plan.vae_batch, replace=False)])
+            posterior = vae.encode(pixels).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            mse = F.mse_loss(recon, pixels)
+            loss = mse + plan.vae_kl_weight * posterior.kl().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % 50 == 0 or step == plan.vae_steps - 1:
+                psnr = 10 * math.log10(4 / max(mse.item(), 1e-8))  # pixels span [-1, 1]: peak-to-peak 2
+                log(f"vae  step {step:5d}  mse {mse.item():.4f}  (psnr {psnr:.1f} dB)")
+        vae.eval()
+        # unit-variance latents for the diffusion model, the role 0.18215 plays for SD's VAE
+        with torch.no_grad():
+            sample = to_vae_pixels(images[:min(len(images), 512)])
+            std = float(vae.encode(sample).latent_dist.mean.std())
+        vae.register_to_config(scaling_factor=1.0 / std)
+        return vae
 
 
 @torch.no_grad()
@@ -312,10 +317,11 @@ def build_pipeline(plan: TrainPlan, clip_model, tokenizer, vae, embeds: torch.Te
     from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
     config = clip_model.config
-    image_encoder = CLIPVisionModelWithProjection(config.vision_config)
+    with private_torch_rng():  # their random initialisation is overwritten just below
+        image_encoder = CLIPVisionModelWithProjection(config.vision_config)
+        text_encoder = CLIPTextModel(config.text_config)
     image_encoder.vision_model.load_state_dict(clip_model.vision_model.state_dict())
     image_encoder.visual_projection.load_state_dict(clip_model.visual_projection.state_dict())
-    text_encoder = CLIPTextModel(config.text_config)
     text_encoder.load_state_dict(clip_model.text_model.state_dict())  # transformers 5: CLIPTextModel is flat
 
     embed_dim = config.projection_dim
@@ -323,8 +329,8 @@ def build_pipeline(plan: TrainPlan, clip_model, tokenizer, vae, embeds: torch.Te
     with torch.no_grad():  # the noise augmentation works on standardised embeddings, as in SD-unCLIP
         normalizer.mean.copy_(embeds.mean(0, keepdim=True))
         normalizer.std.copy_(embeds.std(0, keepdim=True))
-    torch.manual_seed(seed)
-    unet = make_unet(plan, embed_dim, config.text_config.hidden_size)
+    with private_torch_rng(seed):
+        unet = make_unet(plan, embed_dim, config.text_config.hidden_size)
     _, sampler = diffusion_schedulers()
     pipe = StableUnCLIPImg2ImgPipeline(
         feature_extractor=image_processor(), image_encoder=image_encoder.eval(), image_normalizer=normalizer,
@@ -337,59 +343,60 @@ def build_pipeline(plan: TrainPlan, clip_model, tokenizer, vae, embeds: torch.Te
 def train_decoder(plan: TrainPlan, pipe, latents: torch.Tensor, embeds: torch.Tensor, seed: int,
                   checkpoint_dir: Path | None = None, log=print):
     """ε-prediction on the VAE latents, conditioned as the pipeline conditions; resumes from `checkpoint_dir`."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 3])
-    noise_gen = torch.Generator().manual_seed(seed)
-    trainer, _ = diffusion_schedulers()
-    alphas_cumprod = trainer.alphas_cumprod
-    unet = pipe.unet.train()
-    with torch.no_grad():  # the prompt is always empty, so its encoder states are one constant
-        empty, _ = pipe.encode_prompt(prompt=[""], device="cpu", num_images_per_prompt=1,
-                                      do_classifier_free_guidance=False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=plan.unet_lr, weight_decay=0.0)
-    ema = {name: p.detach().clone() for name, p in unet.named_parameters()} if plan.unet_ema > 0 else None
-    first = 0
-    if checkpoint_dir is not None and (checkpoint_dir / "state.json").is_file():
-        first = load_decoder_checkpoint(checkpoint_dir, plan, unet, optimizer, ema, rng, noise_gen)
-        log(f"unet resuming at step {first} from {checkpoint_dir}")
-    started, losses = time.perf_counter(), []
-    for step in range(first, plan.unet_steps):
-        set_lr(optimizer, lr_at(step, plan.unet_steps, plan.unet_lr, plan.warmup))
-        idx = torch.from_numpy(rng.choice(len(latents), plan.unet_batch, replace=False))
-        x0, embed = latents[idx], embeds[idx]
-        # conditioning exactly as the pipeline builds it; half the batches with some noise augmentation
-        level = int(rng.integers(1, plan.max_noise_level + 1)) if rng.random() < 0.5 else 0
-        with torch.no_grad():
-            class_labels = pipe.noise_image_embeddings(embed, noise_level=level, generator=noise_gen)
-        drop = torch.from_numpy(rng.random(len(idx)) < plan.cfg_dropout)
-        class_labels[drop] = 0.0  # the pipeline's unconditional input for classifier-free guidance
-        t = torch.randint(0, trainer.config.num_train_timesteps, (len(idx),), generator=noise_gen)
-        noise = torch.randn(x0.shape, generator=noise_gen)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        predicted = unet(noisy, t, encoder_hidden_states=empty.expand(len(idx), -1, -1),
-                         class_labels=class_labels).sample
-        per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (min_snr_weights(alphas_cumprod[t], plan.unet_min_snr) * per_sample).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        if ema is not None:
-            update_ema(ema, unet, decay=min(plan.unet_ema, (1 + step) / (10 + step)))
-        losses.append(per_sample.mean().item())
-        if step % 50 == 0 or step == plan.unet_steps - 1:
-            rate = (time.perf_counter() - started) / (step - first + 1)
-            log(f"unet step {step:5d}  mse {np.mean(losses[-50:]):.4f}  "
-                f"({rate:.2f} s/step, ~{rate * (plan.unet_steps - step - 1) / 60:.0f} min left)")
-        if checkpoint_dir is not None and (step + 1) % plan.checkpoint_every == 0 and step + 1 < plan.unet_steps:
-            save_decoder_checkpoint(checkpoint_dir, step + 1, plan, unet, optimizer, ema, rng, noise_gen)
-    if ema is not None:  # ship the averaged weights
-        with torch.no_grad():
-            for name, p in unet.named_parameters():
-                p.copy_(ema[name])
-    unet.eval()
-    return pipe
+    with private_torch_rng(seed):
+        rng = np.random.default_rng([seed, 3])
+        noise_gen = torch.Generator().manual_seed(seed)
+        trainer, _ = diffusion_schedulers()
+        alphas_cumprod = trainer.alphas_cumprod
+        unet = pipe.unet.train()
+        with torch.no_grad():  # the prompt is always empty, so its encoder states are one constant
+            empty, _ = pipe.encode_prompt(prompt=[""], device="cpu", num_images_per_prompt=1,
+                                          do_classifier_free_guidance=False)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=plan.unet_lr, weight_decay=0.0)
+        schedule = lr_schedule(plan.unet_lr, plan)
+        ema = {name: p.detach().clone() for name, p in unet.named_parameters()} if plan.unet_ema > 0 else None
+        first = 0
+        if checkpoint_dir is not None and (checkpoint_dir / "state.json").is_file():
+            first = load_decoder_checkpoint(checkpoint_dir, plan, unet, optimizer, ema, rng, noise_gen)
+            log(f"unet resuming at step {first} from {checkpoint_dir}")
+        started, losses = time.perf_counter(), []
+        for step in range(first, plan.unet_steps):
+            set_lr(optimizer, learning_rate(step, plan.unet_steps, schedule, epochs=1))
+            idx = torch.from_numpy(rng.choice(len(latents), plan.unet_batch, replace=False))
+            x0, embed = latents[idx], embeds[idx]
+            # conditioning exactly as the pipeline builds it; half the batches with some noise augmentation
+            level = int(rng.integers(1, plan.max_noise_level + 1)) if rng.random() < 0.5 else 0
+            with torch.no_grad():
+                class_labels = pipe.noise_image_embeddings(embed, noise_level=level, generator=noise_gen)
+            drop = torch.from_numpy(rng.random(len(idx)) < plan.cfg_dropout)
+            class_labels[drop] = 0.0  # the pipeline's unconditional input for classifier-free guidance
+            t = torch.randint(0, trainer.config.num_train_timesteps, (len(idx),), generator=noise_gen)
+            noise = torch.randn(x0.shape, generator=noise_gen)
+            a = alphas_cumprod[t].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            predicted = unet(noisy, t, encoder_hidden_states=empty.expand(len(idx), -1, -1),
+                             class_labels=class_labels).sample
+            per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
+            loss = (min_snr_weights(alphas_cumprod[t], plan.unet_min_snr) * per_sample).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            if ema is not None:
+                update_ema(ema, unet, decay=min(plan.unet_ema, (1 + step) / (10 + step)))
+            losses.append(per_sample.mean().item())
+            if step % 50 == 0 or step == plan.unet_steps - 1:
+                rate = (time.perf_counter() - started) / (step - first + 1)
+                log(f"unet step {step:5d}  mse {np.mean(losses[-50:]):.4f}  "
+                    f"({rate:.2f} s/step, ~{rate * (plan.unet_steps - step - 1) / 60:.0f} min left)")
+            if checkpoint_dir is not None and (step + 1) % plan.checkpoint_every == 0 and step + 1 < plan.unet_steps:
+                save_decoder_checkpoint(checkpoint_dir, step + 1, plan, unet, optimizer, ema, rng, noise_gen)
+        if ema is not None:  # ship the averaged weights
+            with torch.no_grad():
+                for name, p in unet.named_parameters():
+                    p.copy_(ema[name])
+        unet.eval()
+        return pipe
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -410,8 +417,6 @@ def save_decoder_checkpoint(folder: Path, step: int, plan: TrainPlan, unet, opti
     """Everything needed to continue bit-for-bit: weights, EMA, optimizer and both random streams."""
     from safetensors.torch import save_file
 
-    from brainrecon.train.run import optimizer_to_safetensors
-
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -430,8 +435,6 @@ def save_decoder_checkpoint(folder: Path, step: int, plan: TrainPlan, unet, opti
 
 def load_decoder_checkpoint(folder: Path, plan: TrainPlan, unet, optimizer, ema, rng, noise_gen) -> int:
     from safetensors.torch import load_file
-
-    from brainrecon.train.run import optimizer_from_safetensors
 
     state = json.loads((Path(folder) / "state.json").read_text())
     if state["plan"] != json.loads(json.dumps(asdict(plan))):
@@ -488,7 +491,6 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
     manifest then lists both stages). The decoder checkpoints to `out/decoder-checkpoint` as it goes,
     so an interrupted run continues where it stopped when started again with the same arguments.
     """
-    torch.set_num_threads(2)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = TrainPlan.quick() if quick else TrainPlan.full()
@@ -613,159 +615,3 @@ def save_pipeline_atomic(pipe, folder: Path) -> None:
         folder.rename(old)
     partial.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def write_manifest(out: Path, manifest: dict) -> None:
-    (Path(out) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def read_manifest(out: Path) -> dict:
-    return json.loads((Path(out) / "manifest.json").read_text())
-
-
-# ---------------------------------------------------------------------------------------------
-# quality check
-
-
-DEFAULT_GUIDANCE = 3.0  # what `check` uses when the set records no guidance chosen on validation scenes
-DEFAULT_TUNE_SCALES = (1.5, 3.0, 5.0, 8.0)  # guidance scales `tune_guidance` tries unless told otherwise
-
-
-def validation_scenes(n: int, seed: int = 0) -> tuple[np.ndarray, list[list[str]]]:
-    """Scenes for choosing sampling settings: neither trained on nor the held-out check set."""
-    return render_scenes(seed, VALIDATION_KEY, range(n))
-
-
-def recorded_guidance(folder: Path) -> float:
-    """The guidance scale `tune_guidance` chose for this set, else DEFAULT_GUIDANCE."""
-    manifest_path = Path(folder) / "manifest.json"
-    if manifest_path.is_file():
-        sampling = read_manifest(folder).get("sampling") or {}
-        if "guidance_scale" in sampling:
-            return float(sampling["guidance_scale"])
-    return DEFAULT_GUIDANCE
-
-
-def load_set(folder: Path):
-    """The set's small CLIP image embedder and its unCLIP decoder."""
-    from brainrecon.embed.clip import ClipImageEmbedder
-    from brainrecon.generate.unclip import UnclipGenerator
-
-    return ClipImageEmbedder(Path(folder) / "clip", batch_size=64), UnclipGenerator(Path(folder) / "decoder",
-                                                                                    batch_size=50)
-
-
-def decode_true_embeddings(embedder, generator, originals: np.ndarray, steps: int, guidance_scale: float,
-                           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(true embeddings, decodings, decodings' embeddings, 2-way identification) for `originals`."""
-    from brainrecon.evaluate.metrics import two_way_identification
-    from brainrecon.generate.base import GenerationRequest
-
-    true_embeds = embedder.pooled(originals)
-    decoded = generator.generate(GenerationRequest(image_pooled=true_embeds, steps=steps,
-                                                   guidance_scale=guidance_scale, seed=seed))
-    decoded_embeds = embedder.pooled(decoded)
-    return true_embeds, decoded, decoded_embeds, two_way_identification(true_embeds, decoded_embeds)
-
-
-def tune_guidance(folder: Path, scales: Sequence[float] = DEFAULT_TUNE_SCALES, n: int = 200, steps: int = 25,
-                  seed: int = 0, log=print) -> dict:
-    """Pick the guidance scale on *validation* scenes (never the held-out check set); record it.
-
-    The choice goes to manifest["sampling"], which `check_assets` then uses by default, so the
-    held-out figure is measured at a setting fixed before the held-out scenes were decoded.
-    """
-    torch.set_num_threads(2)
-    folder = Path(folder)
-    if not scales:
-        raise ValueError("tune_guidance needs at least one guidance scale")
-    originals, _ = validation_scenes(n)
-    embedder, generator = load_set(folder)
-    by_scale = {}
-    for scale in scales:
-        *_, identification = decode_true_embeddings(embedder, generator, originals, steps, scale, seed)
-        by_scale[f"{scale:g}"] = identification
-        log(f"guidance {scale:g}: 2-way identification on {n} validation scenes {identification:.3f}")
-    best = max(scales, key=lambda scale: by_scale[f"{scale:g}"])
-    sampling = {"guidance_scale": float(best), "chosen_on": f"{n} validation scenes derive_rng(0, "
-                f"'{VALIDATION_KEY}', i)", "steps": steps, "seed": seed,
-                "two_way_identification_by_guidance": by_scale}
-    if (folder / "manifest.json").is_file():
-        manifest = read_manifest(folder)
-        manifest["sampling"] = sampling
-        write_manifest(folder, manifest)
-    log(f"chose guidance {best:g}")
-    return sampling
-
-
-def check_assets(folder: Path, n: int = 200, steps: int = 25, guidance_scale: float | None = None, seed: int = 0,
-                 grid_path: Path | None = None, grid_columns: int = 10, command: str | None = None,
-                 log=print) -> dict:
-    """Decode the TRUE small-CLIP embeddings of n held-out scenes; score with the same small CLIP.
-
-    2-way identification is metrics.two_way_identification (the N-way form: each decoding's
-    embedding against every other held-out original; chance 0.5). Two references put the number
-    in context: the VAE round trip of the originals (the decoder's ceiling through its latent
-    space) and the decodings matched against shuffled originals (chance). The guidance scale defaults
-    to the one `tune_guidance` chose on validation scenes.
-    """
-    from brainrecon.embed.clip import ClipTextEmbedder
-    from brainrecon.evaluate.metrics import two_way_identification
-
-    torch.set_num_threads(2)
-    folder = Path(folder)
-    guidance_scale = recorded_guidance(folder) if guidance_scale is None else guidance_scale
-    started = time.perf_counter()
-    originals, caption_lists = heldout_scenes(n)
-    embedder, generator = load_set(folder)
-    true_embeds, decoded, decoded_embeds, identification = decode_true_embeddings(
-        embedder, generator, originals, steps, guidance_scale, seed)
-    # the CLIP on its own: image -> caption retrieval among the n held-out scenes, per caption template
-    text_embedder = ClipTextEmbedder(folder / "clip", batch_size=64)
-    unit = true_embeds / np.linalg.norm(true_embeds, axis=1, keepdims=True)
-    retrieval = {}
-    for template, name in enumerate(("full", "count", "relation", "short")):
-        text = text_embedder.pooled([captions[template] for captions in caption_lists])
-        similarity = unit @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T
-        retrieval[name] = float((similarity.argmax(axis=1) == np.arange(n)).mean())
-    vae = generator.vae  # the pipeline's own VAE (what VaePath(folder / "decoder") loads)
-    round_trip = vae.decode(vae.encode(originals))
-    shuffled = np.random.default_rng(seed).permutation(n)
-    quality = {
-        "command": command or f"brainrecon assets check {folder}",
-        "heldout_scenes": n, "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "noise_level": 0,
-        "two_way_identification": identification,
-        "clip_image_to_caption_top1": retrieval,
-        "two_way_identification_vae_round_trip": two_way_identification(true_embeds, embedder.pooled(round_trip)),
-        "two_way_identification_shuffled": two_way_identification(true_embeds, decoded_embeds[shuffled]),
-        "pixel_correlation": float(np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1]
-                                            for a, b in zip(originals.astype(float), decoded.astype(float))])),
-        "vae_round_trip_psnr_db": float(10 * np.log10(255.0 ** 2 / np.mean(
-            (originals.astype(float) - round_trip.astype(float)) ** 2))),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    if grid_path is not None:
-        save_grid(originals[:2 * grid_columns], decoded[:2 * grid_columns], Path(grid_path), grid_columns)
-        quality["grid"] = str(grid_path)
-    if (folder / "manifest.json").is_file():
-        manifest = read_manifest(folder)
-        manifest["quality"] = quality
-        write_manifest(folder, manifest)
-    log(json.dumps(quality, indent=2))
-    return quality
-
-
-def save_grid(originals: np.ndarray, decoded: np.ndarray, path: Path, columns: int, scale: int = 2) -> None:
-    """Rows of originals each followed by a row of their decodings, upscaled (nearest) for viewing."""
-    from PIL import Image
-
-    gap, size = 4, originals.shape[1] * scale
-    n_blocks = math.ceil(len(originals) / columns)
-    canvas = Image.new("RGB", (columns * (size + gap) + gap, n_blocks * (2 * size + 3 * gap) + gap), "white")
-    for i, (orig, dec) in enumerate(zip(originals, decoded)):
-        block, col = divmod(i, columns)
-        x, y = gap + col * (size + gap), gap + block * (2 * size + 3 * gap)
-        canvas.paste(Image.fromarray(orig).resize((size, size), Image.NEAREST), (x, y))
-        canvas.paste(Image.fromarray(dec).resize((size, size), Image.NEAREST), (x, y + size + gap))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)

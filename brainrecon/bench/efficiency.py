@@ -22,8 +22,10 @@ from typing import Any
 
 from brainrecon.bench.leaderboard import claim_workdir, git_commit, machine, sim_train_config, train_in_child
 from brainrecon.config import StrictConfig, load_config
-from brainrecon.data.simworld.config import SIMULATED_NOTE
+from brainrecon.data import open_store
+from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
 from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.report.figures import pyplot, save_figure
 
 
 class EfficiencyConfig(StrictConfig):
@@ -63,9 +65,6 @@ def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int]
 
 
 def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str = "custom") -> dict:
-    from brainrecon.data import open_store
-    from brainrecon.data.simworld import WorldConfig, simulate_world
-
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
     claim_workdir(out, "efficiency", config)
     store_path, runs = out / "store", out / "runs"
@@ -110,8 +109,6 @@ def _by(result: dict, kind: str) -> list[dict]:
 
 
 def plot_efficiency(result: dict, path: Path) -> None:
-    from brainrecon.report.figures import pyplot, save_figure
-
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.6, 3.6))
     for kind, marker in (("per-subject", "o"), ("multi-subject", "s")):

@@ -25,9 +25,17 @@ from typing import Any
 
 
 from brainrecon.config import StrictConfig, load_config
-from brainrecon.baseline import SPACE_LABELS, SPACE_OF_TARGET
-from brainrecon.data.simworld.config import SIMULATED_NOTE
+from brainrecon.data import open_store
+from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
+from brainrecon.errors import ConfigError
+from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, space_targets, subject_ceilings
+from brainrecon.evaluate.ecphory import ecphory_embedding_scores
+from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run
 from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.reconstruct import ReconstructConfig, open_memory
+from brainrecon.reconstruct import reconstruct as run_reconstruct
+from brainrecon.train.config import TrainConfig
+from brainrecon.train.run import RunContext, load_run
 
 SUBJECT = "subj01"
 IMAGE_METRICS = ("pixcorr", "ssim", "clip")  # those the simulated world can score (no AlexNet/Inception files)
@@ -52,8 +60,6 @@ def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int
 
     Mapping overrides are merged one level deep (``batch_size: 8`` replaces, ``optim: {lr: ..}`` updates).
     """
-    from brainrecon.train.config import TrainConfig
-
     preset = load_config(TrainConfig, f"sim-{model}", "train").model_dump(mode="json")
     preset.update(fixed, eval={**preset["eval"], "way": way, "draws": draws, "seed": eval_seed})
     for key, value in overrides.items():
@@ -64,8 +70,6 @@ def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int
 
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     """A bench folder holds one bench with one config; resuming with another would mix their results."""
-    from brainrecon.errors import ConfigError
-
     marker = out / "bench.json"
     wanted = {"bench": bench, "config": config.model_dump(mode="json")}
     if marker.is_file():
@@ -133,18 +137,12 @@ main()
 
 
 def count_parameters(run: Path) -> int:
-    from brainrecon.train.run import load_run
-
     model, _ = load_run(run)
     return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
 
 
 def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecphory: bool) -> dict:
     """Reconstruct and evaluate one row; with Ecphory, retrieval is scored on the fused embedding."""
-    from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run
-    from brainrecon.reconstruct import ReconstructConfig, RunContext, ecphory_embedding_scores, open_memory
-    from brainrecon.reconstruct import reconstruct as run_reconstruct
-
     started = time.perf_counter()
     settings = ReconstructConfig(ecphory=ecphory, k=config.samples, alpha=config.alpha, n_images=config.recon_images,
                                  steps=config.recon_steps, batch_size=32)
@@ -174,9 +172,6 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
 
 def oracle_row(store_path: Path, config: LeaderboardConfig) -> dict:
     """The oracle, and each target space's ceiling and plain ridge (the store's ceiling table)."""
-    from brainrecon.baseline import space_targets, subject_ceilings
-    from brainrecon.data import open_store
-
     store = open_store(store_path)
     way = min(config.way, len(store.subject(SUBJECT).test()))
     table = subject_ceilings(store, SUBJECT, space_targets(store), way, config.draws, config.seed)
@@ -193,8 +188,6 @@ LABELS = {"ridge": "Ridge (Brain-Diffuser-style)", "mindeye1": "MindEye1-style",
 
 def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: str = "custom") -> dict:
     """Build (or resume) the leaderboard in ``out``; returns what leaderboard.json holds."""
-    from brainrecon.data.simworld import WorldConfig, simulate_world
-
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
     claim_workdir(out, "leaderboard", config)
     store, rows_dir, runs = out / "store", out / "rows", out / "runs"

@@ -2,8 +2,9 @@
 
 Same file names, folder layout, dataset keys, dtypes, axis orders, tar member
 naming (webdataset ``<key>.<suffix>``) and the 17 behaviour columns as the real
-files described in the reference mindeye.md §7; only the sizes shrink (few
-sessions, few voxels, few small images, a 73k index space of a few hundred).
+files released with MindEye1 (Scotti et al., NeurIPS 2023) and MindEye2 (Scotti
+et al., ICML 2024); only the sizes shrink (few sessions, few voxels, few small
+images, a 73k index space of a few hundred).
 
 Both fakes are cut from one seeded fake experiment (:func:`fake_experiment`):
 750 trials per session, every image of a pool shown up to 3 times, the first
@@ -94,7 +95,7 @@ def sample_key(index: int) -> str:
 
 
 def behav_row(exp: FakeExperiment, trial: int) -> np.ndarray:
-    """The 17 behaviour columns of one global trial (mindeye.md §7.2); -1 stands for NaN."""
+    """The 17 behaviour columns of one global trial (MindEye2's released behaviour table); -1 stands for NaN."""
     session, in_session = divmod(trial, TRIALS_PER_SESSION)
     run_starts = np.cumsum([0] + RUN_TRIALS)
     run = int(np.searchsorted(run_starts, in_session, side="right"))  # 1-based

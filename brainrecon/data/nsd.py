@@ -36,7 +36,8 @@ from brainrecon.data.writer import StoreWriter
 from brainrecon.errors import StoreError
 from brainrecon.io import sha256_file
 
-# NSD core sessions per subject (nsd-data.md §9); used when `sessions` is not given.
+# NSD core sessions per subject (NSD, Allen et al., Nature Neuroscience 2022; NSD Data Manual, "Technical
+# notes"); used when `sessions` is not given.
 NSD_CORE_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 BETAS_FORMATS = ("auto", "hdf5", "nifti")
 IMAGE_BLOCK_BYTES = 64 << 20

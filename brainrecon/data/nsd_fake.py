@@ -2,10 +2,10 @@
 
 The fake has the real file names, folder layout, dataset keys, dtypes, axis
 orders, 1-based indices, the 41 CSV columns and 750 trials per session; only the
-sizes shrink (few sessions, tiny volumes, few and small images). See the
-reference nsd-data.md §16 and docs/nsd.md.
+sizes shrink (few sessions, tiny volumes, few and small images). See docs/nsd.md
+for the real layout (NSD, Allen et al., Nature Neuroscience 2022).
 
-Deviation from the reference fake world: with 750 trials per session and at most
+Image counts: with 750 trials per session and at most
 3 presentations per image (the CSV has rep0..rep2 columns only), a subject needs
 at least 250 images per session, so each subject sees 250 x n_sessions images,
 each exactly 3 times across the full design, drawn from a pool of ``n_images``.

@@ -5,7 +5,8 @@ that file and how to fix it. Sizes (number of images, volume shape, trials per
 file) are always read from the files, never assumed, so the same code reads the
 real data and the small schema-identical fakes of :mod:`brainrecon.data.nsd_fake`.
 
-Conventions (docs/nsd.md, reference nsd-data.md §3, §4, §8):
+Conventions (docs/nsd.md; NSD, Allen et al., Nature Neuroscience 2022, and the NSD Data
+Manual's pages on ``nsd_expdesign.mat``, ``nsd_stim_info_merged.csv`` and the betas):
 
 * ``nsd_expdesign.mat`` holds 1-based indices; :class:`Design` keeps them 1-based
   exactly as stored and :func:`subject_trial_ids` converts to 0-based 73k ids.

@@ -31,9 +31,10 @@ import torch
 from pydantic import Field
 from PIL import Image
 
-from brainrecon.config import Device, StrictConfig
+from brainrecon.config import Device, StrictConfig, load_config
 from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.store import Store
+from brainrecon.embed.clip import ClipImageEmbedder
 from brainrecon.errors import EvaluationError
 from brainrecon.evaluate.feature_nets import (
     MetricUnavailable,
@@ -52,7 +53,11 @@ from brainrecon.evaluate.metrics import (
 )
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
 from brainrecon.io import atomic_write_json, sha256_file
+from brainrecon.generate.base import quiet_model_loading
 from brainrecon.models.base import BrainModel, predict_in_batches
+from brainrecon.pretrained import SIMWORLD, resolve_model_dir
+from brainrecon.train.config import TrainConfig
+from brainrecon.train.run import RunContext, training_stimuli
 
 METRICS_FORMAT = "brainrecon.metrics/1"
 
@@ -183,10 +188,6 @@ def feature_encoders(weights: str | Path | None, clip_path: str | Path | None, d
 def _clip_encoder(spec: FeatureMetric, clip_path, device: str, note: str):
     if clip_path is None:
         return MetricUnavailable(spec.name, "no CLIP given (--clip DIR: OpenAI ViT-L/14 for the published protocol)")
-    from brainrecon.embed.clip import ClipImageEmbedder
-    from brainrecon.generate.base import quiet_model_loading
-    from brainrecon.train.targets import resolve_model_dir
-
     quiet_model_loading()
     try:
         clip = ClipImageEmbedder(resolve_model_dir(clip_path, "--clip", "clip"), device)
@@ -301,9 +302,6 @@ def selection_of(manifest: dict | None) -> dict:
 def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | Path | None = None,
                  config: EvaluateConfig | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate a run (and optionally its reconstructions); write metrics.json (default RUN/metrics.json)."""
-    from brainrecon.reconstruct import RunContext
-    from brainrecon.train.targets import SIMWORLD
-
     config = config or EvaluateConfig()
     run = Path(run)
     context = RunContext.open(run, data, config.device)
@@ -370,11 +368,22 @@ def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | 
 def guard(run: Path, context, test_ids: dict[str, np.ndarray], manifest: dict | None,
           config: EvaluateConfig) -> LeakageReport:
     """The leakage guard, fed with what the run trained on (its record, or rebuilt for older runs)."""
-    from brainrecon.train.run import training_stimuli
-
     normalizations = {s: context.store.subject(s).normalization for s in test_ids}
     return check_leakage(run, test_ids, training_stimuli(run), normalizations, manifest,
                          config.allow_test_normalization)
+
+
+def final_evaluation(run: str | Path, device: str = "cpu") -> dict:
+    """Held-out retrieval of a freshly trained run, with the run's own `eval` settings, into
+    RUN/metrics.json (what `brainrecon train` does when training ends).
+
+    Stores normalised with test statistics (MindEye's released files) are scored, not refused,
+    and labelled as not held out; `brainrecon evaluate` refuses them unless asked.
+    """
+    config = load_config(TrainConfig, Path(run) / "config.yaml", "train")
+    settings = EvaluateConfig(way=config.eval.way, draws=config.eval.draws, seed=config.eval.seed,
+                              device=device, allow_test_normalization=True)
+    return evaluate_run(run, config=settings, progress=False)
 
 
 # --------------------------------------------------------------------------- the printed table
@@ -423,4 +432,5 @@ def metrics_table(metrics: dict, with_ci: bool = True) -> str:
 
 
 __all__ = ["METRICS_FORMAT", "METRIC_COLUMNS", "EvaluateConfig", "average_over_subjects", "evaluate_run",
+           "final_evaluation",
            "feature_encoders", "image_values", "metrics_table", "normal_value", "predict_test", "retrieval_values"]

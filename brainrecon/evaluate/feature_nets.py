@@ -1,6 +1,6 @@
 """Feature networks of the reconstruction metrics, in plain torch, loadable from standard weight files.
 
-torchvision cannot be installed next to transformers/diffusers here (docs/dependencies.md §3),
+torchvision cannot be installed next to transformers/diffusers here (docs/dependencies.md),
 so the four backbones the metrics need are defined below from their published architectures,
 with module names chosen so that ``state_dict()`` keys equal torchvision's. The standard
 weight files therefore load with ``load_state_dict(strict=True)``:

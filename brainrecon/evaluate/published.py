@@ -1,7 +1,6 @@
 """Published NSD figures, for context beside a run's own table (never mixed with it).
 
-Source: the MindEye2 paper's Table 1, as collected in the project's reference notes
-(../shared/reference/mindeye.md, section 9). Average over NSD subjects 1, 2, 5 and 7. Values are
+Source: Table 1 of MindEye2 (Scotti et al., ICML 2024). Average over NSD subjects 1, 2, 5 and 7. Values are
 as published: two-way identification and retrieval in %, EffNet-B and SwAV as correlation
 distances (lower is better). Retrieval is 300-way top-1 (MindEye2's 40-hour figures are
 from its memory-bank table).

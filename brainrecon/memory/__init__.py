@@ -1,6 +1,6 @@
 """Retrieval-enhanced inference: subject memories (Psychometry's Ecphory), sample selection, image banks.
 
-- `SubjectMemory` (store.py): per-subject keys (model predictions for training
+- `SubjectMemory` (subject_memory.py): per-subject keys (model predictions for training
   trials) -> values (true embeddings), compact search keys in a faiss index,
   float16 values memory-mapped from disk.
 - `fuse` (ecphory.py): top-k retrieval and the alpha blend of prediction and values.
@@ -20,7 +20,7 @@ from brainrecon.memory.selection import (
     select_samples,
     select_samples_oracle,
 )
-from brainrecon.memory.store import MemoryConfig, SubjectMemory
+from brainrecon.memory.subject_memory import MemoryConfig, SubjectMemory
 
 __all__ = [
     "BankError", "EcphoryConfig", "EcphoryResult", "ImageBank", "MemoryConfig", "MemoryStoreError", "Selection",

@@ -79,8 +79,11 @@ def training_sample_size(index, n: int) -> int:
     return min(n, wanted)
 
 
-def training_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """A deterministic, sorted subsample of row numbers (sorted: memory-map and shard friendly)."""
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic, sorted subsample of row numbers (sorted: memory-map and shard friendly).
+
+    Picks the vectors a faiss index is trained on, and the rows a PCA projection is fitted on.
+    """
     if size >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))

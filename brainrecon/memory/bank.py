@@ -46,7 +46,7 @@ from brainrecon.memory._index import (
     faiss_search,
     fill_index,
     make_index,
-    training_rows,
+    sample_rows,
     training_sample_size,
 )
 from brainrecon.memory.errors import BankError
@@ -215,7 +215,7 @@ def build_bank(image_dir: str | Path, embedder, out_dir: str | Path, batch_size:
             yield np.load(_shard_path(out_dir, shard))
 
     faiss_index = make_index(kind, dim, len(paths))
-    rows = training_rows(len(paths), training_sample_size(faiss_index, len(paths)))
+    rows = sample_rows(len(paths), training_sample_size(faiss_index, len(paths)))
     training = None
     if len(rows):
         training = np.concatenate([np.load(_shard_path(out_dir, s), mmap_mode="r")[

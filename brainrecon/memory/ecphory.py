@@ -1,6 +1,6 @@
 """Ecphory: blend a brain prediction with the true embeddings of the training stimuli it recalls.
 
-Psychometry's retrieval-enhanced inference (multisubject-methods §2.5): search
+Psychometry's retrieval-enhanced inference (Psychometry, Quan et al., CVPR 2024): search
 the subject's memory with the prediction, take the top-k entries, and make k
 conditioning embeddings
 
@@ -38,7 +38,7 @@ from pydantic import Field
 from brainrecon.config import StrictConfig
 from brainrecon.memory._arrays import is_torch, to_numpy
 from brainrecon.memory.errors import MemoryStoreError
-from brainrecon.memory.store import SubjectMemory
+from brainrecon.memory.subject_memory import SubjectMemory
 
 
 class EcphoryConfig(StrictConfig):

@@ -1,8 +1,9 @@
 """Pick one of the k images generated per test trial, and say how it was picked.
 
 Psychometry and MindBridge keep, of their k samples, the one whose CLIP image
-embedding is closest to *the ground-truth test image* (multisubject-methods
-§2.5). That uses the answer to choose the answer: the reported metrics are then
+embedding is closest to *the ground-truth test image* (the released inference
+code of Psychometry, Quan et al., CVPR 2024, and of MindBridge, Wang et al.,
+CVPR 2024). That uses the answer to choose the answer: the reported metrics are then
 not those of a decoder that only sees the brain. MindEye1's "second-order
 selection" instead compares the samples with the *brain-predicted* embedding,
 which is available at test time. That honest choice is the default here; the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from brainrecon.config import validate_config
 from brainrecon.errors import ConfigError
 from brainrecon.models.base import BrainModel, StepInfo, SubjectBatch, TargetSpace
 from brainrecon.models.ridge import Ridge, RidgeConfig
@@ -31,8 +32,6 @@ def model_class(kind: str) -> type[BrainModel]:
 
 def build_model(kind: str, options: dict, subjects: dict[str, int], space: TargetSpace) -> BrainModel:
     """A fresh model from its kind and config options (validated: unknown keys are errors)."""
-    from brainrecon.config import validate_config
-
     cls = model_class(kind)
     config = validate_config(cls.config_class, options, source=f"model ({kind})")
     return cls(config, subjects, space)

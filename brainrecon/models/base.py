@@ -109,6 +109,8 @@ class BrainModel(nn.Module, abc.ABC):
     required_targets: ClassVar[tuple[str, ...]] = ("image_tokens",)
     # the prediction compared with the target of the same name in retrieval evaluation
     retrieval_target: ClassVar[str] = "image_tokens"
+    # True: fitted in one solve per subject by `fit_subject`, not by gradient steps (the ridge)
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, config: StrictConfig, subjects: dict[str, int], space: TargetSpace):
         super().__init__()
@@ -135,6 +137,18 @@ class BrainModel(nn.Module, abc.ABC):
     def training_loss(self, batches: list[SubjectBatch], info: StepInfo,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss for one step over all subjects' batches, and floats to log."""
+
+    @property
+    def fit_targets(self) -> tuple[str, ...]:
+        """The targets a closed-form model's `fit_subject` is given."""
+        return ()
+
+    def fit_subject(self, subject: str, betas: np.ndarray, targets: dict[str, np.ndarray],
+                    groups: np.ndarray) -> dict:
+        """Closed-form models: fit ``subject``'s parameters on all its training trials (``targets``: each
+        of `fit_targets` for those trials; ``groups``: their stimulus ids, so cross-validation folds never
+        split a stimulus's repeats). Returns what the fit chose, for the run's record."""
+        raise NotImplementedError(f"model {self.kind!r} is trained by gradient steps, not in closed form")
 
     def embeddings_for_generation(self, betas: torch.Tensor, subject: str,
                                   generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Building blocks shared by the brain models: residual MLP backbones, per-token projectors, a low-level head.
 
-They follow MindEye's layer recipes (mindeye.md sections 3-4) but are kept
+They follow the layer recipes of MindEye (Scotti et al., NeurIPS 2023) and MindEye2
+(Scotti et al., ICML 2024), as in their released ``models.py``, but are kept
 generic (widths, depths and norms are arguments) so that every model in
 `brainrecon.models` can reuse them instead of carrying its own copy.
 """
@@ -9,11 +10,25 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from brainrecon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from brainrecon.models.base import TargetSpace
+
+
+def token_shape(space: TargetSpace, name: str) -> tuple[int, int]:
+    """(T, D) of a token target; a pooled (D,) target counts as one token."""
+    shape = space[name]
+    if len(shape) == 1:
+        return 1, shape[0]
+    if len(shape) != 2:
+        raise ConfigError(f"target {name!r} has shape {shape}; the MindEye models need (tokens, dim) or (dim,)")
+    return shape[0], shape[1]
 
 
 class ResidualMLP(nn.Module):

@@ -1,8 +1,13 @@
 """Losses shared by the brain models: BiMixCo, SoftCLIP and its schedule, normalised MSE, Mind Reader's mse_cos.
 
 All contrastive losses act on flattened, L2-normalised vectors (MindEye's
-convention: 257x768 tokens become one 197,376-d vector). Formulas follow
-mindeye.md section 6.
+convention: 257x768 tokens become one 197,376-d vector). Formulas and schedule
+follow MindEye (Scotti et al., NeurIPS 2023) and MindEye2 (Scotti et al.,
+ICML 2024), as implemented in their released ``utils.py`` (``mixco``,
+``mixco_nce``, ``soft_clip_loss``, ``cosine_anneal``).
+
+The helpers at the end (`mix_on`, `contrastive_loss`, `prior_and_lowlevel_losses`)
+assemble one MindEye training step's loss terms and are shared by MindEye1 and MindEye2.
 """
 
 from __future__ import annotations
@@ -135,3 +140,36 @@ def mse_cos_loss(preds: torch.Tensor, targets: torch.Tensor, cos_weight: float =
     preds, targets = preds.flatten(1), targets.flatten(1)
     cosine = F.cosine_similarity(preds, targets, dim=-1).mean()
     return (1 - cos_weight) * F.mse_loss(preds, targets) + cos_weight * (1 - cosine)
+
+
+def mix_on(mix: MixCo, device: torch.device) -> MixCo:
+    """The draw moved to the batch's device (draws are made on the CPU, from the step's generator)."""
+    return MixCo(mix.perm.to(device), mix.beta.to(device), mix.select.to(device))
+
+
+def contrastive_loss(preds: torch.Tensor, targets: torch.Tensor, phase: str, temperature: float,
+                     mix: MixCo | None) -> torch.Tensor:
+    """The schedule's loss for this phase: BiMixCo (with the draw that mixed the inputs) or SoftCLIP."""
+    if phase == "bimixco":
+        return bimixco_loss(preds, targets, temperature, mix)
+    return soft_clip_loss(preds, targets, temperature)
+
+
+def prior_and_lowlevel_losses(model, out: dict, target: torch.Tensor, latents: torch.Tensor | None,
+                              mix: MixCo | None, generator: torch.Generator, prior_mult: float,
+                              lowlevel_mult: float) -> tuple[torch.Tensor | float, dict[str, float]]:
+    """The MindEye heads' extra terms: prior_mult * prior loss + lowlevel_mult * L1 on (mixed) VAE latents.
+
+    As upstream, the prior's condition comes from the (possibly mixed) betas and its target is the clean
+    embedding; the low-level target is mixed with the same MixCo draw as the betas.
+    """
+    loss, log = 0.0, {}
+    if model.prior is not None:
+        loss_prior = model.prior.loss(out["backbone"], target, generator)
+        loss = loss + prior_mult * loss_prior
+        log["loss_prior"] = loss_prior.item()
+    if model.lowlevel is not None:
+        loss_low = F.l1_loss(out["lowlevel"], mix.apply(latents) if mix is not None else latents)
+        loss = loss + lowlevel_mult * loss_low
+        log["loss_lowlevel"] = loss_low.item()
+    return loss, log

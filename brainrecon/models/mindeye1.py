@@ -1,6 +1,7 @@
 """MindEye1 (Scotti et al. 2023): one subject's voxels -> CLIP image tokens, plus a jointly trained diffusion prior.
 
-Architecture (mindeye.md section 3.1): ``Linear(nvox, h) -> LN -> GELU -> Dropout(0.5)``,
+Architecture (MindEye, Scotti et al., NeurIPS 2023: the high-level pipeline, ``BrainNetwork``
+in the released ``src/models.py``): ``Linear(nvox, h) -> LN -> GELU -> Dropout(0.5)``,
 a post-norm residual MLP, ``Linear(h, T*D)`` reshaped to (T, D) "backbone" tokens,
 and a per-token projector whose output is trained contrastively against the
 target tokens (BiMixCo for the first third of the epochs, then SoftCLIP). The
@@ -15,20 +16,19 @@ VAE latents from the backbone's hidden vector with an L1 loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.models.base import BrainModel, StepInfo, SubjectBatch, TargetSpace
-from brainrecon.models.blocks import LowLevelHead, ResidualMLP, TokenProjector
+from brainrecon.models.blocks import LowLevelHead, ResidualMLP, TokenProjector, token_shape
 from brainrecon.models.losses import (
     ContrastiveConfig,
-    MixCo,
-    bimixco_loss,
+    contrastive_loss,
     draw_mixco,
-    soft_clip_loss,
+    mix_on,
+    prior_and_lowlevel_losses,
 )
 from brainrecon.models.prior import DiffusionPrior, PriorConfig
 
@@ -45,49 +45,6 @@ class MindEye1Config(StrictConfig):
     lowlevel_channels: tuple[int, ...] = (64, 128, 256)  # conv widths of the low-level head, narrowest first
     lowlevel_mult: float = Field(1.0, ge=0.0)
     schedule: ContrastiveConfig = ContrastiveConfig()
-
-
-def prior_and_lowlevel_losses(model, out: dict, target: torch.Tensor, latents: torch.Tensor | None,
-                              mix: MixCo | None, generator: torch.Generator, prior_mult: float,
-                              lowlevel_mult: float) -> tuple[torch.Tensor | float, dict[str, float]]:
-    """The MindEye heads' extra terms: prior_mult * prior loss + lowlevel_mult * L1 on (mixed) VAE latents.
-
-    As upstream, the prior's condition comes from the (possibly mixed) betas and its target is the clean
-    embedding; the low-level target is mixed with the same MixCo draw as the betas.
-    """
-    loss, log = 0.0, {}
-    if model.prior is not None:
-        loss_prior = model.prior.loss(out["backbone"], target, generator)
-        loss = loss + prior_mult * loss_prior
-        log["loss_prior"] = loss_prior.item()
-    if model.lowlevel is not None:
-        loss_low = F.l1_loss(out["lowlevel"], mix.apply(latents) if mix is not None else latents)
-        loss = loss + lowlevel_mult * loss_low
-        log["loss_lowlevel"] = loss_low.item()
-    return loss, log
-
-
-def token_shape(space: TargetSpace, name: str) -> tuple[int, int]:
-    """(T, D) of a token target; a pooled (D,) target counts as one token."""
-    shape = space[name]
-    if len(shape) == 1:
-        return 1, shape[0]
-    if len(shape) != 2:
-        raise ConfigError(f"target {name!r} has shape {shape}; the MindEye models need (tokens, dim) or (dim,)")
-    return shape[0], shape[1]
-
-
-def mix_on(mix: MixCo, device: torch.device) -> MixCo:
-    """The draw moved to the batch's device (draws are made on the CPU, from the step's generator)."""
-    return MixCo(mix.perm.to(device), mix.beta.to(device), mix.select.to(device))
-
-
-def contrastive_loss(preds: torch.Tensor, targets: torch.Tensor, phase: str, temperature: float,
-                     mix: MixCo | None) -> torch.Tensor:
-    """The schedule's loss for this phase: BiMixCo (with the draw that mixed the inputs) or SoftCLIP."""
-    if phase == "bimixco":
-        return bimixco_loss(preds, targets, temperature, mix)
-    return soft_clip_loss(preds, targets, temperature)
 
 
 class MindEye1(BrainModel):

@@ -1,6 +1,7 @@
 """MindEye2 (Scotti et al. 2024): per-subject linear adapters into a shared space, one shared backbone.
 
-Architecture (mindeye.md section 4): one ``Linear(nvox_s, h)`` "ridge" adapter per
+Architecture (MindEye2, Scotti et al., ICML 2024; ``RidgeRegression`` and ``BrainNetwork``
+in the released code): one ``Linear(nvox_s, h)`` "ridge" adapter per
 subject, a pre-norm residual MLP (upstream's ``mixer_blocks1``; its
 ``mixer_blocks2`` act over a sequence of length 1 and only add a learned
 constant, so they are left out: 24 parameters at 4 blocks), ``Linear(h, T*D)``
@@ -26,13 +27,14 @@ from torch import nn
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.models.base import BrainModel, StepInfo, SubjectBatch, TargetSpace
-from brainrecon.models.blocks import LowLevelHead, ResidualMLP, TokenProjector
-from brainrecon.models.losses import ContrastiveConfig, MixCo, draw_mixco
-from brainrecon.models.mindeye1 import (
+from brainrecon.models.blocks import LowLevelHead, ResidualMLP, TokenProjector, token_shape
+from brainrecon.models.losses import (
+    ContrastiveConfig,
+    MixCo,
     contrastive_loss,
+    draw_mixco,
     mix_on,
     prior_and_lowlevel_losses,
-    token_shape,
 )
 from brainrecon.models.prior import DiffusionPrior, PriorConfig
 

@@ -1,6 +1,7 @@
 """A self-contained diffusion prior: brain tokens -> target-embedding tokens (replaces dalle2-pytorch).
 
-MindEye's prior (mindeye.md sections 3.1 and 4.3) is a DALL-E 2 ``DiffusionPrior``
+MindEye's prior (MindEye, Scotti et al., NeurIPS 2023; MindEye2, Scotti et al., ICML 2024;
+``BrainDiffusionPrior`` in their released ``models.py``) is a DALL-E 2 ``DiffusionPrior``
 whose denoiser is a non-causal transformer over the token sequence
 
     [condition tokens (n), time token (1), noisy target tokens + learned positions (n)]
@@ -9,7 +10,8 @@ and whose output (the last n tokens) is the clean target x0 itself. It is traine
 with MSE on x0 under a cosine noise schedule with T = 100, with the condition
 replaced by learned null tokens 20% of the time so that classifier-free guidance
 is possible, and sampled by DDIM in 20 steps. dalle2-pytorch itself is not used
-(it needs torchvision and scales its input in place: dependencies.md section 9).
+(it needs torchvision, see docs/dependencies.md, and its ``DiffusionPrior.forward`` scales the
+caller's target tensor in place, as of dalle2-pytorch 1.15.6).
 
 Deliberate differences from upstream, each for a stated reason:
 

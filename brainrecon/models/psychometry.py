@@ -14,7 +14,7 @@ Training sums, over subjects, SoftCLIP (fixed temperature) plus mse_mult times t
 MSE between L2-normalised flattened vectors, for image and text tokens alike, as
 Psychometry's trainer does: one optimiser step on the sum of the subjects' losses.
 
-The released code (multisubject-methods.md section 2.1) is a cleaned-up, non-runnable
+The released code (``QUANRJ/Psychometry`` on GitHub) is a cleaned-up, non-runnable
 post-hoc release; this is a fresh implementation from the description. An optional
 low-level branch predicts SD-VAE latents with per-subject projections and a shared
 MLP head (the paper uses a diffusers Decoder upsampler there; an MLP keeps it cheap).

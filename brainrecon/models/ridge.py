@@ -299,6 +299,7 @@ class RidgeDecoder(BrainModel):
     kind = "ridge"
     config_class = RidgeDecoderConfig
     required_targets = ()
+    closed_form = True
 
     def __init__(self, config: RidgeDecoderConfig, subjects: dict[str, int], space):
         super().__init__(config, subjects, space)
@@ -323,7 +324,13 @@ class RidgeDecoder(BrainModel):
                 state_dict[f"{prefix}{subject}__bias"] = torch.zeros(weight.shape[1], dtype=weight.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def fit_subject(self, subject: str, betas: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict:
+    @property
+    def fit_targets(self) -> tuple[str, ...]:
+        return (self.config.target,)
+
+    def fit_subject(self, subject: str, betas: np.ndarray, targets: dict[str, np.ndarray],
+                    groups: np.ndarray) -> dict:
+        targets = targets[self.config.target]
         ridge = Ridge(RidgeConfig(alphas=self.config.alphas, folds=self.config.folds, dtype=self.config.dtype,
                                   device=self.config.device))
         ridge.fit(betas, targets.reshape(len(targets), -1), groups=groups)

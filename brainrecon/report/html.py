@@ -17,13 +17,16 @@ import json
 from pathlib import Path
 
 
-from brainrecon.baseline import SPACE_LABELS, SPACE_OF_TARGET, load_ceilings
+from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, load_ceilings
 from brainrecon.data import open_store
+from brainrecon.data.simworld import SIMULATED_NOTE
 from brainrecon.errors import BrainreconError, EvaluationError
-from brainrecon.evaluate.evaluation import METRIC_COLUMNS, format_cell, is_available, read_manifest
+from brainrecon.evaluate.evaluation import (METRIC_COLUMNS, format_cell, is_available, read_manifest,
+                                            read_reconstructions)
 from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
 from brainrecon.io import atomic_write_text, sha256_file
 from brainrecon.report import figures
+from brainrecon.train.run import CLOSED_FORM_FIT
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1b1b1b; }
@@ -108,9 +111,6 @@ def _selection_banner(selection: dict) -> str:
 
 def _grids(metrics: dict, out: Path, max_images: int) -> list[str]:
     """One grid per subject, truth above reconstruction, from the reconstructions metrics.json names."""
-    from brainrecon.data.store import open_store
-    from brainrecon.evaluate.evaluation import read_reconstructions
-
     recons = metrics.get("reconstructions")
     if not recons:
         return ['<p id="no-grid">No reconstructions were scored for this run (evaluate with --recons DIR).</p>']
@@ -138,7 +138,8 @@ def _grids(metrics: dict, out: Path, max_images: int) -> list[str]:
 def _curves(run: Path, out: Path) -> str:
     log = run / "log.csv"
     if not log.is_file():
-        fit = run / "ridge_fit.json"
+        fit = next((run / name for name in (CLOSED_FORM_FIT, "ridge_fit.json") if (run / name).is_file()),
+                   run / CLOSED_FORM_FIT)  # ridge_fit.json: runs made before the name was generic
         detail = ""
         if fit.is_file():
             fits = json.loads(fit.read_text())
@@ -192,7 +193,7 @@ def ceilings_html(metrics: dict) -> str:
             f'and the ceiling of its target space ({html.escape(SPACE_LABELS[from_target])}): the best a decoder '
             f'into that space reaches with what the simulated brain carries ({table["way"]}-way, from the store\'s '
             f'ceilings.json; ceilings are scored with the training images\' mean target subtracted). '
-            f'Simulated-world figures, not NSD results.</p><table id="ceilings"><thead><tr><th>subject</th>'
+            f'{html.escape(SIMULATED_NOTE)}</p><table id="ceilings"><thead><tr><th>subject</th>'
             f'<th>this run</th><th>space ceiling</th><th>÷ ceiling</th><th>oracle</th><th>÷ oracle</th></tr>'
             f'</thead><tbody>{"".join(rows)}</tbody></table>')
 

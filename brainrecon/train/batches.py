@@ -41,10 +41,9 @@ def training_rows(store: Store, subject: str, seed: int, sessions: list[int] | N
 class SubjectStream:
     """One subject's training trials: normalised betas held in memory as float16, and their targets."""
 
-    def __init__(self, store: Store, subject: str, targets: Targets, seed: int,
-                 sessions: list[int] | None = None, max_trials: int | None = None):
+    def __init__(self, store: Store, subject: str, targets: Targets, seed: int, rows: np.ndarray):
+        """``rows``: the subject's training trial rows (``training_rows``, as the run records them)."""
         data = store.subject(subject)
-        rows = training_rows(store, subject, seed, sessions, max_trials)
         self.subject, self.seed = subject, seed
         self.betas = torch.from_numpy(data.read_trials(rows).astype(np.float16))
         self.stimulus_ids = data.trials.stimulus_id[rows].astype(np.int64)

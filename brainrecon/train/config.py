@@ -25,6 +25,17 @@ class OptimConfig(StrictConfig):
     # AdamW's kernel. "auto": fused (one kernel over all parameters) where torch has it for the device
     # (CPU and CUDA here), else foreach; "for-loop" is torch's per-tensor reference, for comparison only
     kernel: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    # "cosine" only: a linear warm-up over the first warmup_steps steps (lr * (step + 1) / warmup_steps),
+    # then a cosine from lr down to lr * min_lr_fraction. The defaults (0, 0) are the plain cosine to 0.
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_fraction: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _cosine_options_need_cosine(self) -> OptimConfig:
+        if self.schedule != "cosine" and (self.warmup_steps or self.min_lr_fraction):
+            raise ValueError(f"warmup_steps and min_lr_fraction shape the 'cosine' schedule only, "
+                             f"not {self.schedule!r}")
+        return self
 
 
 class EvalConfig(StrictConfig):

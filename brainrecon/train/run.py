@@ -3,7 +3,9 @@
     RUN/config.yaml              the full config, written before the first step
     RUN/model.json               model kind, options, subjects (name -> voxels), target space, store
     RUN/model.safetensors        final weights (written when training ends)
-    RUN/training_stimuli.json    per subject, every stimulus id the run trained on (init_from's included)
+    RUN/training_stimuli.json    per subject, every stimulus id the run trained on (init_from's included),
+                                 and the trial rows of the store this run itself trained on
+    RUN/closed_form_fit.json     closed-form models (the ridge): what each subject's fit chose
     RUN/metrics.json             held-out evaluation (docs/evaluation.md; after the final weights)
     RUN/log.csv                  step, epoch, metric, value (one row per logged number)
     RUN/checkpoints/step-N/      model.safetensors, optimizer.safetensors, state.json
@@ -35,15 +37,18 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from brainrecon import __version__
 from brainrecon.config import load_config
-from brainrecon.data.store import Store
+from brainrecon.data.store import Store, open_store
 from brainrecon.errors import ConfigError, DivergenceError, OutputError
 from brainrecon.io import atomic_path, atomic_write_json, check_output_dir
 from brainrecon.models import build_model
 from brainrecon.models.base import BrainModel, TargetSpace
+from brainrecon.train.batches import training_rows
 from brainrecon.train.config import TrainConfig
+from brainrecon.train.targets import Targets, load_targets
 
 RUN_FORMAT = 1
 TRAINING_STIMULI = "training_stimuli.json"
+CLOSED_FORM_FIT = "closed_form_fit.json"  # what a closed-form model's fit chose (the ridge's alpha), per subject
 
 
 class RunError(ConfigError):
@@ -135,17 +140,22 @@ class RunDir:
     def write_info(self, info: RunInfo) -> None:
         atomic_write_json(self.path / "model.json", info.to_dict())
 
-    def write_training_stimuli(self, store_root: str, stimuli: dict[str, np.ndarray],
+    def write_training_stimuli(self, store: Store, rows: dict[str, np.ndarray],
                                inherited: dict[str, list[int]] | None = None) -> None:
-        """Record what training saw, so evaluation can prove no test stimulus was among it.
+        """Record what training saw, once, for everyone who needs it: the trial rows this run trains
+        on (the memory's keys, the closed-form fit) and every stimulus id, so evaluation can prove no
+        test stimulus was among them.
 
-        ``inherited``: the record of an ``init_from`` run, whose training is part of this one.
+        ``inherited``: the stimulus record of an ``init_from`` run, whose training is part of this one.
         """
         merged = {subject: set(ids) for subject, ids in (inherited or {}).items()}
-        for subject, ids in stimuli.items():
-            merged.setdefault(subject, set()).update(np.unique(ids).tolist())
+        for subject, subject_rows in rows.items():
+            merged.setdefault(subject, set()).update(np.unique(store.subject(subject).trials.stimulus_id[subject_rows])
+                                                     .tolist())
         atomic_write_json(self.path / TRAINING_STIMULI, {
-            "store": store_root, "subjects": {s: sorted(int(i) for i in ids) for s, ids in merged.items()}})
+            "store": str(store.root.resolve()),
+            "subjects": {s: sorted(int(i) for i in ids) for s, ids in merged.items()},
+            "rows": {s: [int(r) for r in subject_rows] for s, subject_rows in rows.items()}})
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -269,16 +279,9 @@ def training_stimuli(run: str | Path) -> dict[str, list[int]]:
     record = read_training_stimuli(run)
     if record is not None:
         return record
-    from brainrecon.data.store import open_store
-    from brainrecon.train.batches import training_rows
-
     run = Path(run)
     config = load_config(TrainConfig, run / "config.yaml", "train")
-    info = RunInfo.from_dict(json.loads((run / "model.json").read_text()))
-    if not Path(info.store).is_dir():
-        raise RunError(f"{run} has no {TRAINING_STIMULI} and its store {info.store} is gone, so what it trained on "
-                       f"cannot be checked; restore the store or retrain")
-    store = open_store(info.store)
+    store = _store_of(run)
     merged: dict[str, set[int]] = {}
     for subject in config.subjects or store.subjects:
         rows = training_rows(store, subject, config.seed, config.sessions_for(subject), config.max_trials)
@@ -287,3 +290,56 @@ def training_stimuli(run: str | Path) -> dict[str, list[int]]:
         for subject, ids in training_stimuli(config.init_from).items():
             merged.setdefault(subject, set()).update(ids)
     return {subject: sorted(ids) for subject, ids in merged.items()}
+
+
+def _store_of(run: Path) -> Store:
+    info = RunInfo.from_dict(json.loads((run / "model.json").read_text()))
+    if not Path(info.store).is_dir():
+        raise RunError(f"{run} has no {TRAINING_STIMULI} and its store {info.store} is gone, so what it trained on "
+                       f"cannot be checked; restore the store or retrain")
+    return open_store(info.store)
+
+
+def recorded_training_rows(run: str | Path, store: Store, subject: str) -> np.ndarray:
+    """The store's trial rows of ``subject`` that the run trained on, from the run's record (runs made
+    before rows were recorded: recomputed with the trainer's own selection from the run's config)."""
+    path = Path(run) / TRAINING_STIMULI
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if subject in record.get("rows", {}):
+        return np.asarray(record["rows"][subject], dtype=np.int64)
+    config = load_config(TrainConfig, Path(run) / "config.yaml", "train")
+    return training_rows(store, subject, config.seed, config.sessions_for(subject), config.max_trials)
+
+
+@dataclass
+class RunContext:
+    """A finished run loaded together with its store (checked to be the one it was trained on) and targets."""
+
+    model: BrainModel
+    info: RunInfo
+    store: Store
+    targets: Targets
+    config: TrainConfig
+    path: Path
+
+    @classmethod
+    def open(cls, run: str | Path, data: str | Path | None = None, device: str = "cpu") -> RunContext:
+        model, info = load_run(run, device)
+        config = load_config(TrainConfig, Path(run) / "config.yaml", "train")
+        store_path = Path(data) if data else Path(info.store)
+        if not store_path.is_dir():
+            raise ConfigError(f"the store this run was trained on ({info.store}) is not there; pass --data STORE")
+        store = open_store(store_path)
+        info.check_store(Path(run), store.root, store.manifest_sha256)
+        return cls(model, info, store, load_targets(store, config.targets, progress=False), config, Path(run))
+
+    def subjects(self, names: list[str] | None) -> list[str]:
+        names = names or list(self.model.subjects)
+        unknown = [s for s in names if s not in self.model.subjects]
+        if unknown:
+            raise ConfigError(f"subjects {unknown} are not in this run (it has {sorted(self.model.subjects)})")
+        return names
+
+    def training_rows(self, subject: str) -> np.ndarray:
+        """The subject's trial rows this run trained on (its record)."""
+        return recorded_training_rows(self.path, self.store, subject)

@@ -25,13 +25,15 @@ from tqdm.auto import tqdm
 
 from brainrecon.config import StrictConfig
 from brainrecon.data.store import Store
-from brainrecon.embed.clip import TokenStyle
+from brainrecon.embed.cache import model_identity
+from brainrecon.embed.clip import ClipImageEmbedder, ClipTextEmbedder, TokenStyle
 from brainrecon.errors import ConfigError
+from brainrecon.generate.vae import VaePath
 from brainrecon.io import atomic_write_json
 from brainrecon.models.base import TargetSpace
 from brainrecon.pretrained import SIMWORLD, resolve_model_dir
 
-__all__ = ["SIMWORLD", "TargetsConfig", "Targets", "load_targets", "resolve_model_dir"]
+__all__ = ["TargetsConfig", "Targets", "load_targets"]
 
 
 
@@ -101,8 +103,6 @@ class _Embedders:
 
     def image(self):
         if self._image is None:
-            from brainrecon.embed.clip import ClipImageEmbedder
-
             self._image = ClipImageEmbedder(resolve_model_dir(self.config.clip, "clip", "clip"), self.config.device,
                                             self.dtype, self.config.batch_size,
                                             token_style=self.config.image_token_style)
@@ -110,16 +110,12 @@ class _Embedders:
 
     def text(self):
         if self._text is None:
-            from brainrecon.embed.clip import ClipTextEmbedder
-
             self._text = ClipTextEmbedder(resolve_model_dir(self.config.clip, "clip", "clip"), self.config.device,
                                           self.dtype, self.config.batch_size)
         return self._text
 
     def vae(self):
         if self._vae is None:
-            from brainrecon.generate.vae import VaePath
-
             self._vae = VaePath(resolve_model_dir(self.config.vae, "vae", "decoder"), self.config.device, self.dtype,
                                 self.config.batch_size)
         return self._vae
@@ -141,8 +137,6 @@ class _Embedders:
 
 
 def _cache_key(model_dir: Path, store: Store, name: str, config: TargetsConfig) -> str:
-    from brainrecon.embed.cache import model_identity
-
     images = store.manifest.get("files", {}).get("stimuli/images.npy", {}).get("sha256") or str(store.root)
     # the default token style adds nothing, so caches made before the option existed stay valid
     style = f"|{config.image_token_style}" if name == "image_tokens" and config.image_token_style != "versatile" else ""

@@ -10,8 +10,10 @@ launch`) and mixed precision; the rest is ours:
   run exactly on CPU (and with the same kernels on GPU);
 - each process takes its rows of the global batch, so N processes with the same
   global batch follow the 1-process loss curve;
-- evaluation uses the held-out test set once, after training: no checkpoint
-  is chosen by test performance.
+- the held-out test set is not read here: the command layer evaluates the
+  finished run once (`brainrecon train` does it right after training), so no
+  checkpoint is chosen by test performance;
+- torch's global random state is the caller's again when training returns.
 """
 
 from __future__ import annotations
@@ -38,16 +40,29 @@ from brainrecon.models.base import (
 from brainrecon.rng import derive_rng
 from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
-from brainrecon.train.run import RunDir, RunInfo, load_run, training_stimuli
+from brainrecon.train.run import CLOSED_FORM_FIT, RunDir, RunInfo, load_run, training_stimuli
 from brainrecon.train.targets import Targets, load_targets
 
 
 def learning_rate(step: int, total: int, optim: OptimConfig, epochs: int) -> float:
-    """LR at an optimiser step: torch's OneCycleLR (cosine, two phases), a cosine decay, or constant."""
+    """LR at an optimiser step: torch's OneCycleLR (cosine, two phases), a cosine decay, or constant.
+
+    "cosine" warms up linearly over ``optim.warmup_steps`` steps, then decays from ``optim.lr`` to
+    ``optim.lr * optim.min_lr_fraction`` (SGDR's cosine annealing, Loshchilov & Hutter 2017, §3, without
+    restarts); with the defaults (no warm-up, floor 0) it is the plain cosine from lr to 0.
+    """
     if optim.schedule == "constant":
         return optim.lr
     if optim.schedule == "cosine":
-        return optim.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+        warmup, floor = optim.warmup_steps, optim.min_lr_fraction
+        if step < warmup:
+            return optim.lr * (step + 1) / warmup
+        # the plain cosine is evaluated in the order it always was, so earlier configs keep bit-identical values
+        if warmup == 0 and floor == 0:
+            angle = math.pi * step / max(1, total)
+        else:
+            angle = math.pi * ((step - warmup) / max(1, total - warmup))
+        return optim.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(angle)))
     pct = optim.pct_start if optim.pct_start is not None else min(0.5, 2 / epochs)
     warm = max(1.0, pct * total - 1)
     start, floor = optim.lr / optim.div_factor, optim.lr / optim.div_factor / optim.final_div_factor
@@ -163,7 +178,11 @@ def _tensorboard(run: RunDir, enabled: bool):
 
 def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: bool = False,
           progress: bool = True, overwrite: bool = False) -> Path:
-    """Train (or continue, or with ``overwrite`` replace) a run; returns the run directory."""
+    """Train (or continue, or with ``overwrite`` replace) a run; returns the run directory.
+
+    The run is not evaluated here: call ``evaluate.evaluation.final_evaluation`` on it (the
+    `train` command does).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -178,8 +197,10 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     subjects = resolve_subjects(store, config)
     with accelerator.main_process_first():  # one process computes the targets cache, the others read it
         targets = load_targets(store, config.targets, progress=progress and main)
-    model, _ = initial_model(config, subjects, targets)
-    with contextlib.ExitStack() as held:
+    # initialisation and dropout draw from torch's global generator, seeded per step; the fork hands
+    # the caller its own state back
+    with contextlib.ExitStack() as held, torch.random.fork_rng(devices=_cuda_devices()):
+        model, _ = initial_model(config, subjects, targets)
         if main:
             held.enter_context(exclusive_lock(run.path))  # one writer per run: a second `--resume` is refused
             run.start(config, resume, overwrite, store)
@@ -187,24 +208,25 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
         return _train(config, store, model, targets, run, resume, progress, accelerator)
 
 
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
 def _train(config: TrainConfig, store: Store, model: BrainModel, targets: Targets, run: RunDir, resume: bool,
            progress: bool, accelerator) -> Path:
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     subjects = dict(model.subjects)
-    store_root = str(store.root.resolve())
-    info = RunInfo(config.model_kind, config.model_options, subjects, targets.space, store_root,
+    info = RunInfo(config.model_kind, config.model_options, subjects, targets.space, str(store.root.resolve()),
                    store.manifest_sha256)
+    # the one place a run's training trials are chosen; the run records them for everyone after it
+    rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
     if main:
         run.write_info(info)
-        rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
-        seen = {s: store.subject(s).trials.stimulus_id[r] for s, r in rows.items()}
-        run.write_training_stimuli(store_root, seen,
-                                   training_stimuli(config.init_from) if config.init_from else None)
-    if config.model_kind == "ridge":
-        return _fit_ridge(config, store, model, targets, run, info, accelerator)
+        run.write_training_stimuli(store, rows, training_stimuli(config.init_from) if config.init_from else None)
+    if model.closed_form:
+        return _fit_closed_form(store, model, targets, rows, run, accelerator)
 
-    streams = [SubjectStream(store, s, targets, config.seed, config.sessions_for(s), config.max_trials)
-               for s in subjects]
+    streams = [SubjectStream(store, s, targets, config.seed, rows[s]) for s in subjects]
     batches = BalancedBatches(streams, config.batch_size, rank, world)
     steps_per_epoch = -(-batches.draws_per_epoch() // config.grad_accum)
     total_steps = config.steps or config.epochs * steps_per_epoch
@@ -275,7 +297,6 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, targets: Target
     accelerator.wait_for_everyone()
     if main:
         run.save_final(unwrapped)
-        final_evaluation(run.path, config, _device_name(accelerator.device))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
@@ -290,37 +311,19 @@ def _mean_over_processes(values: dict[str, float], accelerator) -> dict[str, flo
     return dict(zip(keys, accelerator.reduce(stacked, reduction="mean").tolist()))
 
 
-def _fit_ridge(config, store, model, targets, run, info, accelerator) -> Path:
-    """The ridge's closed-form fit: one solve per subject on all its training trials."""
+def _fit_closed_form(store: Store, model: BrainModel, targets: Targets, rows: dict, run: RunDir,
+                     accelerator) -> Path:
+    """Models fitted in one solve (the ridge): each subject on all its training trials, through the
+    model's ``fit_subject`` hook; what each fit chose goes to RUN/closed_form_fit.json."""
     if accelerator.is_main_process:
         fits = {}
-        for subject in model.subjects:
+        for subject, subject_rows in rows.items():
             data = store.subject(subject)
-            rows = training_rows(store, subject, config.seed, config.sessions_for(subject), config.max_trials)
-            ids = data.trials.stimulus_id[rows]
-            fits[subject] = model.fit_subject(subject, data.read_trials(rows), targets.get(model.config.target, ids),
-                                              ids)
-        atomic_write_json(run.path / "ridge_fit.json", fits)
+            ids = data.trials.stimulus_id[subject_rows]
+            fits[subject] = model.fit_subject(subject, data.read_trials(subject_rows),
+                                              {name: targets.get(name, ids) for name in model.fit_targets}, ids)
+        atomic_write_json(run.path / CLOSED_FORM_FIT, fits)
         run.save_final(model)
-        final_evaluation(run.path, config, _device_name(accelerator.device))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
-
-
-def _device_name(device: torch.device) -> str:
-    # under torchrun on CPU accelerate reports "cpu:0", which safetensors refuses as a device
-    return "cpu" if device.type == "cpu" else str(device)
-
-
-def final_evaluation(run_path: Path, config: TrainConfig, device: str) -> dict:
-    """Held-out retrieval right after training, in the same metrics.json as `brainrecon evaluate` writes.
-
-    Stores normalised with test statistics (MindEye's released files) are scored, not refused,
-    and labelled as not held out; `brainrecon evaluate` refuses them unless asked.
-    """
-    from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run
-
-    settings = EvaluateConfig(way=config.eval.way, draws=config.eval.draws, seed=config.eval.seed,
-                              device=device, allow_test_normalization=True)
-    return evaluate_run(run_path, config=settings, progress=False)

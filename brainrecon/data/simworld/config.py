@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from brainrecon.config import StrictConfig
+from brainrecon.errors import ConfigError
 
 # said wherever a simulated-world figure is shown (demo, simulate, evaluate, report, benchmarks)
 SIMULATED_NOTE = ("Simulated world: a testbed with a known ceiling. These figures are not NSD results and are "
@@ -98,3 +99,10 @@ class WorldConfig(StrictConfig):
             raise ValueError("vision_model must name a local CLIP directory or 'simworld' (or be null)")
         return self
     chunk_images: int = Field(512, ge=16, description="images rendered and encoded at a time (memory bound)")
+
+
+def check_way(config: WorldConfig, way: int) -> None:
+    """Refuse, from the config alone, N-way retrieval on a world with fewer than N test images."""
+    if way > config.n_test_images:
+        raise ConfigError(f"{way}-way retrieval needs at least {way} test items, but the world has "
+                          f"{config.n_test_images} test images; lower --way or raise n_test_images")

@@ -23,7 +23,6 @@ from brainrecon.data.simworld.encoding import image_features, session_position
 from brainrecon.data.simworld.world import EXTRA, load_code_values, load_subject_truth, load_world_config
 from brainrecon.data.store import Store
 from brainrecon.errors import StoreError
-from brainrecon.evaluate.retrieval import RetrievalScore, retrieval_top1
 
 
 @dataclass(frozen=True)
@@ -110,10 +109,6 @@ def oracle_loglik(evidence: OracleEvidence, block: int = 64) -> np.ndarray:
         low_rank = torch.einsum("bjk,bkl,bjl->bj", r, inner, r)
         out[i] = -0.5 * (diag - low_rank)
     return out.numpy()
-
-
-def oracle_retrieval(store: Store, subject: str, way: int = 300, draws: int = 30, seed: int = 42) -> RetrievalScore:
-    return retrieval_top1(oracle_loglik(oracle_evidence(store, subject)), way, draws, seed, loglik=True)
 
 
 def posterior_code(evidence: OracleEvidence, prior_mean: np.ndarray, prior_cov: np.ndarray,

@@ -105,7 +105,7 @@ def import_mindeye1_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
 ) -> None:
     """Import MindEye1's published webdataset shards (pscotti/naturalscenesdataset) for one subject."""
-    from brainrecon.data.mindeye_files import import_mindeye1
+    from brainrecon.data.mindeye1_files import import_mindeye1
 
     try:
         summary = import_mindeye1(root, subject, out, overwrite=overwrite, progress=progress)
@@ -127,7 +127,7 @@ def import_mindeye2_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
 ) -> None:
     """Import MindEye2's published betas, images and behaviour tars (pscotti/mindeyev2) for one subject."""
-    from brainrecon.data.mindeye_files import import_mindeye2
+    from brainrecon.data.mindeye2_files import import_mindeye2
 
     try:
         summary = import_mindeye2(root, subject, out, sessions=sessions, overwrite=overwrite, progress=progress)

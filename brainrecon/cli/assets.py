@@ -10,6 +10,15 @@ import typer
 app = typer.Typer(help="Train and check the small model set for the simulated world.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
+THREADS_HELP = "torch CPU threads for this command (the library leaves torch's thread count alone)."
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's CPU thread count for the whole command (the command layer owns global torch state)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
 
 @app.command()
 def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, decoder/ and manifest.json."),
@@ -19,9 +28,14 @@ def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, deco
                                             help="Keep the CLIP and VAE already in --out; train a fresh decoder."),
           check: bool = typer.Option(True, "--check/--no-check",
                                      help="Afterwards choose guidance on validation scenes and measure held-out "
-                                          "decoding quality (skipped with --quick).")) -> None:
+                                          "decoding quality (skipped with --quick)."),
+          threads: int = typer.Option(2, "--threads", min=1, help=THREADS_HELP)) -> None:
     """Train the small CLIP, VAE and unCLIP-style decoder on simulator scenes and captions."""
-    from brainrecon.assets.train import check_assets, train_assets, tune_guidance
+    from brainrecon.assets.check import check_assets
+    from brainrecon.assets.train import train_assets
+    from brainrecon.assets.tune import tune_guidance
+
+    use_threads(threads)
 
     command = (f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
                + (" --decoder-only" if decoder_only else ""))
@@ -43,10 +57,13 @@ def check_command(folder: Path = typer.Argument(..., help="A directory written b
                       None, "--guidance", help="Classifier-free guidance scale (default: the one `brainrecon assets "
                                                "tune` chose on validation scenes, else 3.0)."),
                   seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-                  grid: Optional[Path] = typer.Option(None, "--grid", help="Write originals/decodings grid PNG here.")
-                  ) -> None:
+                  grid: Optional[Path] = typer.Option(None, "--grid", help="Write originals/decodings grid PNG here."),
+                  threads: int = typer.Option(2, "--threads", min=1, help=THREADS_HELP)) -> None:
     """Decode true small-CLIP embeddings of held-out scenes; report 2-way identification (into the manifest)."""
-    from brainrecon.assets.train import check_assets, recorded_guidance
+    from brainrecon.assets.check import check_assets
+    from brainrecon.assets.manifest import recorded_guidance
+
+    use_threads(threads)
 
     guidance = recorded_guidance(folder) if guidance is None else guidance
     command = (f"brainrecon assets check {folder} --n {n} --steps {steps} --guidance {guidance:g} --seed {seed}"
@@ -61,9 +78,12 @@ def tune_command(folder: Path = typer.Argument(..., help="A directory written by
                      None, "--guidance", help="Scales to try (repeat the option; default 1.5, 3, 5 and 8)."),
                  n: int = typer.Option(200, "--n", help="Validation scenes (never trained on, not the held-out set)."),
                  steps: int = typer.Option(25, "--steps", help="DDIM steps."),
-                 seed: int = typer.Option(0, "--seed", help="Sampling seed.")) -> None:
+                 seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+                 threads: int = typer.Option(2, "--threads", min=1, help=THREADS_HELP)) -> None:
     """Choose the guidance scale on validation scenes; `check` then uses it by default."""
-    from brainrecon.assets.train import DEFAULT_TUNE_SCALES, tune_guidance
+    from brainrecon.assets.tune import DEFAULT_TUNE_SCALES, tune_guidance
+
+    use_threads(threads)
 
     tune_guidance(folder, guidance or DEFAULT_TUNE_SCALES, n=n, steps=steps, seed=seed, log=typer.echo)
 

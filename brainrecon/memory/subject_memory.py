@@ -1,6 +1,7 @@
 """A subject's retrieval memory for Ecphory: predicted-embedding keys -> true-embedding values.
 
-Psychometry's Ecphory (see docs, multisubject-methods §2.5) keeps, per subject,
+Psychometry's Ecphory (Psychometry, Quan et al., CVPR 2024; ``utils.Ecphory`` in the
+released code) keeps, per subject,
 the model's predictions for the training fMRI (*keys*) next to the true CLIP
 embeddings of the stimuli those trials showed (*values*). At test time the
 prediction for new fMRI is compared with the keys, and the values of the top-k
@@ -95,7 +96,7 @@ from brainrecon.memory._index import (
     faiss_search,
     fill_index,
     make_index,
-    training_rows,
+    sample_rows,
     training_sample_size,
 )
 from brainrecon.memory.errors import MemoryStoreError
@@ -193,7 +194,7 @@ def _fit_projection(source, n_rows: int, dims: int, fit_rows: int, seed: int = 0
     0.4 GB for 257 x 768 tokens at 256 dims. No QR or SVD of an F-sized matrix
     is ever taken (those alone cost tens of seconds at F = 197,376).
     """
-    rows = training_rows(n_rows, fit_rows, seed)
+    rows = sample_rows(n_rows, fit_rows, seed)
     shape = shape_of(source)
     size = item_size(shape)
     width = min(dims + oversample, len(rows), size)
@@ -310,7 +311,7 @@ class SubjectMemory:
         kind = config.index_kind(len(unique_ids))
         index = make_index(kind, search_keys.shape[1], len(unique_ids), hnsw_m=config.hnsw_m,
                            hnsw_ef_construction=config.hnsw_ef_construction)
-        sample = training_rows(len(search_keys), training_sample_size(index, len(search_keys)))
+        sample = sample_rows(len(search_keys), training_sample_size(index, len(search_keys)))
         fill_index(index, [search_keys], training=search_keys[sample])
         return cls(subject=subject, config=config, stimulus_ids=unique_ids.astype(np.int64),
                    trial_counts=counts.astype(np.int64), search_keys=search_keys, projections=projections,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -27,8 +27,11 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
 
     Multi-GPU / multi-node: `torchrun --nproc_per_node=N -m brainrecon.cli train ...` (or `accelerate launch`).
     """
+    import torch
+
     from brainrecon.config import load_config, validate_config
     from brainrecon.errors import ConfigError
+    from brainrecon.evaluate.evaluation import final_evaluation, metrics_table
     from brainrecon.train.config import TrainConfig
     from brainrecon.train.trainer import train
 
@@ -40,9 +43,6 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
         values["max_steps"] = max_steps
     cfg = validate_config(TrainConfig, values, source=f"{config} with the command-line options")
     run = train(cfg, data, out, resume=resume, progress=progress, overwrite=overwrite)
-    metrics_path = run / "metrics.json"
-    if metrics_path.is_file():
-        from brainrecon.evaluate.evaluation import metrics_table
-
-        typer.echo(metrics_table(json.loads(metrics_path.read_text())))
-    typer.echo(f"Run written to {run}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process evaluates, once
+        typer.echo(metrics_table(final_evaluation(run, "cuda" if torch.cuda.is_available() else "cpu")))
+        typer.echo(f"Run written to {run}")

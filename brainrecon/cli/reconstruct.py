@@ -24,13 +24,10 @@ def memory_build(run: Path = typer.Option(..., "--run", help="A finished trainin
                  progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Keys = the run's predictions for each subject's training trials; values = their true embeddings."""
     from brainrecon.config import validate_config
+    from brainrecon.evaluate.ecphory import save_ecphory_scores
     from brainrecon.memory import MemoryConfig
-    from brainrecon.reconstruct import (
-        RunContext,
-        build_memory,
-        ecphory_embedding_scores,
-        memory_dir,
-    )
+    from brainrecon.reconstruct import build_memory, memory_dir
+    from brainrecon.train.run import RunContext
 
     options = {"search": search, "index": index}
     validate_config(MemoryConfig, options, "memory build options", as_flags=True)  # before the run is opened
@@ -38,16 +35,14 @@ def memory_build(run: Path = typer.Option(..., "--run", help="A finished trainin
     for subject in context.subjects(_subjects(subjects)):
         config = MemoryConfig(**options, search_on=(context.model.retrieval_target,))
         memory = build_memory(context, run, subject, config, progress)
-        scores = ecphory_embedding_scores(context, memory, subject)
+        scores, path = save_ecphory_scores(context, memory, subject)
         typer.echo(f"{subject}: {memory.n_entries} memories from {memory.n_trials} trials -> "
                    f"{memory_dir(run, subject)}")
         for row in scores["rows"]:
             typer.echo(f"  alpha {row['alpha']:.1f}: cosine to truth {row['embedding_cosine']:.3f}, "
                        f"{scores['way']}-way retrieval {100 * row['image_top1']:.1f}% / "
                        f"{100 * row['brain_top1']:.1f}%" + ("  (no Ecphory)" if row["alpha"] == 1.0 else ""))
-        from brainrecon.io import atomic_write_json
-
-        atomic_write_json(memory_dir(run, subject) / "ecphory_scores.json", scores)
+        typer.echo(f"  -> {path}")
 
 
 def reconstruct_command(
@@ -92,7 +87,7 @@ def bank_build(images: Path = typer.Option(..., "--images", help="Folder of imag
     from brainrecon.config import check_device
     from brainrecon.embed.clip import ClipImageEmbedder
     from brainrecon.memory import build_bank
-    from brainrecon.train.targets import resolve_model_dir
+    from brainrecon.pretrained import resolve_model_dir
 
     embedder = ClipImageEmbedder(resolve_model_dir(str(clip), "clip", "clip"), check_device(device),
                                  batch_size=batch_size)
@@ -110,15 +105,8 @@ def bank_search(bank: Path = typer.Option(..., "--bank", help="A bank from `brai
                 k: int = typer.Option(16, "--k", min=1)) -> None:
     """The bank images nearest to each test trial's predicted embedding."""
     from brainrecon.io import atomic_write_json
-    from brainrecon.memory import ImageBank
-    from brainrecon.reconstruct import RunContext, pooled_query
+    from brainrecon.reconstruct import search_bank
+    from brainrecon.train.run import RunContext
 
-    bank_index, context = ImageBank.load(bank), RunContext.open(run, data)
-    results = {}
-    for subject in context.subjects(_subjects(subjects)):
-        ids, queries = pooled_query(context, subject)
-        scores, paths = bank_index.search(queries, k)
-        results[subject] = [{"stimulus_id": int(s), "paths": p, "scores": sc.tolist()}
-                            for s, p, sc in zip(ids.tolist(), paths, scores)]
-    atomic_write_json(out, {"bank": str(bank), "run": str(run), "k": k, "results": results})
+    atomic_write_json(out, search_bank(bank, RunContext.open(run, data), _subjects(subjects), k))
     typer.echo(f"Wrote {out}")

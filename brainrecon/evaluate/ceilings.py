@@ -180,7 +180,6 @@ def _contrastive_readout(code_map: Ridge, code: np.ndarray, targets: np.ndarray,
     stimulus's own centred target among the others', from its Bayes code estimate. It starts at the
     linear map and lives in the span of the targets' top principal components, where the cosine to a
     (normalised) target is exact and cheap."""
-    torch.manual_seed(seed)
     centred = targets - code_map.y_mean.numpy()
     unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     _, basis = _reduced(centred, RIDGE_COMPONENTS, seed)
