@@ -142,6 +142,27 @@ def test_targets_resume_an_interrupted_computation(train_world, tmp_path, monkey
     assert not list(tmp_path.glob("*.partial*"))
 
 
+def test_image_tokens_and_pooled_come_from_one_pass_of_the_image_tower(train_world, tmp_path, monkeypatch):
+    from brainrecon.embed.clip import ClipImageEmbedder
+
+    store = open_store(train_world)
+    calls = {"n": 0}
+    original = ClipImageEmbedder.embed
+
+    def counting(self, images):
+        calls["n"] += 1
+        return original(self, images)
+
+    monkeypatch.setattr(ClipImageEmbedder, "embed", counting)
+    config = TargetsConfig(cache_dir=str(tmp_path), image_tokens=True, image_pooled=True, batch_size=64)
+    both = load_targets(store, config, progress=False)
+    chunks = -(-len(store.stimuli) // (64 * 8))
+    assert calls["n"] == 1 + chunks  # one probe for the shapes, then one pass per chunk serves both targets
+    alone = load_targets(store, config.model_copy(update={"cache_dir": str(tmp_path / "alone"),
+                                                          "image_tokens": False}), progress=False)
+    np.testing.assert_array_equal(both.arrays["image_pooled"], alone.arrays["image_pooled"])
+
+
 def test_open_clip_token_targets_are_cached_apart(train_world, tmp_path):
     """MindEye2-style tokens (patch tokens, no CLS, tower width) get their own cache file and shape."""
     store = open_store(train_world)

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainrecon.clip_image import ClipImageEmbedder
 from brainrecon.data.simworld.config import SIMULATED_NOTE
 from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik, posterior_code, true_code
 from brainrecon.data.store import Store
@@ -43,7 +42,8 @@ from brainrecon.embed.handcrafted import LowLevelEmbedder
 from brainrecon.io import atomic_write_json
 from brainrecon.evaluate.retrieval import RetrievalScore, cosine_scores, retrieval_top1
 from brainrecon.models.ridge import Ridge, RidgeConfig
-from brainrecon.pretrained import SIMWORLD, resolve_model_dir
+from brainrecon.pretrained import SIMWORLD
+from brainrecon.train.targets import TargetsConfig, load_targets
 
 SPACES = ("clip_tokens", "clip_pooled", "handcrafted")
 SPACE_LABELS = {"clip_tokens": "small-CLIP tokens", "clip_pooled": "small-CLIP pooled",
@@ -93,14 +93,17 @@ def space_targets(store: Store, clip: str | None = SIMWORLD, batch_size: int = 2
     """Every stimulus's target in each space, flattened (rows in the store's stimulus order).
 
     Tokens are the "versatile" style the token-decoding models train on (CLS included, projected,
-    CLS-normalised); pooled is the CLIP image embedding. ``clip=None`` leaves the CLIP spaces out.
+    CLS-normalised); pooled is the CLIP image embedding. They come from the training targets'
+    cache (one CLIP pass for both, shared with every run on the store), so the values are exactly
+    what runs train on. ``clip=None`` leaves the CLIP spaces out.
     """
     images = store.images_for(np.asarray(store.stimuli.stimulus_id))
     out = {"handcrafted": LowLevelEmbedder()(images).astype(np.float64)}
     if clip is not None:
-        tokens, pooled = ClipImageEmbedder(resolve_model_dir(clip, "clip", "clip"), batch_size=batch_size).embed(images)
-        out["clip_tokens"] = tokens.reshape(len(images), -1).astype(np.float64)
-        out["clip_pooled"] = pooled.astype(np.float64)
+        config = TargetsConfig(clip=clip, image_tokens=True, image_pooled=True, batch_size=batch_size)
+        targets = load_targets(store, config, progress=False)
+        out["clip_tokens"] = np.asarray(targets.arrays["image_tokens"], dtype=np.float64).reshape(len(images), -1)
+        out["clip_pooled"] = np.asarray(targets.arrays["image_pooled"], dtype=np.float64)
     return {name: out[name] for name in SPACES if name in out}
 
 

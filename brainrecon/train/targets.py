@@ -125,15 +125,25 @@ class _Embedders:
             return resolve_model_dir(self.config.vae, "vae", "decoder")
         return resolve_model_dir(self.config.clip, "clip", "clip")
 
-    def compute(self, name: str, store: Store, ids: np.ndarray) -> np.ndarray:
-        if name.startswith("image_"):
+    def compute(self, names: list[str], store: Store, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Targets of one source (see `_SOURCES`) for ``ids``: one forward pass serves all of ``names``."""
+        source = _source(names[0])
+        if source == "image":
             tokens, pooled = self.image().embed(store.images_for(ids))
-            return tokens if name == "image_tokens" else pooled
-        if name.startswith("text_"):
+            out = {"image_tokens": tokens, "image_pooled": pooled}
+        elif source == "text":
             captions = [caps[0] if caps else "" for caps in store.captions_for(ids)]
             tokens, pooled = self.text().embed(captions)
-            return tokens if name == "text_tokens" else pooled
-        return self.vae().encode(store.images_for(ids)).numpy()
+            out = {"text_tokens": tokens, "text_pooled": pooled}
+        else:
+            out = {"lowlevel": self.vae().encode(store.images_for(ids)).numpy()}
+        return {name: out[name] for name in names}
+
+
+def _source(name: str) -> str:
+    """What a target is computed from: the CLIP image tower (tokens and pooled in one pass), the text
+    tower, or the VAE."""
+    return "image" if name.startswith("image_") else "text" if name.startswith("text_") else "vae"
 
 
 def _cache_key(model_dir: Path, store: Store, name: str, config: TargetsConfig) -> str:
@@ -157,40 +167,53 @@ def load_targets(store: Store, config: TargetsConfig, progress: bool = True) -> 
     embedders = _Embedders(config)
     ids = np.asarray(store.stimuli.stimulus_id)
     arrays, shapes = {}, {}
+    paths = {name: cache / f"{_cache_key(embedders.model_dir(name), store, name, config)}.npy" for name in wanted}
+    missing = [name for name in wanted if not paths[name].is_file()]
+    for source in dict.fromkeys(_source(name) for name in missing):
+        group = [name for name in missing if _source(name) == source]
+        _compute_to_files({name: paths[name] for name in group}, store, ids, embedders, progress)
+    arrays, shapes = {}, {}
     for name in wanted:
-        path = cache / f"{_cache_key(embedders.model_dir(name), store, name, config)}.npy"
-        if not path.is_file():
-            _compute_to_file(path, name, store, ids, embedders, progress)
-        arrays[name] = np.load(path, mmap_mode="r")
+        arrays[name] = np.load(paths[name], mmap_mode="r")
         if len(arrays[name]) != len(ids):
-            raise ConfigError(f"{path} holds {len(arrays[name])} rows for a store of {len(ids)} stimuli; "
+            raise ConfigError(f"{paths[name]} holds {len(arrays[name])} rows for a store of {len(ids)} stimuli; "
                               f"delete it to recompute")
         shapes[name] = tuple(arrays[name].shape[1:])
     return Targets(TargetSpace(shapes), ids, arrays)
 
 
-def _compute_to_file(path: Path, name: str, store: Store, ids: np.ndarray, embedders: _Embedders,
-                     progress: bool) -> None:
-    """Fill `path` chunk by chunk through a resumable `.partial` file, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial, state_path = path.with_suffix(".partial.npy"), path.with_suffix(".partial.json")
+def _compute_to_files(paths: dict[str, Path], store: Store, ids: np.ndarray, embedders: _Embedders,
+                      progress: bool) -> None:
+    """Fill the targets of one source chunk by chunk, each through a resumable `.partial` file, then
+    rename them into place. A resumed group restarts at the row its least advanced file had reached."""
+    names = list(paths)
     chunk = max(1, embedders.config.batch_size) * 8
-    done = 0
-    if partial.is_file() and state_path.is_file():
-        done = int(json.loads(state_path.read_text())["rows_done"])
-        out = np.load(partial, mmap_mode="r+")
+    partials = {n: p.with_suffix(".partial.npy") for n, p in paths.items()}
+    states = {n: p.with_suffix(".partial.json") for n, p in paths.items()}
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    resumable = all(partials[n].is_file() and states[n].is_file() for n in names)
+    if resumable:
+        done = min(int(json.loads(states[n].read_text())["rows_done"]) for n in names)
+        outs = {n: np.load(partials[n], mmap_mode="r+") for n in names}
     else:
-        first = embedders.compute(name, store, ids[:1])
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(ids), *first.shape[1:]))
-    bar = tqdm(total=len(ids), initial=done, desc=f"embedding {name}", unit="img", disable=not progress)
+        done = 0
+        first = embedders.compute(names, store, ids[:1])
+        outs = {n: np.lib.format.open_memmap(partials[n], mode="w+", dtype=np.float16,
+                                             shape=(len(ids), *first[n].shape[1:])) for n in names}
+    bar = tqdm(total=len(ids), initial=done, desc=f"embedding {', '.join(names)}", unit="img",
+               disable=not progress)
     while done < len(ids):
         stop = min(done + chunk, len(ids))
-        out[done:stop] = embedders.compute(name, store, ids[done:stop]).astype(np.float16)
-        out.flush()
-        atomic_write_json(state_path, {"rows_done": stop})  # after the flush: never claims unwritten rows
+        values = embedders.compute(names, store, ids[done:stop])
+        for name in names:
+            outs[name][done:stop] = values[name].astype(np.float16)
+            outs[name].flush()
+            atomic_write_json(states[name], {"rows_done": stop})  # after the flush: never claims unwritten rows
         bar.update(stop - done)
         done = stop
     bar.close()
-    del out
-    os.replace(partial, path)
-    state_path.unlink(missing_ok=True)
+    outs.clear()
+    for name in names:
+        os.replace(partials[name], paths[name])
+        states[name].unlink(missing_ok=True)
