@@ -68,7 +68,8 @@ def test_a_bench_folder_refuses_another_config(tmp_path):
 
 def test_efficiency_plan_and_smoke_run(tmp_path):
     config = load_config(EfficiencyConfig, "efficiency-smoke", "bench")
-    plan = plan_runs(config, ["subj01", "subj02"], list(range(1, 13)), tmp_path / "runs")
+    two_counts = config.model_copy(update={"session_counts": [1, 2]})  # the plan's shape; the run uses one
+    plan = plan_runs(two_counts, ["subj01", "subj02"], list(range(1, 13)), tmp_path / "runs")
     assert [p["name"] for p in plan] == ["single-1", "multi-1", "single-2", "multi-2", "single-all", "multi-all",
                                          "pretrain-others", "adapt-1"]
     assert plan[0]["config"]["subject_sessions"] == {"subj01": [1]} and plan[0]["config"]["subjects"] == ["subj01"]
@@ -78,7 +79,7 @@ def test_efficiency_plan_and_smoke_run(tmp_path):
 
     result = run_efficiency(config, tmp_path / "eff", echo=lambda _: None, preset="efficiency-smoke")
     kinds = {row["name"]: row for row in result["rows"]}
-    assert set(kinds) == {p["name"] for p in plan}
+    assert set(kinds) == {"single-1", "multi-1", "single-all", "multi-all", "pretrain-others", "adapt-1"}
     assert "image_top1" not in kinds["pretrain-others"] and 0 <= kinds["adapt-1"]["image_top1"] <= 1
     record = json.loads((tmp_path / "eff" / "runs" / "single-1" / "training_stimuli.json").read_text())
     assert list(record["subjects"]) == ["subj01"]

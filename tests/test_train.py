@@ -59,7 +59,10 @@ def small_config(kind: str, **overrides) -> TrainConfig:
 
 @pytest.mark.parametrize("kind", list(SMALL))
 def test_every_model_learns_above_chance(kind, train_world, tmp_path):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
     run = train(small_config(kind), train_world, tmp_path / "run", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is its own again
     assert not (run / "metrics.json").exists()  # the library trains; the command layer evaluates
     final_evaluation(run)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -225,6 +228,19 @@ def test_reset_tuning_trains_only_the_new_subject(train_world, tmp_path):
     for name, value in before.items():
         assert torch.equal(value, after[name]), name
     assert any("subj03" in name for name in after)
+
+
+def test_fine_tuning_trains_on_the_configs_subjects_only(train_world, tmp_path):
+    """init_from a multi-subject run, then train on one new subject: its trials are all the run sees (the
+    pretrained subjects stay in the model, and their stimuli in the record, but give no batches)."""
+    base = train(small_config("mindbridge", subjects=["subj01", "subj02"], max_steps=4), train_world,
+                 tmp_path / "base", progress=False)
+    tuned = train(small_config("mindbridge", subjects=["subj03"], init_from=str(base), max_steps=4), train_world,
+                  tmp_path / "tuned", progress=False)
+    record = json.loads((tuned / "training_stimuli.json").read_text())
+    assert list(record["rows"]) == ["subj03"]
+    assert set(record["subjects"]) == {"subj01", "subj02", "subj03"}  # the pretraining's history is kept
+    assert set(load_run(tuned)[1].subjects) == {"subj01", "subj02", "subj03"}
 
 
 def _cli(*args: str) -> list[str]:

@@ -205,19 +205,20 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
             held.enter_context(exclusive_lock(run.path))  # one writer per run: a second `--resume` is refused
             run.start(config, resume, overwrite, store)
         accelerator.wait_for_everyone()
-        return _train(config, store, model, targets, run, resume, progress, accelerator)
+        return _train(config, store, model, list(subjects), targets, run, resume, progress, accelerator)
 
 
 def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def _train(config: TrainConfig, store: Store, model: BrainModel, targets: Targets, run: RunDir, resume: bool,
-           progress: bool, accelerator) -> Path:
+def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[str], targets: Targets,
+           run: RunDir, resume: bool, progress: bool, accelerator) -> Path:
+    """``subjects``: the config's subjects, the ones trained on. The model may hold more (an ``init_from``
+    run's subjects): they stay in it, but none of their trials is drawn."""
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    subjects = dict(model.subjects)
-    info = RunInfo(config.model_kind, config.model_options, subjects, targets.space, str(store.root.resolve()),
-                   store.manifest_sha256)
+    info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space,
+                   str(store.root.resolve()), store.manifest_sha256)
     # the one place a run's training trials are chosen; the run records them for everyone after it
     rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
     if main:
