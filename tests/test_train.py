@@ -22,7 +22,7 @@ from brainrecon.errors import ConfigError, DivergenceError
 from brainrecon.evaluate.evaluation import final_evaluation
 from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
-from brainrecon.train.run import load_run
+from brainrecon.train.run import load_run, recorded_training_rows
 from brainrecon.train.targets import TargetsConfig, load_targets
 from brainrecon.train.trainer import learning_rate, train
 
@@ -145,6 +145,45 @@ def test_targets_resume_an_interrupted_computation(train_world, tmp_path, monkey
     assert not list(tmp_path.glob("*.partial*"))
 
 
+def test_a_stale_partial_of_another_target_group_is_never_resumed(train_world, tmp_path, monkeypatch):
+    """An interrupted pooled-only computation, then an interrupted tokens+pooled one: the second starts
+    afresh, so the first's progress record must not let the resume skip rows it never wrote."""
+    from brainrecon.train import targets as targets_module
+
+    store = open_store(train_world)
+    pooled_only = TargetsConfig(cache_dir=str(tmp_path), image_tokens=False, image_pooled=True, batch_size=16)
+    calls = {"n": 0}
+    original = targets_module._Embedders.compute
+
+    def failing(self, names, store, ids):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, names, store, ids)
+
+    monkeypatch.setattr(targets_module._Embedders, "compute", failing)
+    with pytest.raises(KeyboardInterrupt):
+        load_targets(store, pooled_only, progress=False)
+    monkeypatch.setattr(targets_module._Embedders, "compute", original)
+    written, write_state = [], targets_module.atomic_write_json
+
+    def stop_after_first_state(path, data):  # interrupted between the two targets of the first chunk
+        write_state(path, data)
+        written.append(path)
+        if len(written) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(targets_module, "atomic_write_json", stop_after_first_state)
+    both = pooled_only.model_copy(update={"image_tokens": True})
+    with pytest.raises(KeyboardInterrupt):
+        load_targets(store, both, progress=False)
+    monkeypatch.setattr(targets_module, "atomic_write_json", write_state)
+    resumed = load_targets(store, both, progress=False)
+    fresh = load_targets(store, both.model_copy(update={"cache_dir": str(tmp_path / "fresh")}), progress=False)
+    for name in ("image_tokens", "image_pooled"):
+        np.testing.assert_array_equal(resumed.arrays[name], fresh.arrays[name])
+
+
 def test_image_tokens_and_pooled_come_from_one_pass_of_the_image_tower(train_world, tmp_path, monkeypatch):
     from brainrecon.embed.clip import ClipImageEmbedder
 
@@ -233,14 +272,19 @@ def test_reset_tuning_trains_only_the_new_subject(train_world, tmp_path):
 def test_fine_tuning_trains_on_the_configs_subjects_only(train_world, tmp_path):
     """init_from a multi-subject run, then train on one new subject: its trials are all the run sees (the
     pretrained subjects stay in the model, and their stimuli in the record, but give no batches)."""
-    base = train(small_config("mindbridge", subjects=["subj01", "subj02"], max_steps=4), train_world,
-                 tmp_path / "base", progress=False)
+    # the pretraining drew a seeded subset of trials, which the fine-tuning's own settings would not give
+    base = train(small_config("mindbridge", subjects=["subj01", "subj02"], max_steps=4, max_trials=200, seed=7),
+                 train_world, tmp_path / "base", progress=False)
     tuned = train(small_config("mindbridge", subjects=["subj03"], init_from=str(base), max_steps=4), train_world,
                   tmp_path / "tuned", progress=False)
     record = json.loads((tuned / "training_stimuli.json").read_text())
     assert list(record["rows"]) == ["subj03"]
     assert set(record["subjects"]) == {"subj01", "subj02", "subj03"}  # the pretraining's history is kept
     assert set(load_run(tuned)[1].subjects) == {"subj01", "subj02", "subj03"}
+    # an inherited subject's rows (its Ecphory memory's keys) are the ones the pretraining recorded
+    store = open_store(train_world)
+    pretrained = json.loads((base / "training_stimuli.json").read_text())["rows"]["subj01"]
+    assert recorded_training_rows(tuned, store, "subj01").tolist() == pretrained
 
 
 def _cli(*args: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +26,7 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
 
     Multi-GPU / multi-node: `torchrun --nproc_per_node=N -m brainrecon.cli train ...` (or `accelerate launch`).
     """
-    import torch
+    from accelerate import PartialState
 
     from brainrecon.config import load_config, validate_config
     from brainrecon.errors import ConfigError
@@ -43,6 +42,6 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
         values["max_steps"] = max_steps
     cfg = validate_config(TrainConfig, values, source=f"{config} with the command-line options")
     run = train(cfg, data, out, resume=resume, progress=progress, overwrite=overwrite)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process evaluates, once
-        typer.echo(metrics_table(final_evaluation(run, "cuda" if torch.cuda.is_available() else "cpu")))
+    if PartialState().is_main_process:  # under torchrun or accelerate launch, the first process evaluates, once
+        typer.echo(metrics_table(final_evaluation(run)))
         typer.echo(f"Run written to {run}")

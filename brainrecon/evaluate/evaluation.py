@@ -373,7 +373,7 @@ def guard(run: Path, context, test_ids: dict[str, np.ndarray], manifest: dict | 
                          config.allow_test_normalization)
 
 
-def final_evaluation(run: str | Path, device: str = "cpu") -> dict:
+def final_evaluation(run: str | Path, device: str | None = None) -> dict:
     """Held-out retrieval of a freshly trained run, with the run's own `eval` settings, into
     RUN/metrics.json (what `brainrecon train` does when training ends).
 
@@ -381,6 +381,7 @@ def final_evaluation(run: str | Path, device: str = "cpu") -> dict:
     and labelled as not held out; `brainrecon evaluate` refuses them unless asked.
     """
     config = load_config(TrainConfig, Path(run) / "config.yaml", "train")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # where the trainer ran
     settings = EvaluateConfig(way=config.eval.way, draws=config.eval.draws, seed=config.eval.seed,
                               device=device, allow_test_normalization=True)
     return evaluate_run(run, config=settings, progress=False)

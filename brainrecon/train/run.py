@@ -301,13 +301,19 @@ def _store_of(run: Path) -> Store:
 
 
 def recorded_training_rows(run: str | Path, store: Store, subject: str) -> np.ndarray:
-    """The store's trial rows of ``subject`` that the run trained on, from the run's record (runs made
-    before rows were recorded: recomputed with the trainer's own selection from the run's config)."""
+    """The store's trial rows of ``subject`` that the run trained on, from the run's record.
+
+    A subject the run inherited from its ``init_from`` run (kept in the model, not trained on here) has
+    the rows that run recorded. Runs made before rows were recorded: recomputed with the trainer's own
+    selection from the run's config."""
     path = Path(run) / TRAINING_STIMULI
     record = json.loads(path.read_text()) if path.is_file() else {}
     if subject in record.get("rows", {}):
         return np.asarray(record["rows"][subject], dtype=np.int64)
     config = load_config(TrainConfig, Path(run) / "config.yaml", "train")
+    trained_here = subject in (config.subjects or store.subjects)
+    if "rows" in record and not trained_here and config.init_from:
+        return recorded_training_rows(config.init_from, store, subject)
     return training_rows(store, subject, config.seed, config.sessions_for(subject), config.max_trials)
 
 

@@ -126,7 +126,7 @@ class _Embedders:
         return resolve_model_dir(self.config.clip, "clip", "clip")
 
     def compute(self, names: list[str], store: Store, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Targets of one source (see `_SOURCES`) for ``ids``: one forward pass serves all of ``names``."""
+        """Targets of one source (`_source`) for ``ids``: one forward pass serves all of ``names``."""
         source = _source(names[0])
         if source == "image":
             tokens, pooled = self.image().embed(store.images_for(ids))
@@ -198,6 +198,8 @@ def _compute_to_files(paths: dict[str, Path], store: Store, ids: np.ndarray, emb
         outs = {n: np.load(partials[n], mmap_mode="r+") for n in names}
     else:
         done = 0
+        for state in states.values():  # a partial of another group's run: its rows are not this group's
+            state.unlink(missing_ok=True)
         first = embedders.compute(names, store, ids[:1])
         outs = {n: np.lib.format.open_memmap(partials[n], mode="w+", dtype=np.float16,
                                              shape=(len(ids), *first[n].shape[1:])) for n in names}
