@@ -180,7 +180,7 @@ def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
     parts = {"loss": 0.0, "backward": 0.0, "optimizer": 0.0}
 
     def step(i: int, timed: bool) -> None:
-        info = StepInfo(i, 10_000, 0, spec["epochs"])
+        info = StepInfo(i, 10_000)
         generator = torch.Generator().manual_seed(i)
         t0 = time.perf_counter()
         loss, _ = model.training_loss(batches[i % 2], info, generator)

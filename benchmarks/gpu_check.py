@@ -78,7 +78,7 @@ def train_stage(size: dict, device: torch.device) -> dict:
 
     def step(i: int) -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss, _ = model.training_loss(batches[i % 2], StepInfo(i, 10_000, 0, 150), torch.Generator().manual_seed(i))
+            loss, _ = model.training_loss(batches[i % 2], StepInfo(i, 10_000), torch.Generator().manual_seed(i))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

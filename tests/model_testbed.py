@@ -55,7 +55,7 @@ class LinearTestbed:
         for step in range(steps):
             generator = torch.Generator().manual_seed(step)
             loss, _ = model.training_loss(self.train_batches(step, batch_size),
-                                          StepInfo(step, steps, step * 5 // steps, 5), generator)
+                                          StepInfo(step, steps), generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

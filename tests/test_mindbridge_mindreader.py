@@ -30,7 +30,7 @@ def _fit(model, testbed, subjects, steps, params=None, lr=1e-3, seed=0):
     model.train()
     for step in range(steps):
         batches = [b for b in testbed.train_batches(step) if b.subject in subjects]
-        loss, _ = model.training_loss(batches, StepInfo(step, steps, 0, 1), torch.Generator().manual_seed(step))
+        loss, _ = model.training_loss(batches, StepInfo(step, steps), torch.Generator().manual_seed(step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -75,12 +75,12 @@ def test_cycle_term_needs_two_subjects():
     testbed = LinearTestbed({"a": 20, "b": 45}, space, n_train=64)
     generator = torch.Generator().manual_seed(0)
     two = build_model("mindbridge", SMALL_BRIDGE, {"a": 20, "b": 45}, space)
-    _, logs = two.training_loss(testbed.train_batches(0), StepInfo(0, 1, 0, 1), generator)
+    _, logs = two.training_loss(testbed.train_batches(0), StepInfo(0, 1), generator)
     assert logs["cyc"] > 0 and logs["rec"] > 0
-    _, logs = two.training_loss(testbed.train_batches(0)[:1], StepInfo(0, 1, 0, 1), generator)
+    _, logs = two.training_loss(testbed.train_batches(0)[:1], StepInfo(0, 1), generator)
     assert "cyc" not in logs  # only one subject in this step
     one = build_model("mindbridge", SMALL_BRIDGE, {"a": 20}, space)
-    _, logs = one.training_loss(testbed.train_batches(0)[:1], StepInfo(0, 1, 0, 1), generator)
+    _, logs = one.training_loss(testbed.train_batches(0)[:1], StepInfo(0, 1), generator)
     assert "cyc" not in logs and "rec" in logs
 
 

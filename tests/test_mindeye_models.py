@@ -31,7 +31,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _step_info(step: int) -> StepInfo:
-    return StepInfo(step, 10, 0, 5)  # epoch 0 of 5: the BiMixCo phase
+    return StepInfo(step, 10)  # steps 0-2 of 10: the BiMixCo phase
 
 
 # ---------------------------------------------------------------- prior

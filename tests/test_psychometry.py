@@ -13,6 +13,7 @@ from model_testbed import LinearTestbed, small_space
 from brainrecon.errors import ConfigError
 from brainrecon.models import build_model
 from brainrecon.models.base import StepInfo, TargetSpace
+from brainrecon.models.losses import PAPER_TARGET_ELEMENTS
 from brainrecon.models.psychometry import (
     Psychometry,
     PsychometryConfig,
@@ -128,7 +129,7 @@ def test_changing_one_subjects_gate_affects_only_that_subject():
 def test_training_loss_sums_subjects_and_logs_parts():
     model = make()
     bed = LinearTestbed(SUBJECTS, small_space())
-    loss, logs = model.training_loss(bed.train_batches(0, 8), StepInfo(0, 10, 0, 1), torch.Generator())
+    loss, logs = model.training_loss(bed.train_batches(0, 8), StepInfo(0, 10), torch.Generator())
     assert torch.isfinite(loss)
     for key in ("softclip_image", "softclip_text", "mse_image", "mse_text", "loss"):
         assert isinstance(logs[key], float)
@@ -140,8 +141,20 @@ def test_training_loss_sums_subjects_and_logs_parts():
         assert all(p.grad is not None for p in model.subject_parameters(s))
 
     lowlevel = make(lowlevel=True, lowlevel_hidden=32)
-    _, logs = lowlevel.training_loss(bed.train_batches(0, 8), StepInfo(0, 10, 0, 1), torch.Generator())
+    _, logs = lowlevel.training_loss(bed.train_batches(0, 8), StepInfo(0, 10), torch.Generator())
     assert logs["l1_lowlevel"] > 0
+
+
+def test_mse_weighs_against_softclip_as_in_the_paper_at_any_target_size():
+    batches = LinearTestbed(SUBJECTS, small_space()).train_batches(0, 8)
+    paper, literal = make().eval(), make(mse_scale="literal").eval()  # eval: no dropout, equal predictions
+    _, by_paper = paper.training_loss(batches, StepInfo(0, 10), torch.Generator())
+    _, by_element = literal.training_loss(batches, StepInfo(0, 10), torch.Generator())
+    assert by_paper["softclip_image"] == pytest.approx(by_element["softclip_image"])
+    for name, short in (("image_tokens", "image"), ("text_tokens", "text")):
+        shape = small_space()[name]
+        ratio = shape[0] * shape[1] / PAPER_TARGET_ELEMENTS[name]  # the paper's 1e4 is per element of its size
+        assert by_paper[f"mse_{short}"] == pytest.approx(by_element[f"mse_{short}"] * ratio, rel=1e-5)
 
 
 def test_learns_all_subjects_at_once():

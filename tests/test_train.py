@@ -298,7 +298,8 @@ def _write_config(path: Path, config: TrainConfig) -> Path:
 
 def test_kill_and_resume_equals_uninterrupted(train_world, tmp_path):
     config = _write_config(tmp_path / "c.yaml", small_config("mindbridge", epochs=1, checkpoint_every=3,
-                                                             keep_checkpoints=50, log_every=1))
+                                                             keep_checkpoints=50, log_every=1,
+                                                             validation={"fraction": 0.1, "select": "best"}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--config", str(config), "--data", str(train_world), "--no-progress"]
     subprocess.run(_cli("train", *common, "--out", str(tmp_path / "whole")), check=True, env=env,
@@ -328,6 +329,9 @@ def test_kill_and_resume_equals_uninterrupted(train_world, tmp_path):
     losses = lambda run: [line.split(",")[3] for line in (run / "log.csv").read_text().splitlines()  # noqa: E731
                           if ",loss," in line]
     assert losses(tmp_path / "whole") == losses(killed)
+    # the validation curve and the checkpoint it chose, too (the killed run's later scores are dropped)
+    record = lambda run: json.loads((run / "validation.json").read_text())  # noqa: E731
+    assert record(tmp_path / "whole") == record(killed)
 
 
 def test_two_process_ddp_follows_one_process(train_world, tmp_path):

@@ -89,12 +89,13 @@ class SubjectBatch:
 
 @dataclass(frozen=True)
 class StepInfo:
-    """Where training is, for schedules that depend on it (MixCo phase, SoftCLIP temperature)."""
+    """Where training is, for schedules that depend on it (MixCo phase, SoftCLIP temperature).
+
+    Schedules are functions of the optimiser step, never of the epoch, so that a short run is a
+    shortened long one (an epoch-based phase rounds to nothing in a 1-3 epoch run)."""
 
     step: int  # optimiser step, 0-based
     total_steps: int
-    epoch: int  # 0-based
-    n_epochs: int
 
     @property
     def progress(self) -> float:

@@ -90,19 +90,23 @@ def soft_clip_loss(preds: torch.Tensor, targets: torch.Tensor, temperature: floa
     return (forward + backward) / 2
 
 
-def cosine_anneal(start: float, end: float, n: int) -> list[float]:
-    """MindEye's cosine_anneal: n values from start to end along half a cosine."""
+def cosine_anneal(start: float, end: float, i: int, n: int) -> float:
+    """Value i (0-based) of MindEye's cosine_anneal(start, end, n): n values from start to end along half a
+    cosine (the last value for i >= n - 1)."""
     if n <= 1:
-        return [end] * max(n, 0)
-    return [end + (start - end) / 2 * (1 + math.cos(math.pi * i / (n - 1))) for i in range(n)]
+        return end
+    return end + (start - end) / 2 * (1 + math.cos(math.pi * min(i, n - 1) / (n - 1)))
 
 
 @dataclass(frozen=True)
 class ContrastiveSchedule:
-    """BiMixCo for the first `mixup_pct` of epochs, then SoftCLIP with a per-epoch temperature that rises.
+    """BiMixCo for the first `mixup_pct` of optimiser steps, then SoftCLIP with a temperature that rises.
 
-    Defaults are MindEye1/2's published values (mixup_pct 0.33, tau 0.006, then
-    cosine_anneal(0.004, 0.0075) over the remaining epochs).
+    Defaults are MindEye1/2's published values (mixup_pct 0.33, tau 0.006, then SoftCLIP with tau
+    annealed 0.004 -> 0.0075 along half a cosine). The papers switch and anneal per *epoch* over
+    150-240 epochs; per step is the same curve at a finer grain, and it keeps a short run a
+    shortened paper run: per epoch, a 3-epoch run has int(0.33 * 3) = 0 MixCo epochs, and a
+    1-epoch run never anneals.
     """
 
     mixup_pct: float = 0.33
@@ -110,12 +114,12 @@ class ContrastiveSchedule:
     soft_start: float = 0.004
     soft_end: float = 0.0075
 
-    def phase(self, epoch: int, n_epochs: int) -> tuple[str, float]:
-        mix_epochs = int(self.mixup_pct * n_epochs)
-        if epoch < mix_epochs:
+    def phase(self, step: int, total_steps: int) -> tuple[str, float]:
+        """The loss and temperature at optimiser step ``step`` (0-based) of ``total_steps``."""
+        mix_steps = int(self.mixup_pct * total_steps)  # MindEye: int(mixup_pct * num_epochs)
+        if step < mix_steps:
             return "bimixco", self.mixco_temperature
-        temps = cosine_anneal(self.soft_start, self.soft_end, n_epochs - mix_epochs)
-        return "softclip", temps[min(epoch - mix_epochs, len(temps) - 1)]
+        return "softclip", cosine_anneal(self.soft_start, self.soft_end, step - mix_steps, total_steps - mix_steps)
 
 
 class ContrastiveConfig(StrictConfig):
@@ -130,9 +134,30 @@ class ContrastiveConfig(StrictConfig):
         return ContrastiveSchedule(**self.model_dump())
 
 
-def normalized_mse(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """MSE between flattened, L2-normalised vectors (Psychometry / MindBridge's MSE term)."""
-    return F.mse_loss(flat_normalize(preds), flat_normalize(targets))
+# The papers' target sizes, in elements: CLIP ViT-L/14 image tokens (257 x 768) and text tokens (77 x 768), the
+# spaces in which Psychometry and MindBridge weight their MSE term (mse_mult 1e4; 1e6 in Psychometry's
+# train_moe.sh). See `normalized_mse`.
+PAPER_TARGET_ELEMENTS = {"image_tokens": 257 * 768, "text_tokens": 77 * 768}
+
+
+def normalized_mse(preds: torch.Tensor, targets: torch.Tensor, elements: int | None = None) -> torch.Tensor:
+    """MSE between flattened, L2-normalised vectors (Psychometry / MindBridge's MSE term).
+
+    The papers take the mean over a target's D elements, which is |p - t|^2 / D for unit vectors p and t:
+    at a fixed weight it shrinks as the target grows. So the papers' mse_mult = 1e4 on 257 x 768 tokens,
+    applied to a 65 x 128 target, would weigh 24x more against the contrastive term than in the paper.
+    ``elements``: divide by this (the paper's size of the target) instead of this target's own size, so
+    that a weight means what it means in the paper at any target size. None: this target's size
+    (the papers' formula applied literally; equal to the above on the papers' targets).
+    """
+    p, t = flat_normalize(preds), flat_normalize(targets)
+    return (p - t).pow(2).sum(-1).mean() / (elements or p.shape[-1])
+
+
+def mse_elements(config, name: str) -> int | None:
+    """What a model's normalised MSE on target ``name`` divides by: the paper's size of that target when the
+    config's ``mse_scale`` is "paper", else None (the target's own size)."""
+    return PAPER_TARGET_ELEMENTS[name] if config.mse_scale == "paper" else None
 
 
 def mse_cos_loss(preds: torch.Tensor, targets: torch.Tensor, cos_weight: float = 0.6) -> torch.Tensor:

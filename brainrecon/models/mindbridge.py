@@ -38,7 +38,7 @@ from torch import nn
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.models.base import BrainModel, StepInfo, SubjectBatch, TargetSpace
-from brainrecon.models.losses import normalized_mse, soft_clip_loss
+from brainrecon.models.losses import mse_elements, normalized_mse, soft_clip_loss
 
 
 class MindBridgeConfig(StrictConfig):
@@ -51,6 +51,9 @@ class MindBridgeConfig(StrictConfig):
     dropout: float = 0.15  # inside the translator
     soft_clip_temperature: float = 0.005
     mse_mult: float = 1e4  # weight of the normalised-MSE terms (image + text)
+    # how mse_mult is read: "paper", as the papers' weight on 257x768 image / 77x768 text tokens, so it keeps the
+    # paper's balance against SoftCLIP at any target size; "literal", on this target's own element mean
+    mse_scale: Literal["paper", "literal"] = "paper"
     rec_mult: float = 1.0  # weight of the per-subject fMRI reconstruction loss
     cyc_mult: float = 1.0  # weight of the cross-subject cycle loss
     predict_text: bool = True  # also predict CLIP text tokens (needs the text_tokens target)
@@ -202,7 +205,7 @@ class MindBridge(BrainModel):
         for name in preds:
             target = torch.cat([b.targets[name] for b in batches])
             clip = soft_clip_loss(preds[name], target, cfg.soft_clip_temperature)
-            mse = normalized_mse(preds[name], target)
+            mse = normalized_mse(preds[name], target, mse_elements(cfg, name))
             loss = loss + clip + cfg.mse_mult * mse
             short = name.split("_")[0]  # "image" / "text"
             logs[f"clip_{short}"], logs[f"mse_{short}"] = float(clip.detach()), float(mse.detach())

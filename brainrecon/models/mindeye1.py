@@ -88,7 +88,7 @@ class MindEye1(BrainModel):
             self.check_subject(batch.subject, batch.betas)
         betas = torch.cat([b.betas for b in batches])
         targets = {name: torch.cat([b.targets[name] for b in batches]) for name in self.required_targets}
-        phase, temperature = self.schedule.phase(info.epoch, info.n_epochs)
+        phase, temperature = self.schedule.phase(info.step, info.total_steps)
         mix = mix_on(draw_mixco([len(b) for b in batches], generator), betas.device) if phase == "bimixco" else None
         out = self(mix.apply(betas) if mix is not None else betas)
         target = targets["image_tokens"].reshape(out["image_tokens"].shape)

@@ -139,7 +139,7 @@ class MindEye2(BrainModel):
         for batch in batches:
             self.check_subject(batch.subject, batch.betas)
         sizes = [len(b) for b in batches]
-        phase, temperature = self.schedule.phase(info.epoch, info.n_epochs)
+        phase, temperature = self.schedule.phase(info.step, info.total_steps)
         device = batches[0].betas.device
         mix = mix_on(draw_mixco(sizes, generator), device) if phase == "bimixco" else None
         parts = subject_mixes(mix, sizes) if mix is not None else [None] * len(batches)

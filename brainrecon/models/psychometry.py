@@ -13,6 +13,8 @@ are always active (soft routing, no top-k), so every step trains every expert.
 Training sums, over subjects, SoftCLIP (fixed temperature) plus mse_mult times the
 MSE between L2-normalised flattened vectors, for image and text tokens alike, as
 Psychometry's trainer does: one optimiser step on the sum of the subjects' losses.
+The MSE is taken per element *of the paper's target size* (``mse_scale: paper``,
+see ``losses.normalized_mse``), so mse_mult weighs against SoftCLIP as in the paper.
 
 The released code (``QUANRJ/Psychometry`` on GitHub) is a cleaned-up, non-runnable
 post-hoc release; this is a fresh implementation from the description. An optional
@@ -25,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ from torch import nn
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.models.base import BrainModel, StepInfo, SubjectBatch, TargetSpace
-from brainrecon.models.losses import normalized_mse, soft_clip_loss
+from brainrecon.models.losses import mse_elements, normalized_mse, soft_clip_loss
 
 # NSD subjects the paper trains jointly (nsdgeneral voxel counts at 1.8 mm) and its target shapes.
 PAPER_SUBJECTS = {"subj01": 15724, "subj02": 14278, "subj05": 13039, "subj07": 12682}
@@ -56,6 +58,9 @@ class PsychometryConfig(StrictConfig):
     slots_per_expert: int = Field(4, gt=0)
     soft_clip_temperature: float = Field(0.005, gt=0.0)
     mse_mult: float = Field(1e4, ge=0.0)  # config.py default; train_moe.sh uses 1e6
+    # how mse_mult is read: "paper", as the papers' weight on 257x768 image / 77x768 text tokens, so it keeps the
+    # paper's balance against SoftCLIP at any target size; "literal", on this target's own element mean
+    mse_scale: Literal["paper", "literal"] = "paper"
     predict_text: bool = True
     lowlevel: bool = False  # also predict SD-VAE latents (target "lowlevel") for img2img
     lowlevel_hidden: int = Field(4096, gt=0)
@@ -305,7 +310,7 @@ class Psychometry(BrainModel):
                 if name in preds:
                     target = batch.targets[name]
                     parts[f"softclip_{short}"] = soft_clip_loss(preds[name], target, c.soft_clip_temperature)
-                    parts[f"mse_{short}"] = c.mse_mult * normalized_mse(preds[name], target)
+                    parts[f"mse_{short}"] = c.mse_mult * normalized_mse(preds[name], target, mse_elements(c, name))
             if "lowlevel" in preds:
                 parts["l1_lowlevel"] = c.lowlevel_mult * F.l1_loss(preds["lowlevel"], batch.targets["lowlevel"])
             loss = sum(parts.values())

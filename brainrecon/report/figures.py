@@ -66,8 +66,9 @@ def read_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 CURVE_SKIP = ("lr", "samples_per_second")  # shown in the log, not as curves of learning
 
 
-def training_curves(log: Path, path: Path) -> list[str]:
-    """One panel per logged loss term; returns the names plotted (none: no figure written)."""
+def training_curves(log: Path, path: Path, chosen_step: int | None = None) -> list[str]:
+    """One panel per logged term (losses, and the validation scores when the run had a slice); returns the
+    names plotted (none: no figure written). ``chosen_step``: marked on every panel (the weights kept)."""
     series = {k: v for k, v in read_log(log).items() if k not in CURVE_SKIP}
     if not series:
         return []
@@ -78,7 +79,9 @@ def training_curves(log: Path, path: Path) -> list[str]:
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
     for axis, name in zip(axes.flat, names, strict=False):
         steps, values = series[name]
-        axis.plot(steps, values, lw=1.2)
+        axis.plot(steps, values, lw=1.2, marker="o" if name.startswith("val_") else None, ms=3)
+        if chosen_step is not None:
+            axis.axvline(chosen_step, color="0.4", ls="--", lw=0.8)
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("step", fontsize=8)
         axis.tick_params(labelsize=8)

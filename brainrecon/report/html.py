@@ -27,6 +27,7 @@ from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
 from brainrecon.io import atomic_write_text, sha256_file
 from brainrecon.report import figures
 from brainrecon.train.run import CLOSED_FORM_FIT
+from brainrecon.train.validation import VALIDATION
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1b1b1b; }
@@ -148,10 +149,27 @@ def _curves(run: Path, out: Path) -> str:
         return (f'<p id="no-curves">No training curves: a closed-form fit, not iterative training.'
                 f'{html.escape(detail)}</p>')
     path = out / "figures" / "training-curves.png"
-    names = figures.training_curves(log, path)
+    record = json.loads((run / VALIDATION).read_text()) if (run / VALIDATION).is_file() else None
+    names = figures.training_curves(log, path, record.get("chosen_step") if record else None)
     if not names:
         return '<p id="no-curves">The training log holds no loss values.</p>'
-    return _figure(path, "training curves", "training-curves")
+    return _validation_note(record) + _figure(path, "training curves", "training-curves")
+
+
+def _validation_note(record: dict | None) -> str:
+    """What the validation slice was and which weights it kept (none: the run had no slice)."""
+    if not record or not record.get("curve"):
+        return ""
+    chosen = record.get("chosen_step")
+    entry = next((e for e in record["curve"] if e["step"] == chosen), record["curve"][-1])
+    stimuli = ", ".join(f"{s} {n}" for s, n in record["stimuli"].items())
+    kept = (f"The final weights are those of step {chosen} ({record['select']}: val_retrieval "
+            f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}; dashed line)." if chosen is not None
+            else "Training did not finish, so no weights were chosen yet.")
+    return (f'<p id="validation">Validation: {100 * record["fraction"]:.0f}% of the training stimuli held out '
+            f'by stimulus ({html.escape(stimuli)} stimuli), scored at {len(record["curve"])} steps: top-1 '
+            f'retrieval among each subject\'s held-out stimuli (not the 300-way test figure) and the mean '
+            f'cosine to the truth. {html.escape(kept)} The test set was not read during training.</p>')
 
 
 def _per_subject(metrics: dict, out: Path) -> str:

@@ -4,7 +4,9 @@
     RUN/model.json               model kind, options, subjects (name -> voxels), target space, store
     RUN/model.safetensors        final weights (written when training ends)
     RUN/training_stimuli.json    per subject, every stimulus id the run trained on (init_from's included),
-                                 and the trial rows of the store this run itself trained on
+                                 the trial rows of the store this run itself trained on, and the rows of
+                                 the training stimuli it held out for validation
+    RUN/validation.json          validation scores during training and the step chosen (train/validation.py)
     RUN/closed_form_fit.json     closed-form models (the ridge): what each subject's fit chose
     RUN/metrics.json             held-out evaluation (docs/evaluation.md; after the final weights)
     RUN/log.csv                  step, epoch, metric, value (one row per logged number)
@@ -141,12 +143,14 @@ class RunDir:
         atomic_write_json(self.path / "model.json", info.to_dict())
 
     def write_training_stimuli(self, store: Store, rows: dict[str, np.ndarray],
-                               inherited: dict[str, list[int]] | None = None) -> None:
+                               inherited: dict[str, list[int]] | None = None,
+                               validation: dict[str, np.ndarray] | None = None) -> None:
         """Record what training saw, once, for everyone who needs it: the trial rows this run trains
         on (the memory's keys, the closed-form fit) and every stimulus id, so evaluation can prove no
         test stimulus was among them.
 
         ``inherited``: the stimulus record of an ``init_from`` run, whose training is part of this one.
+        ``validation``: the rows of the training stimuli held out for validation (recorded apart).
         """
         merged = {subject: set(ids) for subject, ids in (inherited or {}).items()}
         for subject, subject_rows in rows.items():
@@ -155,13 +159,20 @@ class RunDir:
         atomic_write_json(self.path / TRAINING_STIMULI, {
             "store": str(store.root.resolve()),
             "subjects": {s: sorted(int(i) for i in ids) for s, ids in merged.items()},
-            "rows": {s: [int(r) for r in subject_rows] for s, subject_rows in rows.items()}})
+            "rows": {s: [int(r) for r in subject_rows] for s, subject_rows in rows.items()},
+            "validation_rows": {s: [int(r) for r in subject_rows] for s, subject_rows in (validation or {}).items()}})
 
     # -- checkpoints ------------------------------------------------------------------------------
+    @staticmethod
+    def checkpoint_name(step: int) -> str:
+        return f"step-{step:08d}"
+
     def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        extra: dict, keep: int) -> None:
+                        extra: dict, keep: int, protect: int | None = None) -> None:
+        """Write the checkpoint of ``step`` and delete all but the newest ``keep`` (never the one of step
+        ``protect``: the best-scoring weights that ``validation.select: best`` will return to)."""
         check_finite(model, f"checkpoint at step {step}")
-        name = f"step-{step:08d}"
+        name = self.checkpoint_name(step)
         final, partial = self.checkpoints / name, self.checkpoints / f"{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -172,8 +183,10 @@ class RunDir:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         atomic_write_json(self.checkpoints / "latest.json", {"checkpoint": name, "step": step})
+        kept = self.checkpoint_name(protect) if protect is not None else None
         for old in sorted(self.checkpoints.glob("step-????????"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name != kept:
+                shutil.rmtree(old, ignore_errors=True)
 
     def resume_from(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
         """Load the newest intact checkpoint into model and optimizer; its state, or None if there is none.
@@ -214,6 +227,11 @@ class RunDir:
         tensors = load_file(str(folder / "optimizer.safetensors"))
         optimizer.load_state_dict(optimizer_from_safetensors(tensors, state["optimizer"]))
         return state
+
+    def load_checkpoint_weights(self, step: int, model: torch.nn.Module) -> None:
+        """The model weights of the checkpoint of ``step`` (the optimizer's state is left)."""
+        load_model(model, str(self.checkpoints / self.checkpoint_name(step) / "model.safetensors"), strict=True,
+                   device="cpu")
 
     # -- the finished run -------------------------------------------------------------------------
     def save_final(self, model: torch.nn.Module) -> None:

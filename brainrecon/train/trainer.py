@@ -12,7 +12,9 @@ launch`) and mixed precision; the rest is ours:
   global batch follow the 1-process loss curve;
 - the held-out test set is not read here: the command layer evaluates the
   finished run once (`brainrecon train` does it right after training), so no
-  checkpoint is chosen by test performance;
+  checkpoint is chosen by test performance; a validation slice of the
+  *training* stimuli (`validation:`, train/validation.py) is scored at
+  checkpoints, and can choose the final weights;
 - torch's global random state is the caller's again when training returns.
 """
 
@@ -42,6 +44,7 @@ from brainrecon.train.batches import BalancedBatches, SubjectStream, training_ro
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.run import CLOSED_FORM_FIT, RunDir, RunInfo, load_run, training_stimuli
 from brainrecon.train.targets import Targets, load_targets
+from brainrecon.train.validation import ValidationRecord, ValidationSet, split_validation
 
 
 def learning_rate(step: int, total: int, optim: OptimConfig, epochs: int) -> float:
@@ -221,9 +224,13 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[
                    str(store.root.resolve()), store.manifest_sha256)
     # the one place a run's training trials are chosen; the run records them for everyone after it
     rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
+    held_out = {}
+    if config.validation.enabled:
+        rows, held_out = split_validation(store, rows, config.validation.fraction, config.seed)
     if main:
         run.write_info(info)
-        run.write_training_stimuli(store, rows, training_stimuli(config.init_from) if config.init_from else None)
+        run.write_training_stimuli(store, rows, training_stimuli(config.init_from) if config.init_from else None,
+                                   held_out)
     if model.closed_form:
         return _fit_closed_form(store, model, targets, rows, run, accelerator)
 
@@ -242,13 +249,17 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[
     log = CsvLog(run.path / "log.csv", start_step) if main else None
     board = _tensorboard(run, config.tensorboard) if main else None
     checkpoint_every = config.checkpoint_every or steps_per_epoch
+    validation = record = None
+    if held_out and main:  # scored on the main process only, at checkpoints (every process has the same weights)
+        validation = ValidationSet(store, held_out, targets, model.retrieval_target)
+        record = ValidationRecord(run.path, config.validation, validation.stimuli(), start_step)
 
     bar = tqdm(total=last_step, initial=start_step, desc=f"train {config.model_kind}", unit="step",
                disable=not (progress and main))
     samples, clock = 0, time.perf_counter()
     for step in range(start_step, last_step):
         epoch = step // steps_per_epoch
-        info_step = StepInfo(step, total_steps, epoch, epochs)
+        info_step = StepInfo(step, total_steps)
         lr = learning_rate(step, total_steps, config.optim, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -288,15 +299,27 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[
                     board.add_scalar(key, value, done)
             bar.set_postfix(loss=f"{logged['loss']:.4g}", samples_s=f"{rate:.0f}")
         bar.update(1)
-        if done % checkpoint_every == 0 or done == last_step:
+        validating = bool(held_out) and config.validation.every > 0 and done % config.validation.every == 0
+        if done % checkpoint_every == 0 or done == last_step or validating:
             accelerator.wait_for_everyone()
+            if record is not None:
+                score = validation.score(unwrapped, accelerator.device)
+                record.add(done, score)
+                log.write(done, epoch, {"val_retrieval": score["retrieval"], "val_cosine": score["cosine"]})
             if main:
-                run.save_checkpoint(done, unwrapped, optimizer.optimizer, {"epoch": epoch}, config.keep_checkpoints)
+                best = record.best if record is not None else None
+                run.save_checkpoint(done, unwrapped, optimizer.optimizer, {"epoch": epoch}, config.keep_checkpoints,
+                                    protect=best["step"] if best else None)
     bar.close()
     if board:
         board.close()
     accelerator.wait_for_everyone()
     if main:
+        if record is not None:
+            chosen = record.best["step"] if config.validation.select == "best" else last_step
+            if chosen != last_step:
+                run.load_checkpoint_weights(chosen, unwrapped)
+            record.write(chosen_step=chosen)
         run.save_final(unwrapped)
     accelerator.wait_for_everyone()
     accelerator.end_training()

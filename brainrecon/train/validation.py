@@ -1,0 +1,154 @@
+"""A validation slice of the *training* stimuli, scored while a run trains; the test set is never read.
+
+The slice is held out by stimulus: every trial of a held-out stimulus leaves training, so a
+validation score never rewards a model for remembering an image it was trained on (NSD shows each
+image three times, and a split by trial would put repeats on both sides). Which stimuli are held
+out is a pure function of the run's seed and training stimuli, drawn from the union of the
+config's subjects' stimuli, so a stimulus is held out for every subject that saw it.
+
+A validation score is taken at checkpoints (and every ``validation.every`` steps, each of which
+then checkpoints too), so ``select: best`` can always go back to the scored weights: the best
+checkpoint is kept out of the rotation. The scores go to RUN/log.csv (``val_retrieval``,
+``val_cosine``, plotted by the report) and, per subject, to RUN/validation.json.
+
+The score is MindEye's test protocol on the slice: repeats averaged at the input, the model's
+retrieval prediction compared by cosine with every held-out stimulus's target, top-1 over all of
+them (not 300-way: the slice is smaller), and the mean cosine to the true target.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from brainrecon.config import StrictConfig
+from brainrecon.data.store import Store
+from brainrecon.errors import ConfigError
+from brainrecon.io import atomic_write_json
+from brainrecon.models.base import BrainModel
+from brainrecon.rng import derive_rng
+from brainrecon.train.targets import Targets
+
+VALIDATION = "validation.json"
+MIN_STIMULI = 2  # retrieval needs at least one wrong candidate
+
+
+class ValidationConfig(StrictConfig):
+    """`validation:` in a training config. The default (fraction 0) trains on every training stimulus."""
+
+    fraction: float = Field(0.0, ge=0.0, le=0.5)  # share of the training stimuli held out
+    every: int = Field(0, ge=0)  # optimiser steps between scores (each also checkpoints); 0: at checkpoints
+    select: Literal["last", "best"] = "last"  # the final weights: the last step's, or the best-scoring ones
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0
+
+
+def split_validation(store: Store, rows: dict[str, np.ndarray], fraction: float,
+                     seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each subject's training rows split into (training, validation) by stimulus.
+
+    ``round(fraction * n)`` of the n distinct stimuli in ``rows`` (all subjects together) are held
+    out, in a seeded order; a subject's validation rows are its trials of those stimuli.
+    """
+    ids = {s: store.subject(s).trials.stimulus_id[r] for s, r in rows.items()}
+    union = np.unique(np.concatenate(list(ids.values())))
+    held = derive_rng(seed, "validation").permutation(union)[:round(fraction * len(union))]
+    train, validation = {}, {}
+    for subject, subject_rows in rows.items():
+        out = np.isin(ids[subject], held)
+        train[subject], validation[subject] = subject_rows[~out], subject_rows[out]
+        stimuli = len(np.unique(ids[subject][out]))
+        if fraction > 0 and (stimuli < MIN_STIMULI or not (~out).any()):
+            raise ConfigError(f"validation.fraction {fraction} leaves subject {subject} {stimuli} validation "
+                              f"stimuli and {int((~out).sum())} training trials (it has "
+                              f"{len(np.unique(ids[subject]))} training stimuli); a validation slice needs at "
+                              f"least {MIN_STIMULI} stimuli and training at least one trial: change "
+                              f"validation.fraction, or set it to 0")
+    return train, validation
+
+
+class ValidationSet:
+    """The held-out stimuli of each subject: repeat-averaged normalised betas, scored against their targets."""
+
+    def __init__(self, store: Store, rows: dict[str, np.ndarray], targets: Targets, target_name: str,
+                 batch_size: int = 256):
+        self.targets, self.target_name, self.batch_size = targets, target_name, batch_size
+        self.betas: dict[str, torch.Tensor] = {}
+        self.stimulus_ids: dict[str, np.ndarray] = {}
+        for subject, subject_rows in rows.items():
+            data = store.subject(subject)
+            ids = data.trials.stimulus_id[subject_rows]
+            unique, inverse = np.unique(ids, return_inverse=True)
+            betas = data.read_trials(subject_rows).astype(np.float64)
+            sums = np.zeros((len(unique), betas.shape[1]))
+            np.add.at(sums, inverse, betas)
+            self.betas[subject] = torch.from_numpy((sums / np.bincount(inverse)[:, None]).astype(np.float32))
+            self.stimulus_ids[subject] = unique
+
+    def stimuli(self) -> dict[str, int]:
+        return {subject: len(ids) for subject, ids in self.stimulus_ids.items()}
+
+    @torch.no_grad()
+    def score(self, model: BrainModel, device: torch.device | str) -> dict:
+        """Top-1 retrieval among each subject's held-out stimuli and the mean cosine to the truth, per
+        subject and averaged over subjects. The model is scored in eval mode and handed back as it came."""
+        was_training = model.training
+        model.eval()
+        per_subject = {}
+        for subject, betas in self.betas.items():
+            predicted = torch.cat([model.predict(betas[i:i + self.batch_size].to(device), subject)
+                                   [model.retrieval_target].float().flatten(1).cpu()
+                                   for i in range(0, len(betas), self.batch_size)])
+            truth = torch.from_numpy(np.asarray(self.targets.get(self.target_name, self.stimulus_ids[subject]),
+                                                np.float32)).flatten(1)
+            similarity = F.normalize(predicted, dim=1) @ F.normalize(truth, dim=1).T
+            hits = similarity.argmax(dim=1) == torch.arange(len(similarity))
+            per_subject[subject] = {"retrieval": float(hits.double().mean()),
+                                    "cosine": float(similarity.diagonal().double().mean())}
+        model.train(was_training)
+        return {"retrieval": float(np.mean([v["retrieval"] for v in per_subject.values()])),
+                "cosine": float(np.mean([v["cosine"] for v in per_subject.values()])),
+                "subjects": per_subject}
+
+
+def better(score: dict, best: dict | None) -> bool:
+    """Whether ``score`` beats ``best``: higher retrieval, ties broken by the mean cosine."""
+    return best is None or (score["retrieval"], score["cosine"]) > (best["retrieval"], best["cosine"])
+
+
+class ValidationRecord:
+    """RUN/validation.json: the slice, every score so far, and (when training ends) the chosen step.
+
+    On ``--resume`` the scores after the checkpoint resumed from are dropped: the resumed run
+    scores those steps again.
+    """
+
+    def __init__(self, run: Path, config: ValidationConfig, stimuli: dict[str, int], resume_step: int):
+        self.path, self.config, self.stimuli = Path(run) / VALIDATION, config, stimuli
+        self.curve: list[dict] = []
+        if resume_step and self.path.is_file():
+            self.curve = [e for e in json.loads(self.path.read_text())["curve"] if e["step"] <= resume_step]
+
+    @property
+    def best(self) -> dict | None:
+        best = None
+        for entry in self.curve:
+            best = entry if better(entry, best) else best
+        return best
+
+    def add(self, step: int, score: dict) -> None:
+        self.curve.append({"step": step, **score})
+        self.write()
+
+    def write(self, chosen_step: int | None = None) -> None:
+        atomic_write_json(self.path, {"fraction": self.config.fraction, "select": self.config.select,
+                                      "stimuli": self.stimuli, "metric": "top-1 retrieval among the slice",
+                                      "chosen_step": chosen_step, "curve": self.curve})

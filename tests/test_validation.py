@@ -1,0 +1,123 @@
+"""Schedules by optimiser step, MSE weights that keep the papers' balance, and a validation slice of the
+training stimuli that is scored during training and can choose the final weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_train import small_config
+
+from brainrecon.config import validate_config
+from brainrecon.data import open_store
+from brainrecon.errors import ConfigError
+from brainrecon.models.losses import ContrastiveSchedule, normalized_mse
+from brainrecon.train.batches import training_rows
+from brainrecon.train.config import OptimConfig, TrainConfig
+from brainrecon.train.trainer import learning_rate, train
+from brainrecon.train.validation import split_validation
+
+torch.set_num_threads(1)
+
+
+def test_a_run_of_e_steps_follows_the_papers_e_epoch_contrastive_schedule():
+    schedule = ContrastiveSchedule()
+    for epochs in (150, 240):
+        mix = int(0.33 * epochs)  # MindEye: BiMixCo for int(mixup_pct * num_epochs) epochs, then SoftCLIP with
+        n = epochs - mix  # soft_loss_temps = cosine_anneal(0.004, 0.0075, n), one temperature per epoch
+        temps = [0.0075 + (0.004 - 0.0075) / 2 * (1 + math.cos(math.pi * i / (n - 1))) for i in range(n)]
+        for epoch in range(epochs):
+            expected = ("bimixco", 0.006) if epoch < mix else ("softclip", temps[epoch - mix])
+            phase, temperature = schedule.phase(epoch, epochs)
+            assert phase == expected[0] and temperature == pytest.approx(expected[1], abs=1e-15)
+
+
+def test_a_short_run_keeps_the_mixco_third_and_anneals_its_softclip_temperature():
+    phases = [ContrastiveSchedule().phase(step, 423) for step in range(423)]  # 3 epochs of 141 steps
+    assert sum(p == "bimixco" for p, _ in phases) == int(0.33 * 423)  # per epoch: int(0.33 * 3) = 0
+    temps = [t for p, t in phases if p == "softclip"]
+    assert temps[0] == pytest.approx(0.004) and temps[-1] == pytest.approx(0.0075)
+    assert all(np.diff(temps) >= 0) and len(set(temps)) == len(temps)
+
+
+def test_normalized_mse_keeps_its_weight_at_every_target_size():
+    torch.manual_seed(0)
+    small_p, small_t = torch.randn(4, 65, 128), torch.randn(4, 65, 128)
+    literal = normalized_mse(small_p, small_t)
+    reference = F.mse_loss(F.normalize(small_p.flatten(1), dim=-1), F.normalize(small_t.flatten(1), dim=-1))
+    assert literal == pytest.approx(reference, rel=1e-5)
+    # the same unit-vector geometry in a 4x larger target (zero padding keeps every cosine)
+    big_p, big_t = (F.pad(x, (0, 3 * 128)) for x in (small_p, small_t))
+    assert normalized_mse(big_p, big_t) == pytest.approx(float(literal) / 4, rel=1e-5)  # the literal mean shrinks
+    paper = 257 * 768
+    assert normalized_mse(big_p, big_t, paper) == pytest.approx(float(normalized_mse(small_p, small_t, paper)),
+                                                                rel=1e-5)
+    assert normalized_mse(small_p, small_t, paper) == pytest.approx(float(literal) * 65 * 128 / paper, rel=1e-5)
+
+
+def test_warm_up_is_a_small_fraction_of_the_steps():
+    steps = 141  # one epoch of a simulated-world preset
+    by_steps = [learning_rate(s, steps, OptimConfig(lr=1e-3), epochs=1) for s in range(steps)]
+    assert int(np.argmax(by_steps)) <= math.ceil(0.02 * steps)  # the default: 2% of the steps
+    per_epoch = [learning_rate(s, steps, OptimConfig(lr=1e-3, pct_start=None), epochs=1) for s in range(steps)]
+    assert int(np.argmax(per_epoch)) >= steps // 2 - 2  # the papers' 2 / epochs rule: half of a 1-epoch run
+
+
+def test_validation_holds_out_whole_stimuli_for_every_subject_with_a_seed(train_world):
+    store = open_store(train_world)
+    rows = {s: training_rows(store, s, 0) for s in store.subjects}
+    stimuli = lambda subject, r: set(store.subject(subject).trials.stimulus_id[r].tolist())  # noqa: E731
+    train, held = split_validation(store, rows, 0.2, seed=0)
+    union = set().union(*(stimuli(s, r) for s, r in rows.items()))
+    held_ids = set().union(*(stimuli(s, r) for s, r in held.items()))
+    assert len(held_ids) == round(0.2 * len(union))
+    for subject in rows:
+        assert not stimuli(subject, train[subject]) & held_ids  # no repeat of a held-out stimulus trains
+        assert np.array_equal(np.sort(np.concatenate([train[subject], held[subject]])), np.sort(rows[subject]))
+    again, _ = split_validation(store, rows, 0.2, seed=0)
+    other, _ = split_validation(store, rows, 0.2, seed=1)
+    assert all(np.array_equal(again[s], train[s]) for s in rows)
+    assert any(not np.array_equal(other[s], train[s]) for s in rows)
+    few = {"subj01": rows["subj01"][:3]}
+    with pytest.raises(ConfigError, match="validation.fraction 0.1 leaves subject subj01"):
+        split_validation(store, few, 0.1, seed=0)
+
+
+def test_closed_form_models_refuse_a_validation_slice():
+    with pytest.raises(ConfigError, match="cross-validation on every training stimulus"):
+        validate_config(TrainConfig, {"model": {"kind": "ridge"}, "validation": {"fraction": 0.1}})
+
+
+def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, tmp_path):
+    config = small_config("mindeye2", keep_checkpoints=1,
+                          validation={"fraction": 0.2, "every": 4, "select": "best"})
+    run = train(config, train_world, tmp_path / "run", progress=False)
+    record = json.loads((run / "validation.json").read_text())
+    steps = [entry["step"] for entry in record["curve"]]
+    assert steps[:3] == [4, 8, 12] and len(steps) >= 4
+    best = max(record["curve"], key=lambda e: (e["retrieval"], e["cosine"]))
+    assert record["chosen_step"] == best["step"]
+    assert all(0 <= e["retrieval"] <= 1 and set(e["subjects"]) == set(record["stimuli"]) for e in record["curve"])
+    # the chosen checkpoint survived the rotation (keep 1), and the final weights are its weights
+    chosen = load_file(str(run / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"))
+    final = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(chosen[name], final[name]) for name in final)
+    log = (run / "log.csv").read_text()
+    assert f"{steps[0]},0,val_retrieval," in log and ",val_cosine," in log
+    # the record keeps the slice apart from what trained
+    saw = json.loads((run / "training_stimuli.json").read_text())
+    store = open_store(train_world)
+    for subject, held in saw["validation_rows"].items():
+        held_ids = set(store.subject(subject).trials.stimulus_id[held].tolist())
+        assert held_ids and not held_ids & set(saw["subjects"][subject])
+        assert len(held_ids) == record["stimuli"][subject]
