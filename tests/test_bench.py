@@ -13,7 +13,7 @@ from PIL import Image
 
 from brainrecon.bench.efficiency import EfficiencyConfig, plan_runs, run_efficiency
 from brainrecon.bench.leaderboard import LeaderboardConfig, run_leaderboard
-from brainrecon.config import load_config
+from brainrecon.config import load_config, validate_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +38,11 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     ecphory = result["rows"][-1]
     assert "fused embedding" in ecphory["retrieval_note"]
     assert ecphory["parameters"] == result["rows"][-2]["parameters"]  # the same run
+    assert result["rows"][0]["steps"] is None and result["rows"][1]["steps"] == 2  # ridge: closed form
+    assert all(list(row["seeds"]) == ["0"] for row in result["rows"] if row["model"] != "psychometry+ecphory")
     markdown = (tmp_path / "lb" / "leaderboard.md").read_text()
     for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results",
-                  "small-CLIP pooled ceiling", "÷ ceiling"):
+                  "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |"):
         assert label in markdown
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
@@ -106,3 +108,38 @@ def test_gpu_check_runs_at_toy_sizes_on_cpu(tmp_path):
     assert [r["stage"].split(",")[0] for r in rows] == ["MindEye2-style training", "ridge",
                                                          "Ecphory memory search"]
     assert all(r["seconds"] > 0 for r in rows)
+
+
+def test_every_training_seed_is_scored_and_a_closed_form_fit_trains_once(train_world, tmp_path):
+    from brainrecon.bench.leaderboard import seed_retrievals, sim_train_config
+
+    overrides = {"max_steps": 2, "batch_size": 8, "validation": {"fraction": 0.0}}
+    config = sim_train_config("mindreader", overrides, 50, 3, 42, seed=0)
+    values = seed_retrievals("mindreader", config, train_world, tmp_path, [0, 3], first=0.5)
+    assert values["0"] == 0.5 and 0.0 <= values["3"] <= 1.0
+    assert (tmp_path / "mindreader-seed3" / "metrics.json").is_file()
+    assert "seed: 3" in (tmp_path / "mindreader-seed3" / "config.yaml").read_text()
+    ridge = sim_train_config("ridge", {}, 50, 3, 42, seed=0)
+    assert seed_retrievals("ridge", ridge, train_world, tmp_path, [0, 1, 2], first=0.25) == {"0": 0.25}
+    assert not list(tmp_path.glob("ridge-seed*"))
+
+
+def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
+    from brainrecon.bench.leaderboard import planned_rows
+    from brainrecon.errors import ConfigError
+
+    ablation = load_config(LeaderboardConfig, "psychometry-ablation", "bench")
+    rows = planned_rows(ablation)
+    assert [r[0] for r in rows] == ["psychometry", "psychometry+ecphory", "psychometry-dense",
+                                    "psychometry-one-expert"]
+    assert rows[2][2] == {"model": {"moe": "dense"}} and rows[3][4] is False
+    for preset in ("default", "smoke", "psychometry-ablation"):
+        assert load_config(LeaderboardConfig, preset, "bench").seeds  # every bench preset's rows validate
+    base = {"world": "tiny", "models": ["psychometry"]}
+    with pytest.raises(ConfigError, match="unknown model"):
+        validate_config(LeaderboardConfig, {**base, "models": ["mindeye3"]})
+    with pytest.raises(ConfigError, match="'typo' row's training config is invalid.*moee"):
+        validate_config(LeaderboardConfig, {**base, "variants": {"typo": {
+            "model": "psychometry", "label": "x", "train_overrides": {"model": {"moee": "dense"}}}}})
+    with pytest.raises(ConfigError, match="repeat a seed"):
+        validate_config(LeaderboardConfig, {**base, "seeds": [0, 0]})

@@ -157,6 +157,24 @@ def test_mse_weighs_against_softclip_as_in_the_paper_at_any_target_size():
         assert by_paper[f"mse_{short}"] == pytest.approx(by_element[f"mse_{short}"] * ratio, rel=1e-5)
 
 
+def test_the_dense_ablation_replaces_the_omni_moe_with_one_shared_feed_forward_block():
+    dense, omni = make(moe="dense"), make()
+    assert dense.moe_layers() == [] and len(omni.moe_layers()) == 2
+    assert not any(".gates." in name or ".experts." in name for name, _ in dense.named_parameters())
+    assert dense.subject_parameters("subj01") == list(dense.encoders["subj01"].parameters())
+    experts = sum(p.numel() for moe in omni.moe_layers() for p in moe.experts.parameters())
+    gates = sum(moe.gates[s].numel() for moe in omni.moe_layers() for s in SUBJECTS)
+    dense_ff = sum(p.numel() for d in (dense.image_decoder, dense.text_decoder) for p in d.moe_layer.moe.parameters())
+    # the dense block is one expert's size; the Omni MoE has num_experts of them, the gates and a scale each
+    assert sum(p.numel() for p in omni.parameters()) - sum(p.numel() for p in dense.parameters()) == \
+        experts + gates + 2 - dense_ff
+    dense.add_subject("subj07", 24)  # a new subject gets an encoder only
+    loss, _ = dense.training_loss(LinearTestbed({**SUBJECTS, "subj07": 24}, small_space()).train_batches(0, 8),
+                                  StepInfo(0, 10), torch.Generator())
+    loss.backward()
+    assert torch.isfinite(loss) and dense.image_decoder.moe_layer.moe.ff.linear2.weight.grad is not None
+
+
 def test_learns_all_subjects_at_once():
     subjects = {"subj01": 40, "subj02": 56, "subj05": 72}
     bed = LinearTestbed(subjects, small_space())

@@ -23,15 +23,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, model_validator
 
-from brainrecon.config import StrictConfig, load_config
+from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, space_targets, subject_ceilings
 from brainrecon.evaluate.ecphory import ecphory_embedding_scores
-from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run
+from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run, student_t_interval
 from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.models import model_class
 from brainrecon.reconstruct import ReconstructConfig, open_memory
 from brainrecon.reconstruct import reconstruct as run_reconstruct
 from brainrecon.train.config import TrainConfig
@@ -41,10 +43,22 @@ SUBJECT = "subj01"
 IMAGE_METRICS = ("pixcorr", "ssim", "clip")  # those the simulated world can score (no AlexNet/Inception files)
 
 
+class Variant(StrictConfig):
+    """An extra row: a model's sim preset with changes (an ablation), e.g. Psychometry with `moe: dense`."""
+
+    model: str
+    label: str
+    train_overrides: dict[str, Any] = {}  # merged over the leaderboard's own train_overrides, one level deep
+
+
 class LeaderboardConfig(StrictConfig):
     world: str = "default"  # a world preset (configs/worlds) or YAML path
     models: list[str] = ["ridge", "mindeye1", "mindeye2", "mindbridge", "mindreader", "psychometry"]
     train_overrides: dict[str, Any] = {}  # merged into every sim-<model> preset (e.g. max_steps for a smoke run)
+    # training seeds per model: the first seed's run is the row (reconstructed and scored in full); every seed's
+    # held-out image retrieval gives the row's mean and 95% CI over seeds. A closed-form fit trains once.
+    seeds: list[int] = Field([0], min_length=1)
+    variants: dict[str, Variant] = {}  # extra rows by name, after the models
     recon_images: int = 30  # test images of subj01 reconstructed per row
     recon_steps: int = 25
     samples: int = 4  # samples per image (k): Ecphory memories, or seeds without it; honest selection
@@ -52,6 +66,22 @@ class LeaderboardConfig(StrictConfig):
     way: int = 300
     draws: int = 30
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _rows_are_known_and_train(self) -> LeaderboardConfig:
+        # checked before the world is simulated: a typo in a variant fails in a second, not after an hour
+        unknown = [m for m in [*self.models, *(v.model for v in self.variants.values())] if m not in LABELS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(LABELS)}")
+        taken = set(self.models) | {"psychometry+ecphory"}
+        if clash := sorted(taken & set(self.variants)):
+            raise ValueError(f"variant name(s) {clash} are already row names; rename the variants")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed; list each training seed once")
+        for name, model, overrides, _, _ in planned_rows(self):
+            validate_config(TrainConfig, sim_train_config(model, overrides, self.way, self.draws, self.seed, seed=0),
+                            source=f"the {name!r} row's training config")
+        return self
 
 
 def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int, eval_seed: int,
@@ -62,10 +92,7 @@ def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int
     """
     preset = load_config(TrainConfig, f"sim-{model}", "train").model_dump(mode="json")
     preset.update(fixed, eval={**preset["eval"], "way": way, "draws": draws, "seed": eval_seed})
-    for key, value in overrides.items():
-        preset[key] = {**preset[key], **value} if isinstance(value, dict) and isinstance(preset.get(key), dict) \
-            else value
-    return preset
+    return merged_overrides(preset, overrides)
 
 
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
@@ -170,6 +197,32 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
     return row
 
 
+def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, seeds: list[int],
+                    first: float) -> dict[str, float]:
+    """subj01's held-out image retrieval for each training seed (``first``: the first seed's, already scored).
+
+    The other seeds train in child processes; their figure is the `train` command's own evaluation
+    (RUN/metrics.json), with the bench's protocol. Closed-form models train once: a seed changes nothing.
+    """
+    values = {str(seeds[0]): first}
+    if model_class(train_config["model"]["kind"]).closed_form:
+        return values
+    for seed in seeds[1:]:
+        name = f"{model}-seed{seed}"
+        train_in_child(name, {**train_config, "seed": seed}, store, runs / name, runs / f"{name}.log")
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        values[str(seed)] = metrics["subjects"][SUBJECT]["values"]["image_retrieval"]["value"]
+    return values
+
+
+def steps_trained(run: Path) -> int | None:
+    """The optimiser steps a run took (its log's last step); None for a closed-form fit."""
+    log = run / "log.csv"
+    if not log.is_file():
+        return None
+    return max(int(line.split(",", 1)[0]) for line in log.read_text().splitlines()[1:] if line)
+
+
 def oracle_row(store_path: Path, config: LeaderboardConfig) -> dict:
     """The oracle, and each target space's ceiling and plain ridge (the store's ceiling table)."""
     store = open_store(store_path)
@@ -186,6 +239,29 @@ LABELS = {"ridge": "Ridge (Brain-Diffuser-style)", "mindeye1": "MindEye1-style",
           "mindbridge": "MindBridge-style", "mindreader": "Mind Reader-style", "psychometry": "Psychometry"}
 
 
+def merged_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, mappings merged one level deep (as `sim_train_config` merges into a preset)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def planned_rows(config: LeaderboardConfig) -> list[tuple[str, str, dict[str, Any], str, bool]]:
+    """(row name, model kind, train overrides, label, Ecphory) for every row, in order: the models (Psychometry
+    followed by its Ecphory row, which scores the same run), then the variants."""
+    rows = []
+    for model in config.models:
+        rows.append((model, model, config.train_overrides, LABELS[model], False))
+        if model == "psychometry":
+            rows.append(("psychometry+ecphory", model, config.train_overrides, LABELS[model] + " + Ecphory", True))
+    for name, variant in config.variants.items():
+        rows.append((name, variant.model, merged_overrides(config.train_overrides, variant.train_overrides),
+                     variant.label, False))
+    return rows
+
+
 def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: str = "custom") -> dict:
     """Build (or resume) the leaderboard in ``out``; returns what leaderboard.json holds."""
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
@@ -198,28 +274,31 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         started = time.perf_counter()
         simulate_world(world, store, progress=False)
         echo(f"simulated the world ({config.world}) in {time.perf_counter() - started:.0f} s")
-    names = [(m, False) for m in config.models]
-    if "psychometry" in config.models:
-        names.insert(names.index(("psychometry", False)) + 1, ("psychometry", True))
     rows = []
-    for model, ecphory in names:
-        name = f"{model}+ecphory" if ecphory else model
+    for name, model, overrides, label, ecphory in planned_rows(config):
         saved = rows_dir / f"{name}.json"
         if saved.is_file():
             rows.append(json.loads(saved.read_text()))
             echo(f"{name}: done earlier ({saved})")
             continue
-        run = runs / model
+        run = runs / model  # an Ecphory row scores the model's own run
         if ecphory:
             trained = json.loads((rows_dir / f"{model}.json").read_text())
-            row = {key: trained[key] for key in ("train_seconds", "peak_rss_mb", "resumed", "parameters", "subjects")}
+            row = {key: trained.get(key) for key in ("train_seconds", "peak_rss_mb", "resumed", "parameters",
+                                                     "subjects", "steps")}
         else:
-            train_config = sim_train_config(model, config.train_overrides, config.way, config.draws, config.seed,
-                                            seed=0)
-            row = train_in_child(model, train_config, store, run, runs / f"{model}.log")
-            row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all")
-        row.update(model=name, label=LABELS[model] + (" + Ecphory" if ecphory else ""))
+            run = runs / name
+            train_config = sim_train_config(model, overrides, config.way, config.draws, config.seed,
+                                            seed=config.seeds[0])
+            row = train_in_child(name, train_config, store, run, runs / f"{name}.log")
+            row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all",
+                       steps=steps_trained(run))
+        row.update(model=name, kind=model, label=label)
         row.update(score_row(run, out / "recons" / name, out / "metrics" / f"{name}.json", config, ecphory))
+        if not ecphory:
+            row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"])
+            if len(row["seeds"]) > 1:
+                row["seeds_mean"], row["seeds_ci95"] = student_t_interval(list(row["seeds"].values()))
         atomic_write_json(saved, row)
         rows.append(row)
         echo(f"{name}: image {100 * row['image_top1']:.1f}%, brain {100 * row['brain_top1']:.1f}%, "
@@ -263,33 +342,46 @@ def _pct(value, ci=None) -> str:
     return f"{100 * value:.1f}" + (f" ± {100 * ci:.1f}" if ci is not None else "")
 
 
+def _over_seeds(row: dict) -> str:
+    if "seeds_mean" in row:
+        return f"{_pct(row['seeds_mean'], row['seeds_ci95'])} ({len(row['seeds'])})"
+    if row.get("steps", 0) is None:
+        return "closed form"
+    return ""
+
+
+def _steps(row: dict) -> str:
+    steps = row.get("steps", "")
+    return "closed form" if steps is None else f"{steps}"
+
+
 def leaderboard_markdown(result: dict) -> str:
     oracle = result["oracle"]
     way = oracle["way"]
     lines = [
-        "| model | image ret | brain ret | ÷ oracle | ÷ ceiling | emb cos | PixCorr | SSIM | CLIP 2-way | params | "
-        "train s | peak MB | subjects |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        "| model | image ret | over seeds | brain ret | ÷ oracle | ÷ ceiling | emb cos | PixCorr | SSIM | CLIP 2-way | "
+        "params | steps | train s | peak MB | subjects |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in sorted(result["rows"], key=lambda r: -r["image_top1"]):
         fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         subjects = row["subjects"] if isinstance(row["subjects"], str) else ", ".join(row["subjects"])
-        lines.append(f"| {row['label']} | {_pct(row['image_top1'], row.get('image_ci95'))} | "
+        lines.append(f"| {row['label']} | {_pct(row['image_top1'], row.get('image_ci95'))} | {_over_seeds(row)} | "
                      f"{_pct(row['brain_top1'], row.get('brain_ci95'))} | {row['ratio_to_oracle']:.2f} | "
                      f"{fmt(row.get('ratio_to_ceiling'), 2)} | "
                      f"{fmt(row['embedding_cosine'])} | {fmt(row['pixcorr'])} | {fmt(row['ssim'])} | "
-                     f"{_pct(row['clip'])} | {row['parameters']:,} | {row['train_seconds']:.0f}"
+                     f"{_pct(row['clip'])} | {row['parameters']:,} | {_steps(row)} | {row['train_seconds']:.0f}"
                      f"{'*' if row.get('resumed') else ''} | "
                      f"{row['peak_rss_mb']:.0f} | {subjects} |")
-    lines.append(f"| **{oracle['label']}** | {_pct(oracle['image_top1'], oracle['image_ci95'])} | "
-                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | | |")
+    lines.append(f"| **{oracle['label']}** | {_pct(oracle['image_top1'], oracle['image_ci95'])} | | "
+                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | | | |")
     for name, space in oracle.get("spaces", {}).items():
         for kind in ("ceiling", "ridge"):
             score = space[kind]
             label = (f"{SPACE_LABELS[name]} ceiling (the Bayes estimate of the code, read into the space)"
                      if kind == "ceiling" else f"plain ridge into {SPACE_LABELS[name]} (centred)")
-            lines.append(f"| *{label}* | {_pct(score['image_top1'], score['image_ci95'])} | "
+            lines.append(f"| *{label}* | {_pct(score['image_top1'], score['image_ci95'])} | | "
                          f"{_pct(score['brain_top1'], score['brain_ci95'])} | "
-                         f"{score['image_top1'] / oracle['image_top1']:.2f} | | | | | | | | | |")
+                         f"{score['image_top1'] / oracle['image_top1']:.2f} | | | | | | | | | | |")
     config = result["config"]
     machine_info = result["machine"]
     notes = [
@@ -301,6 +393,9 @@ def leaderboard_markdown(result: dict) -> str:
         f"computes it; "
         f"docs/simulated-world.md). Ceiling and ridge rows are scored with the training images' mean target "
         f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
+        f"over seeds: the image retrieval's mean ± 95% Student-t CI over the training seeds {config.get('seeds', [0])} "
+        f"(n in brackets; the other columns are the first seed's run); a closed-form fit is the same for every "
+        f"seed. steps: the optimiser steps the run took (each preset's own budget, not an equal one).",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
@@ -321,5 +416,5 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "claim_workdir", "leaderboard_markdown", "run_leaderboard", "sim_train_config",
+__all__ = ["LeaderboardConfig", "Variant", "claim_workdir", "leaderboard_markdown", "run_leaderboard", "sim_train_config",
            "train_in_child"]

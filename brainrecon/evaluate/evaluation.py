@@ -109,10 +109,16 @@ def is_available(entry: dict) -> bool:
     return entry.get("available", True)
 
 
-def average_over_subjects(per_subject: dict[str, dict[str, dict]]) -> dict[str, dict]:
-    """Each metric's mean over subjects with a Student-t 95% interval over subjects."""
+def student_t_interval(values) -> tuple[float, float]:
+    """Mean and half-width of its 95% Student-t interval (for a few values: subjects, training seeds)."""
     from scipy import stats
 
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def average_over_subjects(per_subject: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Each metric's mean over subjects with a Student-t 95% interval over subjects."""
     names = [n for n in METRIC_COLUMNS if any(n in values for values in per_subject.values())]
     average = {}
     for name in names:
@@ -125,8 +131,8 @@ def average_over_subjects(per_subject: dict[str, dict[str, dict]]) -> dict[str, 
         if len(means) == 1:
             average[name] = {"value": float(means[0]), "ci95": entries[0]["ci95"], "n_subjects": 1}
         else:
-            half = stats.t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means))
-            average[name] = {"value": float(means.mean()), "ci95": float(half), "n_subjects": len(means)}
+            mean, half = student_t_interval(means)
+            average[name] = {"value": mean, "ci95": half, "n_subjects": len(means)}
     return average
 
 

@@ -54,6 +54,9 @@ class PsychometryConfig(StrictConfig):
     heads: int = Field(8, gt=0)
     ff: int = Field(3072, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # "dense": the ablation of the Omni MoE, one feed-forward block (width ff) shared by every subject, no routing;
+    # a single shared expert is `num_experts: 1` (it keeps the per-subject slots)
+    moe: Literal["omni", "dense"] = "omni"
     num_experts: int = Field(16, gt=0)
     slots_per_expert: int = Field(4, gt=0)
     soft_clip_temperature: float = Field(0.005, gt=0.0)
@@ -156,6 +159,17 @@ class SoftMoE(nn.Module):
         return torch.einsum("bnpd,bsnp->bsd", out, combine)
 
 
+class DenseFeedForward(nn.Module):
+    """The Omni MoE's ablation (``moe: dense``): one feed-forward block for every subject and token."""
+
+    def __init__(self, d_model: int, ff: int):
+        super().__init__()
+        self.ff = ExpertMLP(d_model, ff)
+
+    def forward(self, x: torch.Tensor, subject: str) -> torch.Tensor:
+        return self.ff(x)
+
+
 class MoEDecoderLayer(nn.Module):
     """Self-attention -> cross-attention -> Soft-MoE FFN, each with dropout, residual and post-LayerNorm."""
 
@@ -164,7 +178,8 @@ class MoEDecoderLayer(nn.Module):
         d = config.d_model
         self.self_attn = nn.MultiheadAttention(d, config.heads, dropout=config.dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d, config.heads, dropout=config.dropout, batch_first=True)
-        self.moe = SoftMoE(d, config.ff, config.num_experts, config.slots_per_expert, subjects)
+        self.moe = (SoftMoE(d, config.ff, config.num_experts, config.slots_per_expert, subjects)
+                    if config.moe == "omni" else DenseFeedForward(d, config.ff))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -248,8 +263,10 @@ class Psychometry(BrainModel):
                 + (("lowlevel",) if config.lowlevel else ()))
 
     def moe_layers(self) -> list[SoftMoE]:
-        """The Soft-MoE blocks (one per decoder), each holding the shared experts and per-subject gates."""
-        return [d.moe_layer.moe for d in (self.image_decoder, self.text_decoder) if d is not None]
+        """The Soft-MoE blocks (one per decoder), each holding the shared experts and per-subject gates
+        (none in the dense ablation)."""
+        return [d.moe_layer.moe for d in (self.image_decoder, self.text_decoder)
+                if d is not None and isinstance(d.moe_layer.moe, SoftMoE)]
 
     def _add_encoders(self, subject: str, n_voxels: int) -> None:
         """The subject's own modules: its voxel encoder(s); gate tensors are added by the caller or __init__."""
@@ -339,5 +356,5 @@ def count_parameters(config: PsychometryConfig | None = None, subjects: dict[str
             **{f"subject_{s}": n for s, n in per_subject.items()}}
 
 
-__all__ = ["PAPER_SPACE", "PAPER_SUBJECTS", "ExpertMLP", "FMRIEncoder", "MoEDecoderLayer", "Psychometry",
+__all__ = ["PAPER_SPACE", "PAPER_SUBJECTS", "DenseFeedForward", "ExpertMLP", "FMRIEncoder", "MoEDecoderLayer", "Psychometry",
            "PsychometryConfig", "QueryDecoder", "SoftMoE", "count_parameters"]
