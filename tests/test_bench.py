@@ -39,10 +39,11 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     assert "fused embedding" in ecphory["retrieval_note"]
     assert ecphory["parameters"] == result["rows"][-2]["parameters"]  # the same run
     assert result["rows"][0]["steps"] is None and result["rows"][1]["steps"] == 2  # ridge: closed form
+    assert result["rows"][0]["validation"] is None and result["rows"][1]["validation"]["curve"][-1][0] == 2
     assert all(list(row["seeds"]) == ["0"] for row in result["rows"] if row["model"] != "psychometry+ecphory")
     markdown = (tmp_path / "lb" / "leaderboard.md").read_text()
     for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results",
-                  "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |"):
+                  "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |", "val Δ 2nd half"):
         assert label in markdown
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))

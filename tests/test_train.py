@@ -120,25 +120,30 @@ def test_batches_are_balanced_deterministic_and_split_across_ranks(train_world):
         BalancedBatches(streams, 7, rank=0, world=2)
 
 
-def test_targets_resume_an_interrupted_computation(train_world, tmp_path, monkeypatch):
+def _interrupt_on_fourth_compute(store, config: TargetsConfig, monkeypatch) -> None:
+    """Compute ``config``'s targets, interrupted (KeyboardInterrupt) at the fourth chunk, as a kill would."""
     from brainrecon.train import targets as targets_module
 
-    store = open_store(train_world)
-    config = TargetsConfig(cache_dir=str(tmp_path), batch_size=16)
     calls = {"n": 0}
     original = targets_module._Embedders.compute
 
-    def failing(self, name, store, ids):
+    def failing(self, names, store, ids):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return original(self, name, store, ids)
+        return original(self, names, store, ids)
 
     monkeypatch.setattr(targets_module._Embedders, "compute", failing)
     with pytest.raises(KeyboardInterrupt):
         load_targets(store, config, progress=False)
-    assert list(tmp_path.glob("*.partial.json"))
     monkeypatch.setattr(targets_module._Embedders, "compute", original)
+
+
+def test_targets_resume_an_interrupted_computation(train_world, tmp_path, monkeypatch):
+    store = open_store(train_world)
+    config = TargetsConfig(cache_dir=str(tmp_path), batch_size=16)
+    _interrupt_on_fourth_compute(store, config, monkeypatch)
+    assert list(tmp_path.glob("*.partial.json"))
     resumed = load_targets(store, config, progress=False)
     fresh = load_targets(store, config.model_copy(update={"cache_dir": str(tmp_path / "fresh")}), progress=False)
     np.testing.assert_array_equal(resumed.arrays["image_tokens"], fresh.arrays["image_tokens"])
@@ -152,19 +157,7 @@ def test_a_stale_partial_of_another_target_group_is_never_resumed(train_world, t
 
     store = open_store(train_world)
     pooled_only = TargetsConfig(cache_dir=str(tmp_path), image_tokens=False, image_pooled=True, batch_size=16)
-    calls = {"n": 0}
-    original = targets_module._Embedders.compute
-
-    def failing(self, names, store, ids):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, names, store, ids)
-
-    monkeypatch.setattr(targets_module._Embedders, "compute", failing)
-    with pytest.raises(KeyboardInterrupt):
-        load_targets(store, pooled_only, progress=False)
-    monkeypatch.setattr(targets_module._Embedders, "compute", original)
+    _interrupt_on_fourth_compute(store, pooled_only, monkeypatch)
     written, write_state = [], targets_module.atomic_write_json
 
     def stop_after_first_state(path, data):  # interrupted between the two targets of the first chunk
@@ -297,8 +290,8 @@ def _write_config(path: Path, config: TrainConfig) -> Path:
 
 
 def test_kill_and_resume_equals_uninterrupted(train_world, tmp_path):
-    config = _write_config(tmp_path / "c.yaml", small_config("mindbridge", epochs=1, checkpoint_every=3,
-                                                             keep_checkpoints=50, log_every=1,
+    config = _write_config(tmp_path / "c.yaml", small_config("mindbridge", epochs=1, max_steps=12,
+                                                             checkpoint_every=3, keep_checkpoints=50, log_every=1,
                                                              validation={"fraction": 0.1, "select": "best"}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--config", str(config), "--data", str(train_world), "--no-progress"]

@@ -215,6 +215,21 @@ def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, see
     return values
 
 
+def validation_curve(run: Path) -> dict | None:
+    """The run's validation scores (step, val_retrieval), and how much they rose over the run's second half
+    (the last score minus the score nearest the middle step): near 0 when the curve has flattened."""
+    path = run / "validation.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    curve = [(entry["step"], entry["retrieval"]) for entry in record["curve"]]
+    if not curve:
+        return None
+    middle = min(curve, key=lambda point: abs(point[0] - curve[-1][0] / 2))
+    return {"curve": curve, "late_gain": curve[-1][1] - middle[1], "chosen_step": record.get("chosen_step"),
+            "select": record["select"]}
+
+
 def steps_trained(run: Path) -> int | None:
     """The optimiser steps a run took (its log's last step); None for a closed-form fit."""
     log = run / "log.csv"
@@ -285,14 +300,14 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         if ecphory:
             trained = json.loads((rows_dir / f"{model}.json").read_text())
             row = {key: trained.get(key) for key in ("train_seconds", "peak_rss_mb", "resumed", "parameters",
-                                                     "subjects", "steps")}
+                                                     "subjects", "steps", "validation")}
         else:
             run = runs / name
             train_config = sim_train_config(model, overrides, config.way, config.draws, config.seed,
                                             seed=config.seeds[0])
             row = train_in_child(name, train_config, store, run, runs / f"{name}.log")
             row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all",
-                       steps=steps_trained(run))
+                       steps=steps_trained(run), validation=validation_curve(run))
         row.update(model=name, kind=model, label=label)
         row.update(score_row(run, out / "recons" / name, out / "metrics" / f"{name}.json", config, ecphory))
         if not ecphory:
@@ -350,6 +365,11 @@ def _over_seeds(row: dict) -> str:
     return ""
 
 
+def _late_gain(row: dict) -> str:
+    validation = row.get("validation")
+    return "" if not validation else f"{100 * validation['late_gain']:+.1f}"
+
+
 def _steps(row: dict) -> str:
     steps = row.get("steps", "")
     return "closed form" if steps is None else f"{steps}"
@@ -360,8 +380,8 @@ def leaderboard_markdown(result: dict) -> str:
     way = oracle["way"]
     lines = [
         "| model | image ret | over seeds | brain ret | ÷ oracle | ÷ ceiling | emb cos | PixCorr | SSIM | CLIP 2-way | "
-        "params | steps | train s | peak MB | subjects |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        "params | steps | val Δ 2nd half | train s | peak MB | subjects |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in sorted(result["rows"], key=lambda r: -r["image_top1"]):
         fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         subjects = row["subjects"] if isinstance(row["subjects"], str) else ", ".join(row["subjects"])
@@ -369,11 +389,12 @@ def leaderboard_markdown(result: dict) -> str:
                      f"{_pct(row['brain_top1'], row.get('brain_ci95'))} | {row['ratio_to_oracle']:.2f} | "
                      f"{fmt(row.get('ratio_to_ceiling'), 2)} | "
                      f"{fmt(row['embedding_cosine'])} | {fmt(row['pixcorr'])} | {fmt(row['ssim'])} | "
-                     f"{_pct(row['clip'])} | {row['parameters']:,} | {_steps(row)} | {row['train_seconds']:.0f}"
+                     f"{_pct(row['clip'])} | {row['parameters']:,} | {_steps(row)} | {_late_gain(row)} | "
+                     f"{row['train_seconds']:.0f}"
                      f"{'*' if row.get('resumed') else ''} | "
                      f"{row['peak_rss_mb']:.0f} | {subjects} |")
     lines.append(f"| **{oracle['label']}** | {_pct(oracle['image_top1'], oracle['image_ci95'])} | | "
-                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | | | |")
+                 f"{_pct(oracle['brain_top1'], oracle['brain_ci95'])} | 1.00 | | | | | | | | | | | |")
     for name, space in oracle.get("spaces", {}).items():
         for kind in ("ceiling", "ridge"):
             score = space[kind]
@@ -381,7 +402,7 @@ def leaderboard_markdown(result: dict) -> str:
                      if kind == "ceiling" else f"plain ridge into {SPACE_LABELS[name]} (centred)")
             lines.append(f"| *{label}* | {_pct(score['image_top1'], score['image_ci95'])} | | "
                          f"{_pct(score['brain_top1'], score['brain_ci95'])} | "
-                         f"{score['image_top1'] / oracle['image_top1']:.2f} | | | | | | | | | | |")
+                         f"{score['image_top1'] / oracle['image_top1']:.2f} | | | | | | | | | | | |")
     config = result["config"]
     machine_info = result["machine"]
     notes = [
@@ -395,7 +416,10 @@ def leaderboard_markdown(result: dict) -> str:
         f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
         f"over seeds: the image retrieval's mean ± 95% Student-t CI over the training seeds {config.get('seeds', [0])} "
         f"(n in brackets; the other columns are the first seed's run); a closed-form fit is the same for every "
-        f"seed. steps: the optimiser steps the run took (each preset's own budget, not an equal one).",
+        f"seed. steps: the optimiser steps the run took (each preset's own budget, not an equal one). val Δ 2nd "
+        f"half: the first seed's validation retrieval (top-1 among its held-out *training* stimuli, in points) at "
+        f"the last step minus at the middle step; far above 0, the run was still learning. The final weights are "
+        f"the best-scoring validation checkpoint's.",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
