@@ -326,11 +326,12 @@ def test_report_draws_training_curves_from_the_log(two_subject_run, metrics, tmp
     assert Image.open(tmp_path / "report" / "figures" / "training-curves.png").size[1] > 100
     # a run with a validation slice: the report says what was held out and which step's weights were kept
     curve = [{"step": s, "retrieval": r, "cosine": c, "subjects": {}} for s, r, c in ((10, 0.2, 0.3), (20, 0.25, 0.31))]
-    (run / "validation.json").write_text(json.dumps({"fraction": 0.1, "select": "best", "chosen_step": 20,
+    (run / "validation.json").write_text(json.dumps({"fraction": 0.1, "select": "best", "metric": "cosine",
+                                                     "chosen_step": 20,
                                                      "stimuli": {"subj01": 15}, "curve": curve}))
     text = build_report(run, tmp_path / "report-2").read_text()
     assert "validation" in _parse(text).ids
-    assert "weights are those of step 20 (best: val_retrieval 25.0%" in text and "subj01 15 stimuli" in text
+    assert "weights are those of step 20 (best val_cosine: val_retrieval 25.0%" in text and "subj01 15 stimuli" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`apt-get install -y chromium`; CI installs it)")

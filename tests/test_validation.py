@@ -25,7 +25,7 @@ from brainrecon.models.losses import ContrastiveSchedule, normalized_mse
 from brainrecon.train.batches import training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.trainer import learning_rate, train
-from brainrecon.train.validation import split_validation
+from brainrecon.train.validation import better, split_validation
 
 torch.set_num_threads(1)
 
@@ -105,8 +105,8 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
     record = json.loads((run / "validation.json").read_text())
     steps = [entry["step"] for entry in record["curve"]]
     assert steps == [4, 8, 12, 16]
-    best = max(record["curve"], key=lambda e: (e["retrieval"], e["cosine"]))
-    assert record["chosen_step"] == best["step"]
+    best = max(record["curve"], key=lambda e: (e["cosine"], e["retrieval"]))  # the default metric: the cosine
+    assert record["chosen_step"] == best["step"] and record["metric"] == "cosine"
     assert all(0 <= e["retrieval"] <= 1 and set(e["subjects"]) == set(record["stimuli"]) for e in record["curve"])
     # the chosen checkpoint survived the rotation (keep 1), and the final weights are its weights
     chosen = load_file(str(run / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"))
@@ -121,3 +121,11 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
         held_ids = set(store.subject(subject).trials.stimulus_id[held].tolist())
         assert held_ids and not held_ids & set(saw["subjects"][subject])
         assert len(held_ids) == record["stimuli"][subject]
+
+
+def test_best_means_the_chosen_metric_with_the_other_breaking_ties():
+    a, b = {"retrieval": 0.5, "cosine": 0.10}, {"retrieval": 0.4, "cosine": 0.12}
+    assert better(b, a) and not better(a, b)  # by cosine
+    assert better(a, b, "retrieval") and not better(b, a, "retrieval")
+    tie = {"retrieval": 0.5, "cosine": 0.11}
+    assert better(tie, a, "retrieval") and better(a, None)

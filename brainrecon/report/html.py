@@ -163,7 +163,8 @@ def _validation_note(record: dict | None) -> str:
     chosen = record.get("chosen_step")
     entry = next((e for e in record["curve"] if e["step"] == chosen), record["curve"][-1])
     stimuli = ", ".join(f"{s} {n}" for s, n in record["stimuli"].items())
-    kept = (f"The final weights are those of step {chosen} ({record['select']}: val_retrieval "
+    rule = "last step" if record["select"] == "last" else f"best val_{record.get('metric', 'retrieval')}"
+    kept = (f"The final weights are those of step {chosen} ({rule}: val_retrieval "
             f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}; dashed line)." if chosen is not None
             else "Training did not finish, so no weights were chosen yet.")
     return (f'<p id="validation">Validation: {100 * record["fraction"]:.0f}% of the training stimuli held out '
