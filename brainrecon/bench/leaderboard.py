@@ -419,7 +419,8 @@ def leaderboard_markdown(result: dict) -> str:
         f"seed. steps: the optimiser steps the run took (each preset's own budget, not an equal one). val Δ 2nd "
         f"half: the first seed's validation retrieval (top-1 among its held-out *training* stimuli, in points) at "
         f"the last step minus at the middle step; far above 0, the run was still learning. The final weights are "
-        f"the best-scoring validation checkpoint's.",
+        f"those the preset's `validation.select` keeps (the sim presets: the checkpoint with the best validation "
+        f"cosine).",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
