@@ -112,6 +112,8 @@ class ValidationSet:
             predicted = torch.cat([model.predict(betas[i:i + self.batch_size].to(device), subject)
                                    [model.retrieval_target].float().flatten(1).cpu()
                                    for i in range(0, len(betas), self.batch_size)])
+            # read from the targets cache at each score rather than held: at NSD size a slice's token targets
+            # are about 0.7 GB per subject in float32
             truth = torch.from_numpy(np.asarray(self.targets.get(self.target_name, self.stimulus_ids[subject]),
                                                 np.float32)).flatten(1)
             similarity = F.normalize(predicted, dim=1) @ F.normalize(truth, dim=1).T
