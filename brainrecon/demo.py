@@ -31,7 +31,8 @@ from brainrecon.generate.base import GenerationRequest, quiet_model_loading
 from brainrecon.generate.unclip import UnclipGenerator
 from brainrecon.io import atomic_write_json, atomic_write_text, check_output_dir, exclusive_lock
 from brainrecon.pretrained import SIMWORLD_ASSETS
-from brainrecon.reconstruct import ReconstructConfig, build_memory
+from brainrecon.memory.choice import EcphorySetting
+from brainrecon.reconstruct import ReconstructConfig
 from brainrecon.reconstruct import reconstruct as run_reconstruct
 from brainrecon.report.html import build_report
 from brainrecon.train import TrainConfig, train
@@ -46,10 +47,10 @@ class Reconstructions:
     stimulus_ids: np.ndarray
     originals: np.ndarray  # uint8 (n, H, W, 3)
     from_truth: np.ndarray  # decoded from the true small-CLIP embedding (the decoder's ceiling)
-    from_brain: np.ndarray  # decoded from the ridge-predicted embedding, no Ecphory, one sample
-    from_ecphory: np.ndarray  # Ecphory (k memories, alpha 0.6), one sample each, honest selection
+    from_brain: np.ndarray  # decoded from the ridge-predicted embedding, no Ecphory, `samples` samples
+    from_ecphory: np.ndarray  # Ecphory (Psychometry's k and alpha), the same samples and honest selection
     clip_retrieval: dict  # the run's held-out retrieval in small-CLIP space (metrics.json)
-    ecphory_scores: dict  # embedding-level: cosine to the truth and retrieval per alpha
+    ecphory_scores: dict  # embedding-level: cosine to the truth and retrieval, plain and fused
     two_way: dict[str, float]  # two-way identification in small-CLIP space (chance 0.5), per row of the grid
     selection: str
     run: Path  # the ridge run; its reconstructions with Ecphory are in <out>/reconstructions/ecphory
@@ -62,11 +63,14 @@ class Reconstructions:
 
 
 def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path, n_images: int = 30,
-                            k: int = 4, steps: int = 25, seed: int = 0) -> Reconstructions:
+                            samples: int = 2, steps: int = 25, seed: int = 0) -> Reconstructions:
     """Train a ridge run into the small CLIP's pooled embedding, then reconstruct with and without Ecphory.
 
     Uses the same pieces as `brainrecon train` / `memory build` / `reconstruct`: the
-    demo is those commands run in sequence on a simulated world.
+    demo is those commands run in sequence on a simulated world. Both arms generate the
+    same number of samples with the same seeds and keep one by the same honest rule. A
+    ridge has no validation slice to choose Ecphory's setting on, so the demo gives
+    Psychometry's (k 10, alpha 0.6); the manifest says it was given, not chosen.
     """
     quiet_model_loading()
     run_dir = out / "run"
@@ -79,14 +83,17 @@ def reconstruct_with_assets(store: Store, subject: str, assets: Path, out: Path,
     retrieval = {"way": values["image_retrieval"]["way"], "chance": values["image_retrieval"]["chance"],
                  "image_top1": values["image_retrieval"]["value"], "brain_top1": values["brain_retrieval"]["value"]}
     context = RunContext.open(run)
-    scores = ecphory_embedding_scores(context, build_memory(context, run, subject, progress=False), subject, k=k)
+    setting = EcphorySetting(enabled=True, keys="prediction", k=10, alpha=0.6)
+    scores = ecphory_embedding_scores(context, subject, setting)
 
     # one guidance scale for every decoding: the one chosen for this set on validation scenes
     guidance = recorded_guidance(assets)
     settings = {"n_images": n_images, "steps": steps, "seed": seed, "batch_size": 32, "guidance": guidance}
+    settings = {**settings, "samples": samples}
     plain = run_reconstruct(run, out / "reconstructions" / "plain",
-                            ReconstructConfig(ecphory=False, k=1, **settings), progress=False, overwrite=True)
-    fused = run_reconstruct(run, out / "reconstructions" / "ecphory", ReconstructConfig(k=k, **settings),
+                            ReconstructConfig(ecphory=False, **settings), progress=False, overwrite=True)
+    fused = run_reconstruct(run, out / "reconstructions" / "ecphory",
+                            ReconstructConfig(keys=setting.keys, k=setting.k, alpha=setting.alpha, **settings),
                             progress=False, overwrite=True)
     read = lambda manifest, folder: np.stack([np.asarray(Image.open(folder / e["file"]))
                                               for e in manifest["images"]])
@@ -164,18 +171,19 @@ def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_imag
         seconds["reconstruct"] = time.perf_counter() - started
         save_reconstruction_grid(rec, out / "reconstructions.png")
         summary["reconstructions"] = rec.to_dict()
-        r, rows = rec.clip_retrieval, {row["alpha"]: row for row in rec.ecphory_scores["rows"]}
-        plain, fused = rows[1.0], rows[0.6]
+        r, rows = rec.clip_retrieval, rec.ecphory_scores["rows"]
+        plain, fused, setting = rows["plain"], rows["fused"], rec.ecphory_scores["setting"]
         lines = (f"3/3 reconstructed {len(rec.stimulus_ids)} test images of {rec.subject} in "
                  f"{seconds['reconstruct']:.1f} s (ridge run -> small-CLIP embedding -> small unCLIP decoder)\n"
                  f"    ridge in small-CLIP space, {r['way']}-way: image {100 * r['image_top1']:.1f}%, brain "
                  f"{100 * r['brain_top1']:.1f}% (chance {100 / r['way']:.2f}%)\n"
-                 f"    Ecphory (k={rec.ecphory_scores['k']}, alpha 0.6) vs none, embedding level: cosine to the "
-                 f"truth {fused['embedding_cosine']:.3f} vs {plain['embedding_cosine']:.3f}; retrieval "
+                 f"    Ecphory (given: k={setting['k']}, alpha {setting['alpha']}; a ridge has no validation slice "
+                 f"to choose them on) vs none, embedding level: cosine to the truth "
+                 f"{fused['embedding_cosine']:.3f} vs {plain['embedding_cosine']:.3f}; retrieval "
                  f"{100 * fused['image_top1']:.1f}% vs {100 * plain['image_top1']:.1f}%\n"
-                 f"    two-way identification (small CLIP, chance 50%): from brain "
-                 f"{100 * rec.two_way['from_brain']:.1f}%, with Ecphory {100 * rec.two_way['from_brain_ecphory']:.1f}% "
-                 f"(selection: {rec.selection}), from the true embedding "
+                 f"    two-way identification (small CLIP, chance 50%; {rec.selection} selection of the same "
+                 f"number of samples in both): from brain {100 * rec.two_way['from_brain']:.1f}%, with Ecphory "
+                 f"{100 * rec.two_way['from_brain_ecphory']:.1f}%, from the true embedding "
                  f"{100 * rec.two_way['from_true_embedding']:.1f}%\n"
                  f"    grid (original / from true embedding / from brain / with Ecphory): "
                  f"{out / 'reconstructions.png'}")

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from brainrecon.config import Device, StrictConfig
@@ -30,6 +30,7 @@ from brainrecon.embed.clip import ClipImageEmbedder
 from brainrecon.errors import ConfigError
 from brainrecon.generate.base import GenerationRequest, quiet_model_loading
 from brainrecon.generate.unclip import UnclipGenerator
+from brainrecon.generate.vae import VaePath
 from brainrecon.generate.versatile import VersatileGenerator
 from brainrecon.io import (atomic_write_bytes, atomic_write_json, check_output_dir, exclusive_lock, partial_dir,
                            publish_dir, sha256_file)
@@ -39,7 +40,9 @@ from brainrecon.memory.selection import (
     select_samples,
     select_samples_oracle,
 )
-from brainrecon.memory.subject_memory import MEMORY_NAMES
+from brainrecon.memory.choice import CHOICE_FORMAT, EcphoryGrid, EcphorySetting, KeyKind
+from brainrecon.memory.errors import MemoryStoreError
+from brainrecon.memory.subject_memory import BRAIN_KEY, MEMORY_NAMES
 from brainrecon.models.base import BrainModel, predict_in_batches
 from brainrecon.pretrained import SIMWORLD, resolve_model_dir
 from brainrecon.train.run import RunContext
@@ -52,12 +55,45 @@ def sample_seed(seed: int, candidate: int, image: int) -> int:
     return seed + candidate * SEED_STRIDE + image
 
 
+class LowLevelGrid(StrictConfig):
+    """img2img strengths tried on held-out training stimuli (1 = no low-level image) and the rule to choose."""
+
+    strengths: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
+    # the chosen strength is the one with the best PixCorr + SSIM among those whose CLIP two-way identification
+    # stays within this many points of generation without the low-level image: low-level fidelity, kept
+    # only while the images stay as recognisable
+    clip_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    max_stimuli: int = Field(40, ge=2)
+
+    @field_validator("strengths")
+    @classmethod
+    def _in_range(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if not values or min(values) <= 0 or max(values) >= 1:
+            raise ValueError(f"strengths must list values in (0, 1) (1, no low-level image, is the baseline); "
+                             f"got {list(values)}")
+        return values
+
+
 class ReconstructConfig(StrictConfig):
     generator: Literal["unclip", "versatile"] = "unclip"
     generator_path: str = SIMWORLD  # a local pipeline directory, or the shipped small unCLIP decoder
+    samples: int = Field(4, ge=1)  # generated per test image, one kept by `selection` (with or without Ecphory)
+    # Ecphory: on by default with the run's own choice of keys, k and alpha, made on held-out training
+    # stimuli (RUN/ecphory.json, made on first use); that choice may be "off". Any of keys, k and alpha
+    # given here overrides the choice (and turns Ecphory on).
     ecphory: bool = True
-    k: int = Field(10, ge=1)  # Ecphory: memories per image, one sample each; without Ecphory: samples per image
-    alpha: float = Field(0.6, ge=0.0, le=1.0)  # Ecphory: weight of the brain prediction
+    keys: KeyKind | None = None  # memory keys: the model's predictions, or the training fMRI itself
+    k: int | None = Field(None, ge=1)  # memories per image
+    alpha: float | None = Field(None, ge=0.0, le=1.0)  # weight of the brain prediction (1: no memory)
+    fusion: Literal["common", "raw"] = "common"  # raw: Psychometry's blend (then neighbours: each)
+    neighbours: Literal["weighted", "each"] = "weighted"
+    ecphory_grid: EcphoryGrid = EcphoryGrid()  # what the run's choice tries (memory/choice.py)
+    # MindEye's low-level path: start every sample from the image decoded from the predicted VAE latents
+    # (img2img), denoising only the last `lowlevel_strength` of the schedule; None: the strength the run
+    # chose on its held-out training stimuli (RUN/lowlevel.json). Needs a run trained with lowlevel targets.
+    lowlevel: bool = False
+    lowlevel_strength: float | None = Field(None, gt=0.0, le=1.0)
+    lowlevel_grid: LowLevelGrid = LowLevelGrid()
     selection: Literal["brain", "first", "oracle"] = "brain"
     steps: int = Field(25, ge=1)
     guidance: float = Field(3.0, ge=0.0)
@@ -68,7 +104,28 @@ class ReconstructConfig(StrictConfig):
     n_images: int | None = Field(None, ge=1)  # the first n test images (all by default)
     device: Device = "cpu"
 
+    @model_validator(mode="after")
+    def _raw_is_per_neighbour(self) -> ReconstructConfig:
+        if self.fusion == "raw" and self.neighbours != "each":
+            raise ValueError("fusion: raw is Psychometry's blend, one sample per neighbour; set neighbours: each")
+        return self
 
+    @property
+    def ecphory_given(self) -> bool:
+        return any(value is not None for value in (self.keys, self.k, self.alpha))
+
+
+def resolve_ecphory(run: str | Path, config: ReconstructConfig) -> tuple[EcphorySetting, str]:
+    """The Ecphory setting a reconstruction uses, and where it came from (recorded in the manifest)."""
+    if not config.ecphory:
+        return EcphorySetting(enabled=False), "off (ecphory: false)"
+    if config.ecphory_given:  # defaults for what was not given: memory keys as Psychometry, its k and alpha
+        return EcphorySetting(enabled=True, keys=config.keys or "prediction", k=config.k or 10,
+                              alpha=0.6 if config.alpha is None else config.alpha), "given"
+    record = read_choice(run, ECPHORY_CHOICE, CHOICE_FORMAT, ecphory_choice_settings(config))
+    if record is None:
+        raise ConfigError(f"Ecphory's setting {NOT_CHOSEN}; or give --keys/--k/--alpha, or --no-ecphory")
+    return EcphorySetting.model_validate(record["choice"]), f"chosen on held-out training stimuli: {record['reason']}"
 def predict_embeddings(model: BrainModel, betas: np.ndarray, subject: str, batch_size: int = 256,
              for_generation: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     """Predictions restricted to the embedding names a memory or generator can use."""
@@ -76,37 +133,132 @@ def predict_embeddings(model: BrainModel, betas: np.ndarray, subject: str, batch
     return {key: value for key, value in out.items() if key in MEMORY_NAMES}
 
 
-def memory_dir(run: str | Path, subject: str) -> Path:
-    return Path(run) / "memory" / subject
+def conditioning_embeddings(model: BrainModel, betas: np.ndarray, subject: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """What the generator is conditioned on: the prediction, or for models with a prior its sample."""
+    has_prior = type(model).embeddings_for_generation is not BrainModel.embeddings_for_generation
+    return predict_embeddings(model, betas, subject, for_generation=has_prior, seed=seed)
+
+
+def memory_dir(run: str | Path, subject: str, keys: KeyKind = "prediction") -> Path:
+    return Path(run) / "memory" / keys / subject
+
+
+MEAN_FIT_TRIALS = 512  # training trials whose conditioning embeddings (prior samples, for MindEye) give the mean
 
 
 def build_memory(context: RunContext, run: str | Path, subject: str, config: MemoryConfig | None = None,
-                 progress: bool = True) -> SubjectMemory:
-    """Keys: the model's predictions for the subject's training trials; values: their true embeddings."""
+                 progress: bool = True, keys: KeyKind = "prediction") -> SubjectMemory:
+    """A memory of the subject's trained stimuli: values are their true embeddings; keys are the model's
+    predictions for the trials ("prediction", Psychometry's) or the trials' fMRI ("brain").
+
+    Only the rows the run trained on: a validation slice stays out, so Ecphory can be tuned on it.
+    The mean the fusion centres conditioning embeddings with is taken over a seeded subsample of
+    the trials: for models with a diffusion prior each conditioning embedding is a prior sample,
+    too slow to draw for every trial, and a mean needs few."""
     rows = context.training_rows(subject)
     data = context.store.subject(subject)
     train_ids = data.trials.stimulus_id[rows]  # exactly the trials the run trained on
-    keys = predict_embeddings(context.model, data.read_trials(rows), subject)
-    names = [n for n in keys if n in context.targets.space]
+    betas = data.read_trials(rows)
+    predictions = predict_embeddings(context.model, betas, subject)
+    names = [n for n in predictions if n in context.targets.space]
+    sample = np.sort(np.random.default_rng(0).permutation(len(rows))[:MEAN_FIT_TRIALS])
+    conditioning = conditioning_embeddings(context.model, betas[sample], subject)
     values = {n: context.targets.get(n, train_ids) for n in names}
+    key_arrays = {BRAIN_KEY: betas} if keys == "brain" else {n: predictions[n] for n in names}
     if config is None:
-        # small keys are searched exactly as they are; large token keys through PCA (memory/subject_memory.py)
-        width = int(np.prod(context.targets.space[context.model.retrieval_target]))
-        config = MemoryConfig(search="full" if width <= FULL_KEY_WIDTH else "pca",
-                              search_on=(context.model.retrieval_target,))
-    memory = SubjectMemory.build(subject, {n: keys[n] for n in names}, values, train_ids, config,
+        # small keys are searched exactly as they are; large ones (tokens, many voxels) through PCA
+        name = BRAIN_KEY if keys == "brain" else context.model.retrieval_target
+        width = int(np.prod(key_arrays[name].shape[1:]))
+        config = MemoryConfig(search="full" if width <= FULL_KEY_WIDTH else "pca", search_on=(name,))
+    memory = SubjectMemory.build(subject, key_arrays, values, train_ids, config,
+                                 prediction_means={n: conditioning[n].mean(axis=0) for n in names},
                                  progress=progress)
-    memory.save(memory_dir(run, subject))
+    memory.save(memory_dir(run, subject, keys))
     return memory
 
 
-def open_memory(context: RunContext, run: str | Path, subject: str, progress: bool = True) -> SubjectMemory:
-    folder = memory_dir(run, subject)
+def open_memory(context: RunContext, run: str | Path, subject: str, progress: bool = True,
+                keys: KeyKind = "prediction") -> SubjectMemory:
+    """The run's saved memory, or a new one (also when the saved one predates this memory format)."""
+    folder = memory_dir(run, subject, keys)
     if (folder / "memory.json").is_file():
-        return SubjectMemory.load(folder)
-    return build_memory(context, run, subject, progress=progress)
+        try:
+            return SubjectMemory.load(folder)
+        except MemoryStoreError:
+            pass  # a memory is derived data: an old or broken one is rebuilt
+    return build_memory(context, run, subject, progress=progress, keys=keys)
 
 
+def memory_query(keys: KeyKind, prediction: dict[str, np.ndarray], betas: np.ndarray) -> dict[str, np.ndarray]:
+    """What a memory with these keys is searched with: the model's (deterministic) prediction, or the fMRI."""
+    return {BRAIN_KEY: betas} if keys == "brain" else prediction
+
+
+# -- settings chosen on held-out training stimuli (made by evaluate/choice.py, read here) -----------
+
+ECPHORY_CHOICE = "ecphory.json"
+LOWLEVEL_CHOICE = "lowlevel.json"
+LOWLEVEL_FORMAT = "brainrecon.lowlevel_choice"
+
+
+def lowlevel_decoder(context: RunContext, device: str = "cpu") -> VaePath:
+    """The VAE the run's low-level targets were encoded with (targets.vae), to decode predicted latents."""
+    if context.config.targets.vae is None:
+        raise ConfigError("the run's targets name no VAE (targets.vae), so it has no low-level image to start "
+                          "from; train with model.lowlevel: true, targets.lowlevel: true and targets.vae, or "
+                          "reconstruct without --lowlevel")
+    return VaePath(resolve_model_dir(context.config.targets.vae, "vae", "decoder"), device)
+
+
+def lowlevel_images(context: RunContext, vae: VaePath, betas: np.ndarray, subject: str) -> np.ndarray:
+    """The blurry images decoded from the model's predicted VAE latents (MindEye's low-level reconstruction)."""
+    predicted = predict_in_batches(context.model, betas, subject)
+    if "lowlevel" not in predicted:
+        raise ConfigError(f"the run's {context.model.kind} model predicts no low-level image (it has no `lowlevel` "
+                          f"head); train with model.lowlevel: true and targets.lowlevel: true (targets.vae: a VAE "
+                          f"directory, or simworld), or reconstruct without --lowlevel")
+    return vae.decode(predicted["lowlevel"])
+
+
+def resolve_lowlevel(run: str | Path, config: ReconstructConfig) -> tuple[float, str]:
+    """The img2img strength of the low-level path and where it came from (1.0: not used)."""
+    if not config.lowlevel:
+        return 1.0, "off (lowlevel: false)"
+    if config.lowlevel_strength is not None:
+        return config.lowlevel_strength, "given"
+    record = read_choice(run, LOWLEVEL_CHOICE, LOWLEVEL_FORMAT, lowlevel_choice_settings(config))
+    if record is None:
+        raise ConfigError(f"the low-level strength {NOT_CHOSEN}; or give --lowlevel-strength")
+    return record["strength"], f"chosen on held-out training stimuli: {record['reason']}"
+def read_choice(run: str | Path, name: str, kind: str, settings: dict) -> dict | None:
+    """A choice record (RUN/ecphory.json, RUN/lowlevel.json) if it was made for these weights and settings."""
+    try:
+        record = json.loads((Path(run) / name).read_text())
+    except (OSError, ValueError):
+        return None
+    if (record.get("format") != kind or record.get("settings") != settings
+            or record.get("model_sha256") != sha256_file(Path(run) / "model.safetensors")):
+        return None
+    return record
+
+
+GENERATION_SETTINGS = ("generator", "generator_path", "steps", "guidance", "mix_ratio", "seed")
+
+
+def ecphory_choice_settings(config: ReconstructConfig) -> dict:
+    """What an Ecphory choice depends on besides the weights: the grid, generation and fusion settings."""
+    return {"grid": config.ecphory_grid.model_dump(mode="json"),
+            **{name: getattr(config, name) for name in (*GENERATION_SETTINGS, "fusion", "neighbours")}}
+
+
+def lowlevel_choice_settings(config: ReconstructConfig) -> dict:
+    return {"grid": config.lowlevel_grid.model_dump(mode="json"),
+            **{name: getattr(config, name) for name in GENERATION_SETTINGS}}
+
+
+NOT_CHOSEN = ("has not been chosen for this run's weights and these generation settings; `brainrecon reconstruct` "
+              "chooses it on the run's held-out training stimuli (brainrecon.evaluate.choice.make_choices does the "
+              "same from Python)")
 def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndarray]:
     """Each test image's predicted CLIP image direction: image_pooled, or token 0 of image_tokens."""
     test = context.store.subject(subject).test()
@@ -137,9 +289,12 @@ def _generator(config: ReconstructConfig):
     return VersatileGenerator(path, device=config.device, batch_size=config.batch_size)
 
 
-def _requests(embeddings: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float, seed: int):
-    """A GenerationRequest for a flat batch of embeddings, in the form the chosen generator reads."""
-    common = {"steps": config.steps, "guidance_scale": config.guidance, "seed": seed}
+def _requests(embeddings: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float, seed: int,
+              init_images: np.ndarray | None = None, strength: float = 1.0):
+    """A GenerationRequest for a flat batch of embeddings, in the form the chosen generator reads (img2img from
+    ``init_images`` at ``strength`` when given)."""
+    common = {"steps": config.steps, "guidance_scale": config.guidance, "seed": seed, "init_images": init_images,
+              "strength": strength if init_images is not None else 1.0}
     tokens = {"text_tokens": embeddings.get("text_tokens")}  # scaled by the pooled text norm: left as predicted
     if "image_tokens" in embeddings:
         tokens["image_tokens"] = unit_first_token(embeddings["image_tokens"])
@@ -201,55 +356,49 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
     return manifest
 
 
-def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects: list[str] | None,
-                 data: str | Path | None, progress: bool) -> dict:
+def recon_models(context: RunContext, config: ReconstructConfig) -> tuple:
+    """The generator and the run's CLIP image embedder (to embed and select samples)."""
     quiet_model_loading()
-    started = time.perf_counter()
-    context = RunContext.open(run, data, config.device)
-    generator = _generator(config)
     clip = ClipImageEmbedder(resolve_model_dir(context.config.targets.clip, "clip", "clip"), config.device,
                              batch_size=64)
+    return _generator(config), clip
+
+
+def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects: list[str] | None,
+                 data: str | Path | None, progress: bool) -> dict:
+    started = time.perf_counter()
+    context = RunContext.open(run, data, config.device)
+    generator, clip = recon_models(context, config)
     key = context.model.retrieval_target
+    setting, source = resolve_ecphory(run, config)
+    strength, lowlevel_source = resolve_lowlevel(run, config)
+    vae = lowlevel_decoder(context, config.device) if strength < 1.0 else None
     entries, summary = [], {}
     for subject in context.subjects(subjects):
         test = context.store.subject(subject).test()
         n = min(config.n_images or len(test), len(test))
         ids, betas = test.stimulus_ids[:n], test.betas[:n]
         brain = predict_embeddings(context.model, betas, subject)  # the honest reference for selection
-        conditioning = brain  # models with a prior condition the generator on its sample instead
-        if type(context.model).embeddings_for_generation is not BrainModel.embeddings_for_generation:
-            conditioning = predict_embeddings(context.model, betas, subject, for_generation=True, seed=config.seed)
+        # models with a prior condition the generator on its sample instead of the prediction
+        conditioning = conditioning_embeddings(context.model, betas, subject, seed=config.seed)
         retrieved = None
-        if config.ecphory:
-            memory = open_memory(context, run, subject, progress)
-            result = fuse(conditioning, memory, EcphoryConfig(k=config.k, alpha=config.alpha))
+        if setting.enabled and setting.alpha < 1.0:
+            memory = open_memory(context, run, subject, progress, setting.keys)
+            fusion = EcphoryConfig(k=min(setting.k, len(memory)), alpha=setting.alpha, fusion=config.fusion,
+                                   neighbours=config.neighbours)
+            result = fuse(conditioning, memory, fusion, memory_query(setting.keys, brain, betas))
             candidates, retrieved = result.embeddings, result.stimulus_ids
         else:
-            candidates = {name: np.repeat(x[:, None], config.k, axis=1) for name, x in conditioning.items()}
-        data = context.store.subject(subject)
-        train_ids = data.trials.stimulus_id[data.train_rows()]
-        pooled_norm = float(np.linalg.norm(clip.pooled(context.store.images_for(np.unique(train_ids)[:512])),
-                                           axis=1).mean())
-        images = None
-        bar = tqdm(total=n * config.k, desc=f"reconstruct {subject}", unit="img", disable=not progress)
-        for j in range(config.k):
-            flat = {name: x[:, j] for name, x in candidates.items()}
-            # sample (image i, candidate j) has its own seed, whatever the batch
-            for start in range(0, n, config.batch_size):
-                part = {name: x[start:start + config.batch_size] for name, x in flat.items()}
-                # the generator seeds sample i of a request with seed + i: image i, candidate j gets
-                # seed + j * SEED_STRIDE + i, whatever the batching
-                batch = generator.generate(_requests(part, config, pooled_norm, sample_seed(config.seed, j, start)))
-                if images is None:
-                    images = np.empty((n, config.k, *batch.shape[1:]), np.uint8)
-                images[start:start + len(batch), j] = batch
-                bar.update(len(batch))
-        bar.close()
+            candidates = {name: x[:, None] for name, x in conditioning.items()}
+        pooled_norm = typical_pooled_norm(context, clip, subject)
+        init = lowlevel_images(context, vae, betas, subject) if strength < 1.0 else None
+        with tqdm(total=n * config.samples, desc=f"reconstruct {subject}", unit="img", disable=not progress) as bar:
+            images = generate_samples(generator, candidates, config, pooled_norm, config.samples, bar, init, strength)
         sample_embeddings = _embed_samples(clip, images, key)
         if config.selection == "oracle":
             selection = select_samples_oracle(sample_embeddings, context.targets.get(key, ids))
-        elif config.selection == "first" or config.k == 1:
-            selection = select_first(n, config.k)
+        elif config.selection == "first" or config.samples == 1:
+            selection = select_first(n, config.samples)
         else:
             selection = select_samples(sample_embeddings, brain[key])
         chosen = selection.pick(images)
@@ -270,11 +419,49 @@ def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects
                 "run_model_sha256": sha256_file(Path(run) / "model.safetensors"),
                 "store_manifest_sha256": context.store.manifest_sha256,
                 "settings": config.model_dump(mode="json"), "selection": selection.label,
+                "ecphory": {**setting.model_dump(mode="json"), "fusion": config.fusion,
+                            "neighbours": config.neighbours, "source": source},
+                "lowlevel": {"enabled": strength < 1.0, "strength": strength, "source": lowlevel_source},
                 "oracle_selection": config.selection == "oracle", "subjects": summary, "images": entries,
                 "seconds": round(time.perf_counter() - started, 1),
                 "note": SIMULATED_NOTE if context.store.source.get("kind") == "simulated" else ""}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def typical_pooled_norm(context: RunContext, clip: ClipImageEmbedder, subject: str) -> float:
+    """The mean norm of CLIP image_embeds over (up to 512 of) the subject's training images."""
+    data = context.store.subject(subject)
+    train_ids = np.unique(data.trials.stimulus_id[data.train_rows()])[:512]
+    return float(np.linalg.norm(clip.pooled(context.store.images_for(train_ids)), axis=1).mean())
+
+
+def generate_samples(generator, candidates: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float,
+                     samples: int, bar=None, init_images: np.ndarray | None = None,
+                     strength: float = 1.0) -> np.ndarray:
+    """(n, samples, H, W, 3) uint8 images from candidates: name -> (n, m, *shape) embeddings.
+
+    Sample j of image i starts from candidate j mod m (m = 1 but for Ecphory's neighbours: each)
+    with seed + j * SEED_STRIDE + i, whatever the batching, so runs that differ only in their
+    embeddings draw the same noise. With ``init_images`` (n, H, W, 3) every sample is img2img
+    from image i's init image at ``strength``.
+    """
+    n = len(next(iter(candidates.values())))
+    images = None
+    for j in range(samples):
+        flat = {name: x[:, j % x.shape[1]] for name, x in candidates.items()}
+        for start in range(0, n, config.batch_size):
+            part = {name: x[start:start + config.batch_size] for name, x in flat.items()}
+            init = None if init_images is None else init_images[start:start + config.batch_size]
+            # the generator seeds sample i of a request with seed + i
+            batch = generator.generate(_requests(part, config, pooled_norm, sample_seed(config.seed, j, start), init,
+                                                 strength))
+            if images is None:
+                images = np.empty((n, samples, *batch.shape[1:]), np.uint8)
+            images[start:start + len(batch), j] = batch
+            if bar is not None:
+                bar.update(len(batch))
+    return images
 
 
 def _embed_samples(clip, images: np.ndarray, key: str) -> np.ndarray:

@@ -36,7 +36,8 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
         assert row["n_reconstructed"] == config.recon_images and row["selection"] == "brain-predicted (honest)"
         assert -1.0 <= row["pixcorr"] <= 1.0 and 0.0 <= row["clip"] <= 1.0
     ecphory = result["rows"][-1]
-    assert "fused embedding" in ecphory["retrieval_note"]
+    assert ecphory["ecphory"]["source"].startswith("chosen on held-out training stimuli")  # never on test
+    assert ecphory["image_top1"] == result["rows"][-2]["image_top1"]  # retrieval stays the prediction's
     assert ecphory["parameters"] == result["rows"][-2]["parameters"]  # the same run
     assert result["rows"][0]["steps"] is None and result["rows"][1]["steps"] == 2  # ridge: closed form
     assert result["rows"][0]["validation"] is None and result["rows"][1]["validation"]["curve"][-1][0] == 2

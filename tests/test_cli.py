@@ -35,8 +35,9 @@ def test_demo_runs_end_to_end(tmp_path):
     # brain-predicted embeddings from a ridge are far weaker, so only their range is checked
     assert rec["two_way_identification"]["from_true_embedding"] > 0.8
     assert 0.0 <= rec["two_way_identification"]["from_brain_ecphory"] <= 1.0
-    alphas = [row["alpha"] for row in rec["ecphory_embedding_scores"]["rows"]]
-    assert 1.0 in alphas and 0.6 in alphas  # with and without Ecphory, measured
+    scores = rec["ecphory_embedding_scores"]
+    assert set(scores["rows"]) == {"plain", "fused"}  # with and without Ecphory, measured
+    assert (scores["setting"]["k"], scores["setting"]["alpha"]) == (10, 0.6)  # given (a ridge has no slice)
     # it ends with the evaluation table and the report's path
     assert "| average |" in result.stdout and f"Report: {out / 'report' / 'index.html'}" in result.stdout
     metrics = json.loads((out / "run" / "metrics.json").read_text())
@@ -44,8 +45,12 @@ def test_demo_runs_end_to_end(tmp_path):
     page = (out / "report" / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 2
     assert 'id="ceilings"' in page and "small-CLIP pooled" in page  # the run read against its space's ceiling
+    assert 'id="ecphory-used"' in page and "k 10, alpha 0.6" in page and "; given." in page
     manifest = json.loads((out / "reconstructions" / "ecphory" / "manifest.json").read_text())
     assert manifest["settings"]["ecphory"] and len(manifest["images"]) == rec["n_images"]
+    assert manifest["ecphory"]["source"] == "given" and manifest["ecphory"]["enabled"]
+    plain = json.loads((out / "reconstructions" / "plain" / "manifest.json").read_text())
+    assert plain["settings"]["samples"] == manifest["settings"]["samples"]  # the same samples in both arms
     run("demo", "--out", str(out), "--config", "tiny", "--images", "2", "--no-progress")  # replaces its own output
     other = tmp_path / "mine"
     other.mkdir()

@@ -57,7 +57,7 @@ def two_subject_run(train_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def recons(two_subject_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "recons"
-    reconstruct(two_subject_run, out, ReconstructConfig(k=2, **RECON), progress=False)
+    reconstruct(two_subject_run, out, ReconstructConfig(samples=2, k=2, alpha=0.6, **RECON), progress=False)
     return out
 
 

@@ -22,7 +22,9 @@ from brainrecon.memory import (
     select_samples,
     select_samples_oracle,
 )
-from brainrecon.memory.ecphory import renormalize
+from brainrecon.evaluate.metrics import two_way_identification
+from brainrecon.memory.choice import choose, two_way_fractions
+from brainrecon.memory.ecphory import neighbour_weights, renormalize
 
 torch.set_num_threads(1)
 
@@ -74,7 +76,8 @@ def test_exact_search_equals_brute_force_cosine(search):
     scores, indices = memory.search({"image_tokens": queries}, k=10)
 
     flat = (lambda x: x.reshape(len(x), -1)) if search == "full" else (lambda x: x.mean(axis=1))
-    want_scores, want_indices = _brute_force_topk(flat(keys["image_tokens"]), flat(queries), 10)
+    mean = keys["image_tokens"].mean(axis=0)  # keys and queries are centred by the keys' training mean
+    want_scores, want_indices = _brute_force_topk(flat(keys["image_tokens"] - mean), flat(queries - mean), 10)
     np.testing.assert_array_equal(indices, want_indices)
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
 
@@ -89,8 +92,9 @@ def test_search_on_image_and_text_ranks_by_the_mean_cosine():
     scores, indices = memory.search(query, k=5)
 
     def cosines(name):
-        q = query[name].reshape(4, -1)
-        k = keys[name].reshape(200, -1)
+        mean = keys[name].mean(axis=0)
+        q = (query[name] - mean).reshape(4, -1)
+        k = (keys[name] - mean).reshape(200, -1)
         return (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (k / np.linalg.norm(k, axis=1, keepdims=True)).T
 
     mean_cos = (cosines("image_tokens") + cosines("text_tokens")) / 2
@@ -188,7 +192,7 @@ def test_save_load_round_trip_gives_identical_search_results(tmp_path, search, k
             np.testing.assert_array_equal(loaded.values_at(name, indices), memory.values_at(name, indices))
 
     meta = json.loads((tmp_path / "mem" / "memory.json").read_text())
-    assert meta["format_version"] == 1 and meta["n_entries"] == 300 and meta["value_shapes"]["image_tokens"] == [T, D]
+    assert meta["format_version"] == 2 and meta["n_entries"] == 300 and meta["value_shapes"]["image_tokens"] == [T, D]
     official = load_file(str(tmp_path / "mem" / "values.safetensors"))  # our streamed writer is standard
     assert official["value.image_tokens"].dtype == np.float16
     np.testing.assert_array_equal(official["value.image_tokens"], memory.values_at("image_tokens", np.arange(300)))
@@ -247,25 +251,25 @@ def _memory_and_prediction(rng, n=60, batch=4):
 def test_alpha_one_returns_the_prediction_exactly():
     memory, prediction = _memory_and_prediction(np.random.default_rng(9))
     prediction["lowlevel"] = torch.randn(4, 2, 3, 3)  # not in the memory: passed through
-    result = fuse(prediction, memory, EcphoryConfig(k=5, alpha=1.0))
-    assert set(result.fused_names) == {"image_tokens", "text_tokens", "image_pooled"}
-    assert result.stimulus_ids.shape == result.scores.shape == (4, 5)
-    for name, x in prediction.items():
-        out = result.embeddings[name]
-        assert isinstance(out, torch.Tensor) and out.dtype == x.dtype and out.shape == (4, 5, *x.shape[1:])
-        for j in range(5):
-            assert torch.equal(out[:, j], x)
+    for config in (EcphoryConfig(k=5, alpha=1.0), EcphoryConfig(k=5, alpha=1.0, fusion="raw", neighbours="each")):
+        result = fuse(prediction, memory, config)
+        assert set(result.fused_names) == {"image_tokens", "text_tokens", "image_pooled"}
+        assert result.stimulus_ids.shape == result.scores.shape == (4, 5)
+        for name, x in prediction.items():
+            out = result.embeddings[name]  # one embedding per query: k copies of the same would add nothing
+            assert isinstance(out, torch.Tensor) and out.dtype == x.dtype and out.shape == (4, 1, *x.shape[1:])
+            assert torch.equal(out[:, 0], x)
 
     as_numpy = {name: x.double().numpy() for name, x in prediction.items()}  # any dtype, numpy in -> numpy out
     result = fuse(as_numpy, memory, EcphoryConfig(k=3, alpha=1.0))
     for name, x in as_numpy.items():
         assert result.embeddings[name].dtype == np.float64
-        np.testing.assert_array_equal(result.embeddings[name], np.repeat(x[:, None], 3, axis=1))
+        np.testing.assert_array_equal(result.embeddings[name], x[:, None])
 
 
 def test_alpha_zero_gives_the_retrieved_values_renormalised():
     memory, prediction = _memory_and_prediction(np.random.default_rng(10))
-    result = fuse(prediction, memory, EcphoryConfig(k=4, alpha=0.0))
+    result = fuse(prediction, memory, EcphoryConfig(k=4, alpha=0.0, fusion="raw", neighbours="each"))
     image_values = memory.values_at("image_tokens", result.indices).astype(np.float32)
     np.testing.assert_allclose(result.embeddings["image_tokens"].numpy(),
                                image_values / np.linalg.norm(image_values[:, :, :1], axis=-1, keepdims=True),
@@ -274,7 +278,8 @@ def test_alpha_zero_gives_the_retrieved_values_renormalised():
     pooled = memory.values_at("image_pooled", result.indices).astype(np.float32)
     np.testing.assert_allclose(result.embeddings["image_pooled"].numpy(),
                                renormalize("image_pooled", pooled, prediction["image_pooled"].numpy()), rtol=1e-6)
-    unscaled = fuse(prediction, memory, EcphoryConfig(k=4, alpha=0.0, renormalize=False))
+    unscaled = fuse(prediction, memory, EcphoryConfig(k=4, alpha=0.0, renormalize=False, fusion="raw",
+                                                               neighbours="each"))
     np.testing.assert_array_equal(unscaled.embeddings["text_tokens"].numpy(),
                                   memory.values_at("text_tokens", result.indices).astype(np.float32))
 
@@ -282,12 +287,13 @@ def test_alpha_zero_gives_the_retrieved_values_renormalised():
 def test_fused_embeddings_blend_and_follow_the_generator_conventions():
     memory, prediction = _memory_and_prediction(np.random.default_rng(11))
     alpha = 0.6
-    raw = fuse(prediction, memory, EcphoryConfig(k=10, alpha=alpha, renormalize=False))
+    raw = fuse(prediction, memory, EcphoryConfig(k=10, alpha=alpha, renormalize=False, fusion="raw",
+                                                         neighbours="each"))
     values = memory.values_at("image_tokens", raw.indices).astype(np.float32)
     np.testing.assert_allclose(raw.embeddings["image_tokens"].numpy(),
                                (1 - alpha) * values + alpha * prediction["image_tokens"].numpy()[:, None], rtol=1e-6)
 
-    fused = fuse(prediction, memory, EcphoryConfig(k=10, alpha=alpha)).embeddings
+    fused = fuse(prediction, memory, EcphoryConfig(k=10, alpha=alpha, fusion="raw", neighbours="each")).embeddings
     cls_norm = fused["image_tokens"][:, :, 0].norm(dim=-1)
     torch.testing.assert_close(cls_norm, torch.ones_like(cls_norm))
     for name in ("text_tokens", "image_pooled"):  # the prediction's scale
@@ -296,6 +302,97 @@ def test_fused_embeddings_blend_and_follow_the_generator_conventions():
         torch.testing.assert_close(norms, want)
     np.testing.assert_array_equal(raw.stimulus_ids, memory.stimulus_ids[raw.indices])
     assert (np.diff(raw.scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_common_scale_fusion_blends_centred_unit_directions_at_the_predictions_length():
+    memory, prediction = _memory_and_prediction(np.random.default_rng(21))
+    alpha, k = 0.3, 6
+    result = fuse(prediction, memory, EcphoryConfig(k=k, alpha=alpha))
+    p = prediction["image_pooled"].numpy()
+    p_mean, v_mean = memory.prediction_mean("image_pooled"), memory.value_mean("image_pooled")
+    values = memory.values_at("image_pooled", result.indices).astype(np.float32) - v_mean
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    weights = np.maximum(result.scores, 0) / np.maximum(result.scores, 0).sum(axis=1, keepdims=True)
+    memory_direction = unit((weights[:, :, None] * unit(values)).sum(axis=1))
+    direction = unit(alpha * unit(p - p_mean) + (1 - alpha) * memory_direction)
+    want = p_mean + np.linalg.norm(p - p_mean, axis=1, keepdims=True) * direction
+    out = result.embeddings["image_pooled"].numpy()
+    assert out.shape == (4, 1, p.shape[1])
+    np.testing.assert_allclose(out[:, 0], want, rtol=1e-4, atol=1e-5)
+    # the fused embedding keeps the prediction's distance from its mean: only the direction moved
+    np.testing.assert_allclose(np.linalg.norm(out[:, 0] - p_mean, axis=1), np.linalg.norm(p - p_mean, axis=1),
+                               rtol=1e-5)
+
+    each = fuse(prediction, memory, EcphoryConfig(k=k, alpha=0.0, neighbours="each")).embeddings["image_pooled"]
+    assert each.shape == (4, k, p.shape[1])  # alpha 0: each neighbour's own centred direction
+    np.testing.assert_allclose(unit(each.numpy() - p_mean), unit(values), rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_weights_follow_similarity_and_fall_back_to_uniform():
+    weights = neighbour_weights(np.array([[0.8, 0.2, -0.5], [-0.1, -0.2, -0.3]], np.float32))
+    np.testing.assert_allclose(weights, [[0.8, 0.2, 0.0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+
+
+def test_raw_fusion_must_be_one_sample_per_neighbour():
+    with pytest.raises(ValueError, match="neighbours: each"):
+        EcphoryConfig(fusion="raw")
+
+
+def test_centre_false_searches_the_raw_cosine_as_psychometry():
+    rng = np.random.default_rng(22)
+    keys, values = _space(rng, 150)
+    keys["image_pooled"] = keys["image_pooled"] + 5.0  # an offset every key shares
+    memory = SubjectMemory.build("s", keys, values, np.arange(150), MemoryConfig(search="full", search_on=(
+        "image_pooled",), centre=False))
+    queries = rng.standard_normal((10, keys["image_pooled"].shape[1])).astype(np.float32) + 5.0
+    scores, indices = memory.search({"image_pooled": queries}, k=5)
+    want_scores, want_indices = _brute_force_topk(keys["image_pooled"], queries, 5)
+    np.testing.assert_array_equal(indices, want_indices)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert "key.image_pooled" not in memory.means
+
+
+def test_brain_space_keys_search_with_the_fmri_and_keep_prediction_means():
+    rng = np.random.default_rng(23)
+    n, voxels = 80, 40
+    betas = rng.standard_normal((n, voxels)).astype(np.float32)
+    values = {"image_pooled": rng.standard_normal((n, 8)).astype(np.float32)}
+    predictions = {"image_pooled": values["image_pooled"] + 1.5}
+    memory = SubjectMemory.build("s", {"betas": betas}, values, np.arange(n),
+                                 MemoryConfig(search="full", search_on=("betas",)),
+                                 prediction_means={"image_pooled": predictions["image_pooled"].mean(axis=0)})
+    np.testing.assert_allclose(memory.prediction_mean("image_pooled"), predictions["image_pooled"].mean(axis=0),
+                               rtol=1e-5)
+    with pytest.raises(MemoryStoreError, match="prediction_means"):
+        SubjectMemory.build("s", {"betas": betas}, values, np.arange(n), MemoryConfig(search="full", search_on=(
+            "betas",)), prediction_means={"image_pooled": np.zeros(3)})
+    noisy = betas[:10] + 0.1 * rng.standard_normal((10, voxels)).astype(np.float32)
+    result = fuse({"image_pooled": predictions["image_pooled"][:10]}, memory, EcphoryConfig(k=3, alpha=0.5),
+                  query={"betas": noisy})
+    np.testing.assert_array_equal(result.stimulus_ids[:, 0], np.arange(10))
+    with pytest.raises(MemoryStoreError, match="searches on"):
+        fuse({"image_pooled": predictions["image_pooled"][:10]}, memory, EcphoryConfig(k=3))
+
+
+def test_two_way_fractions_match_the_evaluation_protocol():
+    rng = np.random.default_rng(24)
+    truth = rng.standard_normal((12, 20))
+    predicted = truth + 1.5 * rng.standard_normal((12, 20))
+    np.testing.assert_allclose(two_way_fractions(truth, predicted),
+                               two_way_identification(truth, predicted, per_item=True), rtol=1e-9)
+
+
+def test_choice_takes_the_best_setting_whose_gain_excludes_zero_else_off():
+    rng = np.random.default_rng(25)
+    baseline = rng.uniform(0.4, 0.6, 200)
+    scored = {("prediction", 5, 0.5): baseline + 0.10 + 0.02 * rng.standard_normal(200),
+              ("brain", 20, 0.25): baseline + 0.20 + 0.02 * rng.standard_normal(200),
+              ("brain", 5, 0.75): baseline + 0.5 * rng.standard_normal(200)}  # noisy: not trusted however large
+    setting, rows, reason = choose(baseline, scored)
+    assert (setting.enabled, setting.keys, setting.k, setting.alpha) == (True, "brain", 20, 0.25)
+    assert len(rows) == 3 and "raised" in reason
+    setting, _, reason = choose(baseline, {("prediction", 5, 0.5): baseline + 0.3 * rng.standard_normal(200)})
+    assert not setting.enabled and "no setting" in reason
 
 
 # -- selection ---------------------------------------------------------------------------------------

@@ -30,11 +30,13 @@ from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, space_targets, subject_ceilings
+from brainrecon.evaluate.choice import make_choices
 from brainrecon.evaluate.ecphory import ecphory_embedding_scores
 from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run, student_t_interval
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.models import model_class
-from brainrecon.reconstruct import ReconstructConfig, open_memory
+from brainrecon.memory.choice import EcphoryGrid, EcphorySetting
+from brainrecon.reconstruct import ReconstructConfig
 from brainrecon.reconstruct import reconstruct as run_reconstruct
 from brainrecon.train.config import TrainConfig
 from brainrecon.train.run import RunContext, load_run
@@ -61,8 +63,8 @@ class LeaderboardConfig(StrictConfig):
     variants: dict[str, Variant] = {}  # extra rows by name, after the models
     recon_images: int = 30  # test images of subj01 reconstructed per row
     recon_steps: int = 25
-    samples: int = 4  # samples per image (k): Ecphory memories, or seeds without it; honest selection
-    alpha: float = 0.6  # Ecphory's weight of the brain prediction (Psychometry's value)
+    samples: int = 4  # samples per image in every row (with or without Ecphory); honest selection
+    ecphory_grid: EcphoryGrid = EcphoryGrid()  # what the Ecphory row's run tries on its held-out training stimuli
     way: int = 300
     draws: int = 30
     seed: int = 42
@@ -163,16 +165,26 @@ main()
 """
 
 
+def _setting_text(setting: dict) -> str:
+    if not setting["enabled"]:
+        return "off"
+    fused = setting.get("fused_image_top1")
+    return (f"{setting['keys']} keys, k {setting['k']}, alpha {setting['alpha']}"
+            + (f" (the fused embedding's own image retrieval: {100 * fused:.1f}%)" if fused is not None else ""))
+
+
 def count_parameters(run: Path) -> int:
     model, _ = load_run(run)
     return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
 
 
 def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecphory: bool) -> dict:
-    """Reconstruct and evaluate one row; with Ecphory, retrieval is scored on the fused embedding."""
+    """Reconstruct and evaluate one row. With Ecphory (the run's setting, chosen on its held-out training
+    stimuli), retrieval stays the prediction's and the fused embedding's is added beside it, labelled."""
     started = time.perf_counter()
-    settings = ReconstructConfig(ecphory=ecphory, k=config.samples, alpha=config.alpha, n_images=config.recon_images,
-                                 steps=config.recon_steps, batch_size=32)
+    settings = ReconstructConfig(ecphory=ecphory, samples=config.samples, n_images=config.recon_images,
+                                 steps=config.recon_steps, batch_size=32, ecphory_grid=config.ecphory_grid)
+    make_choices(run, settings, progress=False)  # Ecphory's setting, on the run's held-out training stimuli
     manifest = run_reconstruct(run, recons, settings, subjects=[SUBJECT], progress=False)
     recon_seconds = time.perf_counter() - started
     metrics = evaluate_run(run, recons, config=EvaluateConfig(way=config.way, draws=config.draws, seed=config.seed),
@@ -187,13 +199,11 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
     for name in IMAGE_METRICS:
         row[name] = values[name].get("value")
     if ecphory:
-        context = RunContext.open(run)
-        memory = open_memory(context, run, SUBJECT, progress=False)
-        fused = ecphory_embedding_scores(context, memory, SUBJECT, alphas=(config.alpha,), k=config.samples,
-                                         way=config.way, draws=config.draws, seed=config.seed)["rows"][0]
-        row.update({key: fused[key] for key in ("image_top1", "brain_top1", "image_ci95", "brain_ci95",
-                                                "embedding_cosine")},
-                   retrieval_note=f"fused embedding (k={config.samples}, alpha {config.alpha})")
+        setting = EcphorySetting.model_validate({key: manifest["ecphory"][key] for key in ("enabled", "keys", "k",
+                                                                                         "alpha")})
+        scores = ecphory_embedding_scores(RunContext.open(run), SUBJECT, setting, way=config.way, draws=config.draws,
+                                          seed=config.seed)["rows"]
+        row["ecphory"] = {**manifest["ecphory"], "fused_image_top1": scores.get("fused", {}).get("image_top1")}
     return row
 
 
@@ -425,9 +435,11 @@ def leaderboard_markdown(result: dict) -> str:
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
         f"small CLIP. AlexNet, Inception, EffNet and SwAV are not scored: their weights are not on the machine.",
-        "Psychometry + Ecphory: the same run; retrieval and cosine of the fused embedding (the brain prediction "
-        "blended with the mean of its k retrieved memories), reconstructions generated from the k fused "
-        "memories.",
+        "Psychometry + Ecphory: the same run, reconstructed with the Ecphory setting (memory keys, k, alpha) it "
+        "chose on its held-out training stimuli (docs/benchmarks/ecphory.md), with the same number of samples; "
+        "retrieval is the prediction's, as in the row above (Ecphory serves generation)"
+        + "".join(f"; its setting: {_setting_text(r['ecphory'])}" for r in result["rows"] if r.get("ecphory"))
+        + ".",
         "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
         "peak MB: that process's peak resident memory"
         + (" (* a run resumed after an interruption: its cost counts only the resumed part)."

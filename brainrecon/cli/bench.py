@@ -52,3 +52,51 @@ def efficiency(preset: str = typer.Option("efficiency-default", "--preset",
         shutil.copyfile(out / "efficiency.json", doc.with_suffix(".json"))
         shutil.copyfile(out / "efficiency.png", doc.parent / "efficiency.png")  # the page links it by this name
         typer.echo(f"Copied to {doc}")
+
+
+@app.command("ecphory")
+def ecphory(runs: Path = typer.Option(..., "--runs", help="Folder of trained runs, one per model (the "
+                                                           "leaderboard's OUT/runs)."),
+            models: str = typer.Option("psychometry,mindbridge,mindeye2", "--models", help="Comma-separated run "
+                                                                                         "folder names."),
+            samples: int = typer.Option(4, "--samples", help="Samples per image, in every arm."),
+            n_images: int = typer.Option(30, "--n-images", help="subj01's first N test images."),
+            out: Path = typer.Option(Path("brainrecon-ecphory"), "--out", help="Working folder; resumes what it "
+                                                                               "finds."),
+            doc: Path | None = typer.Option(None, "--doc", help="Also copy ecphory.md and ecphory.json here, e.g. "
+                                                                "docs/benchmarks/ecphory.md.")) -> None:
+    """Ecphory against a same-sample control: each run's chosen setting and Psychometry's own, per image."""
+    from brainrecon.bench.ecphory import EcphoryBenchConfig, run_ecphory_bench
+    from brainrecon.config import validate_config
+
+    config = validate_config(EcphoryBenchConfig, {"models": [m.strip() for m in models.split(",") if m.strip()],
+                                                  "samples": samples, "n_images": n_images},
+                             "bench ecphory options", as_flags=True)
+    run_ecphory_bench(config, runs, out, echo=typer.echo)
+    typer.echo("\n" + (out / "ecphory.md").read_text())
+    if doc is not None:
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "ecphory.md", doc)
+        shutil.copyfile(out / "ecphory.json", doc.with_suffix(".json"))
+        typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")
+
+
+@app.command("lowlevel")
+def lowlevel(run: Path = typer.Option(..., "--run", help="A run with a low-level head (e.g. the "
+                                                         "sim-mindeye2-lowlevel preset)."),
+             samples: int = typer.Option(4, "--samples", min=1, help="Samples per image, in both arms."),
+             n_images: int = typer.Option(30, "--n-images", min=2, help="subj01's first N test images."),
+             out: Path = typer.Option(Path("brainrecon-lowlevel"), "--out", help="Working folder; resumes what "
+                                                                                 "it finds."),
+             doc: Path | None = typer.Option(None, "--doc", help="Also copy lowlevel.md and lowlevel.json here.")
+             ) -> None:
+    """MindEye's low-level img2img path against the same reconstruction without it, per image."""
+    from brainrecon.bench.lowlevel import run_lowlevel_bench
+
+    run_lowlevel_bench(run, out, samples=samples, n_images=n_images, echo=typer.echo)
+    typer.echo("\n" + (out / "lowlevel.md").read_text())
+    if doc is not None:
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "lowlevel.md", doc)
+        shutil.copyfile(out / "lowlevel.json", doc.with_suffix(".json"))
+        typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")

@@ -19,30 +19,54 @@ def _subjects(value: str | None) -> list[str] | None:
 def memory_build(run: Path = typer.Option(..., "--run", help="A finished training run."),
                  data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
                  subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated (default: all)."),
+                 keys: str = typer.Option("prediction,brain", "--keys",
+                                          help="Memory keys to build: prediction (the model's), brain (the fMRI), "
+                                               "or both, comma-separated."),
                  search: str = typer.Option("pca", "--search", help="Search keys: pca, pooled or full."),
                  index: str = typer.Option("auto", "--index", help="faiss index: auto, exact, ivf or hnsw."),
+                 choose: bool = typer.Option(True, "--choose/--no-choose",
+                                             help="Then choose Ecphory's keys, k and alpha on the run's held-out "
+                                                  "training stimuli (RUN/ecphory.json), as `reconstruct` would."),
                  progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
-    """Keys = the run's predictions for each subject's training trials; values = their true embeddings."""
+    """Per-subject memories of the run's trained stimuli, and the Ecphory setting chosen on held-out ones."""
     from brainrecon.config import validate_config
-    from brainrecon.evaluate.ecphory import save_ecphory_scores
+    from brainrecon.evaluate.ecphory import ecphory_embedding_scores
     from brainrecon.memory import MemoryConfig
-    from brainrecon.reconstruct import build_memory, memory_dir
+    from brainrecon.memory.choice import EcphorySetting
+    from brainrecon.evaluate.choice import ecphory_choice
+    from brainrecon.reconstruct import ReconstructConfig, build_memory, memory_dir, recon_models
     from brainrecon.train.run import RunContext
 
+    kinds = [k.strip() for k in keys.split(",") if k.strip()]
     options = {"search": search, "index": index}
     validate_config(MemoryConfig, options, "memory build options", as_flags=True)  # before the run is opened
+    for kind in kinds:
+        validate_config(EcphorySetting, {"enabled": True, "keys": kind}, "memory build options", as_flags=True)
     context = RunContext.open(run, data)
     for subject in context.subjects(_subjects(subjects)):
-        config = MemoryConfig(**options, search_on=(context.model.retrieval_target,))
-        memory = build_memory(context, run, subject, config, progress)
-        scores, path = save_ecphory_scores(context, memory, subject)
-        typer.echo(f"{subject}: {memory.n_entries} memories from {memory.n_trials} trials -> "
-                   f"{memory_dir(run, subject)}")
-        for row in scores["rows"]:
-            typer.echo(f"  alpha {row['alpha']:.1f}: cosine to truth {row['embedding_cosine']:.3f}, "
-                       f"{scores['way']}-way retrieval {100 * row['image_top1']:.1f}% / "
-                       f"{100 * row['brain_top1']:.1f}%" + ("  (no Ecphory)" if row["alpha"] == 1.0 else ""))
-        typer.echo(f"  -> {path}")
+        for kind in kinds:
+            name = "betas" if kind == "brain" else context.model.retrieval_target
+            memory = build_memory(context, run, subject, MemoryConfig(**options, search_on=(name,)), progress, kind)
+            typer.echo(f"{subject}: {memory.n_entries} memories from {memory.n_trials} trials, {kind} keys -> "
+                       f"{memory_dir(run, subject, kind)}")
+    if not choose:
+        return
+    config = ReconstructConfig()
+    record = ecphory_choice(context, run, config, *recon_models(context, config), progress=progress)
+    setting = EcphorySetting.model_validate(record["choice"])
+    typer.echo(f"Ecphory setting -> {run / 'ecphory.json'}: " + (
+        f"keys {setting.keys}, k {setting.k}, alpha {setting.alpha}" if setting.enabled else "off") +
+        f" ({record['reason']})")
+    for row in sorted(record["grid"], key=lambda row: -row["gain"])[:5]:
+        typer.echo(f"  keys {row['keys']}, k {row['k']}, alpha {row['alpha']}: two-way {100 * row['two_way']:.1f}% "
+                   f"({100 * row['gain']:+.1f} points, 95% CI {100 * row['gain_ci95_low']:+.1f} to "
+                   f"{100 * row['gain_ci95_high']:+.1f})")
+    if setting.enabled:
+        for subject in context.subjects(_subjects(subjects)):
+            rows = ecphory_embedding_scores(context, subject, setting)["rows"]
+            typer.echo(f"  {subject} test retrieval: prediction {100 * rows['plain']['image_top1']:.1f}%, fused "
+                       f"embedding {100 * rows['fused']['image_top1']:.1f}% (Ecphory serves generation; "
+                       f"retrieval is scored on the prediction)")
 
 
 def reconstruct_command(
@@ -50,9 +74,15 @@ def reconstruct_command(
         out: Path = typer.Option(..., "--out", help="Folder for PNGs and manifest.json."),
         data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
         subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated (default: all)."),
-        ecphory: bool = typer.Option(True, "--ecphory/--no-ecphory", help="Retrieval-enhanced inference."),
-        k: int = typer.Option(10, "--k", help="Memories (Ecphory) or samples (without) per image."),
-        alpha: float = typer.Option(0.6, "--alpha", help="Ecphory: weight of the brain prediction."),
+        samples: int = typer.Option(4, "--samples", help="Images generated per test image; one is kept."),
+        ecphory: bool = typer.Option(True, "--ecphory/--no-ecphory",
+                                     help="Retrieval-enhanced inference, with the setting the run chose on its "
+                                          "held-out training stimuli (RUN/ecphory.json; may be off)."),
+        keys: str | None = typer.Option(None, "--keys", help="Ecphory memory keys: prediction or brain "
+                                                             "(default: the run's choice)."),
+        k: int | None = typer.Option(None, "--k", help="Ecphory: memories per image (default: the run's choice)."),
+        alpha: float | None = typer.Option(None, "--alpha", help="Ecphory: weight of the brain prediction, 1 = no "
+                                                                 "memory (default: the run's choice)."),
         oracle_selection: bool = typer.Option(False, "--oracle-selection",
                                               help="Pick samples by the TRUE image (leaks the answer; only to "
                                                    "compare with published figures). Labelled in every output."),
@@ -60,20 +90,38 @@ def reconstruct_command(
         generator_path: str = typer.Option("simworld", "--generator-path",
                                            help="Local pipeline directory ('simworld': the shipped decoder)."),
         steps: int = typer.Option(25, "--steps"), guidance: float = typer.Option(3.0, "--guidance"),
+        lowlevel: bool = typer.Option(False, "--lowlevel/--no-lowlevel",
+                                      help="MindEye's low-level path: img2img from the image decoded from the "
+                                           "predicted VAE latents (a run trained with lowlevel targets)."),
+        lowlevel_strength: float | None = typer.Option(None, "--lowlevel-strength",
+                                                       help="img2img strength, 1 = ignore the low-level image "
+                                                            "(default: the run's choice on held-out training "
+                                                            "stimuli)."),
         n_images: int | None = typer.Option(None, "--n-images", help="Only the first N test images."),
         device: str = typer.Option("cpu", "--device"), seed: int = typer.Option(0, "--seed"),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier reconstructions in --out."),
         progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Reconstruct test images from brain activity with a trained run; honest selection by default."""
     from brainrecon.config import validate_config
-    from brainrecon.reconstruct import ReconstructConfig, reconstruct
+    from brainrecon.evaluate.choice import make_choices
+    from brainrecon.io import check_output_dir
+    from brainrecon.reconstruct import ReconstructConfig, is_reconstructions, reconstruct
 
     config = validate_config(ReconstructConfig, {
-        "generator": generator, "generator_path": generator_path, "ecphory": ecphory, "k": k, "alpha": alpha,
+        "generator": generator, "generator_path": generator_path, "samples": samples, "ecphory": ecphory,
+        "keys": keys, "k": k, "alpha": alpha, "lowlevel": lowlevel, "lowlevel_strength": lowlevel_strength,
         "selection": "oracle" if oracle_selection else "brain", "steps": steps, "guidance": guidance,
         "n_images": n_images, "device": device, "seed": seed}, "reconstruct options", as_flags=True)
+    check_output_dir(out, "brainrecon reconstructions", is_reconstructions, overwrite)  # before minutes of choosing
+    make_choices(run, config, data, progress)  # what the run has yet to choose on held-out training stimuli
     manifest = reconstruct(run, out, config, _subjects(subjects), data, progress, overwrite=overwrite)
-    typer.echo(f"Wrote {len(manifest['images'])} images to {out} (selection: {manifest['selection']}).")
+    setting = manifest["ecphory"]
+    typer.echo(f"Wrote {len(manifest['images'])} images to {out} (selection: {manifest['selection']}; Ecphory: "
+               + (f"keys {setting['keys']}, k {setting['k']}, alpha {setting['alpha']}" if setting["enabled"]
+                  else "off") + f", {setting['source']}).")
+    if manifest["lowlevel"]["enabled"]:
+        typer.echo(f"Low-level path: img2img strength {manifest['lowlevel']['strength']} "
+                   f"({manifest['lowlevel']['source']}).")
 
 
 @bank_app.command("build")

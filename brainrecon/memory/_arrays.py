@@ -63,3 +63,13 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """x / ||x|| along `axis`; all-zero vectors stay zero instead of becoming NaN."""
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
     return x / np.where(norm > 0, norm, 1)
+
+
+def row_mean(source) -> np.ndarray:
+    """The mean item of an array-like (n, *shape), read a chunk of rows at a time, as float32 (*shape)."""
+    shape = shape_of(source)
+    step = chunk_rows(shape)
+    total = np.zeros(shape[1:], np.float64)
+    for start in range(0, shape[0], step):
+        total += take_rows(source, np.arange(start, min(start + step, shape[0]))).sum(axis=0, dtype=np.float64)
+    return (total / max(shape[0], 1)).astype(np.float32)

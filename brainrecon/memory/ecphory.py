@@ -1,59 +1,80 @@
 """Ecphory: blend a brain prediction with the true embeddings of the training stimuli it recalls.
 
 Psychometry's retrieval-enhanced inference (Psychometry, Quan et al., CVPR 2024): search
-the subject's memory with the prediction, take the top-k entries, and make k
-conditioning embeddings
+the subject's memory with the prediction, take the top-k entries, and blend their values
+(true embeddings of training images) into the prediction. alpha is the weight of the
+prediction: alpha = 1 is the plain prediction (no memory), bit for bit.
 
-    fused_j = (1 - alpha) * value[top_j] + alpha * prediction,   j = 1..k
+Two fusions (``EcphoryConfig.fusion``):
 
-each of which drives one diffusion sample. alpha = 1 is the plain prediction
-(no memory); alpha = 0 is pure retrieval of training images.
+- ``"raw"``: Psychometry's own, ``fused_j = (1 - alpha) * value[top_j] + alpha * prediction``.
+  A contrastively trained prediction has an arbitrary norm and the values a fixed one, so
+  alpha's real weight is unknown, and a convex blend of uncentred embeddings is pulled
+  toward what every image shares (the mean) rather than toward what this one looks like.
+  With ``renormalize`` each blend is brought back to the generator's convention:
+  image_tokens re-divided by the fused CLS token's norm (token 0, the Versatile-Diffusion
+  convention of `base.py`); text_tokens rescaled as one matrix to the prediction's
+  Frobenius norm (their pooled token sits at a caption-dependent position, so it cannot be
+  read off the blend); pooled names rescaled to the prediction's norm.
+- ``"common"`` (default): both sides are centred with training statistics (the prediction
+  by the mean of the model's predictions for the training trials, the values by the mean
+  true embedding) and brought to unit norm, so alpha is the real share of each direction:
 
-A convex blend of two embeddings is shorter than either when they disagree,
-and the generators are sensitive to scale, so with `renormalize` each fused
-embedding is brought back to the convention the generator expects:
+      d = unit(alpha * unit(prediction - mean_prediction) + (1 - alpha) * unit(memory - mean_value))
+      fused = mean_prediction + |prediction - mean_prediction| * d
 
-- image_tokens: re-divided by the fused CLS token's norm (token 0), the
-  Versatile-Diffusion convention of `base.py` (Psychometry does the same);
-- text_tokens: one scalar per embedding, so that the fused (77, D) matrix has
-  the Frobenius norm of the prediction. Their convention is "divided by the
-  pooled text embedding's norm", and the pooled embedding sits at the
-  end-of-text token whose position varies per caption, so it cannot be read
-  off the fused tokens; a single rescale keeps the relative token norms of the
-  blend (as the convention's single divisor does) and the prediction's scale;
-- image_pooled / text_pooled: rescaled to the prediction's norm (the pooled
-  embeddings are unnormalised and their scale is what the model predicted).
+  The fused embedding keeps the prediction's own centre and length, so the generator sees
+  what it sees without Ecphory, and only the direction moves toward the memories.
 
-Names the prediction has but the memory does not (e.g. `lowlevel`) are passed
-through, repeated k times, so every output has the same (B, k, ...) layout.
+Neighbours (``EcphoryConfig.neighbours``):
+
+- ``"weighted"`` (default): one fused embedding per query from the similarity-weighted
+  mean of the k neighbours' directions (weights proportional to the search cosine, negative
+  ones dropped); every generated sample starts from it (different seeds).
+- ``"each"``: Psychometry's k fused embeddings, neighbour j's drives sample j.
+
+Names the prediction has but the memory does not (e.g. `lowlevel`) are passed through.
+Outputs have the layout (B, n, ...), n = k for "each" and 1 for "weighted" or alpha = 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from brainrecon.config import StrictConfig
-from brainrecon.memory._arrays import is_torch, to_numpy
+from brainrecon.memory._arrays import is_torch, l2_normalize, to_numpy
 from brainrecon.memory.errors import MemoryStoreError
 from brainrecon.memory.subject_memory import SubjectMemory
 
 
 class EcphoryConfig(StrictConfig):
-    """Retrieval-enhanced inference settings; defaults from Psychometry's inference_moe.sh."""
+    """Retrieval-enhanced inference settings; k and alpha are Psychometry's inference_moe.sh values.
 
-    k: int = Field(10, ge=1)  # recons_per_sample: one diffusion sample per retrieved entry
+    Psychometry itself is ``fusion="raw", neighbours="each"``.
+    """
+
+    k: int = Field(10, ge=1)  # memories retrieved per query
     alpha: float = Field(0.6, ge=0.0, le=1.0)  # weight of the brain prediction
-    renormalize: bool = True
+    fusion: Literal["common", "raw"] = "common"
+    neighbours: Literal["weighted", "each"] = "weighted"
+    renormalize: bool = True  # raw fusion only: back to the generator's convention
+
+    @model_validator(mode="after")
+    def _raw_is_per_neighbour(self) -> EcphoryConfig:
+        if self.fusion == "raw" and self.neighbours != "each":
+            raise ValueError("fusion: raw is Psychometry's blend, one sample per neighbour; set neighbours: each")
+        return self
 
 
 @dataclass(frozen=True)
 class EcphoryResult:
     """The k fused embeddings per query and what was retrieved to make them."""
 
-    embeddings: dict  # name -> (B, k, *shape), same array type, dtype and device as the prediction
+    embeddings: dict  # name -> (B, n, *shape) (n = k, or 1), same array type, dtype and device as the prediction
     stimulus_ids: np.ndarray  # (B, k) int64: the retrieved training stimuli, best first
     scores: np.ndarray  # (B, k) float32: cosine similarity of query and key in search space
     indices: np.ndarray  # (B, k) int64: memory entry numbers
@@ -93,37 +114,69 @@ def renormalize(name: str, fused: np.ndarray, prediction: np.ndarray) -> np.ndar
     return scaled.reshape(fused.shape)
 
 
-def fuse(prediction: dict, memory: SubjectMemory, config: EcphoryConfig | None = None) -> EcphoryResult:
+def neighbour_weights(scores: np.ndarray) -> np.ndarray:
+    """(B, k) weights summing to 1, proportional to the non-negative search cosines (uniform if none is)."""
+    weights = np.maximum(scores.astype(np.float64), 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    uniform = np.full_like(weights, 1.0 / weights.shape[1])
+    return np.where(total > 0, weights / np.where(total > 0, total, 1.0), uniform).astype(np.float32)
+
+
+def common_scale_fusion(predicted: np.ndarray, values: np.ndarray, scores: np.ndarray, prediction_mean: np.ndarray,
+                        value_mean: np.ndarray, alpha: float, neighbours: str) -> np.ndarray:
+    """predicted (B, *shape) and values (B, k, *shape) -> (B, n, *shape), see the module docstring."""
+    batch, k = values.shape[:2]
+    centred = predicted.reshape(batch, -1) - prediction_mean.reshape(1, -1)
+    length = np.linalg.norm(centred, axis=1, keepdims=True)
+    directions = l2_normalize(values.reshape(batch, k, -1) - value_mean.reshape(1, 1, -1))
+    if neighbours == "weighted":
+        directions = l2_normalize((neighbour_weights(scores)[:, :, None] * directions).sum(axis=1, keepdims=True))
+    blend = l2_normalize(alpha * l2_normalize(centred)[:, None] + (1.0 - alpha) * directions)
+    fused = prediction_mean.reshape(1, 1, -1) + length[:, None] * blend
+    return fused.reshape(batch, fused.shape[1], *predicted.shape[1:])
+
+
+def raw_fusion(name: str, predicted: np.ndarray, values: np.ndarray, config: EcphoryConfig) -> np.ndarray:
+    """Psychometry's blend of the raw embeddings, (B, k, *shape), renormalised if configured."""
+    fused = (1.0 - config.alpha) * values + config.alpha * predicted[:, None]
+    return renormalize(name, fused, predicted) if config.renormalize else fused
+
+
+def fuse(prediction: dict, memory: SubjectMemory, config: EcphoryConfig | None = None,
+         query: dict | None = None) -> EcphoryResult:
     """Retrieve the top-k memory entries for each prediction and blend their values into it.
 
     prediction: name -> (B, *shape) torch tensors or numpy arrays, a model's
-    predictions for B test trials of the memory's subject (it must include the
-    names the memory searches on). Returns an `EcphoryResult` whose embeddings
-    have shape (B, k, *shape). With alpha = 1 the embeddings are the prediction
-    itself, bit for bit, repeated k times (retrieval still runs, so the ids and
-    scores are reported).
+    predictions for B test trials of the memory's subject. query: what the memory
+    is searched with (its `search_on` names, e.g. ``betas`` for brain-space keys);
+    the prediction by default. Returns an `EcphoryResult` whose embeddings have
+    shape (B, n, *shape). With alpha = 1 they are the prediction itself, bit for
+    bit (retrieval still runs, so the ids and scores are reported).
     """
     config = config or EcphoryConfig()
     if not isinstance(prediction, dict) or not prediction:
         raise MemoryStoreError("prediction must be a non-empty dict of target name -> (batch, *shape) array")
-    batches = {name: int(x.shape[0]) for name, x in prediction.items()}
+    batches = {name: int(x.shape[0]) for name, x in {**prediction, **(query or {})}.items()}
     if len(set(batches.values())) != 1:
-        raise MemoryStoreError(f"prediction arrays disagree on the batch size: {batches}")
-    scores, indices = memory.search(prediction, config.k)
+        raise MemoryStoreError(f"prediction and query arrays disagree on the batch size: {batches}")
+    scores, indices = memory.search(prediction if query is None else query, config.k)
     fused_names = tuple(name for name in prediction if name in memory.value_names)
+    n = config.k if config.neighbours == "each" and config.alpha < 1.0 else 1
     embeddings = {}
     for name, x in prediction.items():
         if name in fused_names and tuple(x.shape[1:]) != memory.value_shape(name):
             raise MemoryStoreError(f"prediction[{name!r}] items have shape {tuple(x.shape[1:])}, but the memory "
                                    f"of subject {memory.subject!r} stores {memory.value_shape(name)}")
         if name not in fused_names or config.alpha == 1.0:
-            embeddings[name] = _repeat_k(x, config.k)  # exact, not (1 - 1) * value + 1 * x
+            embeddings[name] = _repeat_k(x, n)  # exact, not (1 - 1) * value + 1 * x
             continue
         predicted = to_numpy(x, np.float32)
         values = memory.values_at(name, indices).astype(np.float32)
-        fused = (1.0 - config.alpha) * values + config.alpha * predicted[:, None]
-        if config.renormalize:
-            fused = renormalize(name, fused, predicted)
+        if config.fusion == "raw":
+            fused = raw_fusion(name, predicted, values, config)
+        else:
+            fused = common_scale_fusion(predicted, values, scores, memory.prediction_mean(name),
+                                        memory.value_mean(name), config.alpha, config.neighbours)
         embeddings[name] = _like(np.ascontiguousarray(fused, dtype=np.float32), x)
     return EcphoryResult(embeddings=embeddings, stimulus_ids=memory.stimulus_ids[indices], scores=scores,
                          indices=indices, fused_names=fused_names, alpha=config.alpha)

@@ -23,11 +23,10 @@ keys, derived by ``MemoryConfig.search``:
 
 - ``"pca"`` (default): projection onto the top ``pca_dims`` (256) principal
   directions of the flattened keys themselves, fitted by a randomised SVD on
-  ``pca_fit_rows`` trials. Uncentred (a truncated SVD), because Ecphory's
-  similarity is the cosine of the raw, uncentred keys and the uncentred top
-  subspace preserves those inner products best. The default because it keeps
-  Psychometry's ranking: recall@10 against exact full-key search 0.98, vs
-  0.74 for "pooled", in docs/benchmarks/memory.md. It costs a one-off
+  ``pca_fit_rows`` trials, of the keys as they are compared: centred by their
+  mean with ``centre`` (the default), raw otherwise. The default because it
+  keeps the ranking of exact full-key search best (recall@10 in
+  docs/benchmarks/memory.md). It costs a one-off
   projection of every trial at build time (N x 197,376 x 256 multiply-adds,
   about 1-2 min per NSD subject on one core) and 0.2 GB for the projection.
 - ``"pooled"``: the mean over tokens (257 x 768 -> 768): builds in seconds,
@@ -47,6 +46,14 @@ scaled by 1/sqrt(n_names), so the inner product is the mean of the per-name
 cosines and both modalities retrieve the *same* stimulus, whose image and text
 values are then fused together. Psychometry instead ranks image and text
 separately; one joint ranking keeps each fused pair consistent.
+
+**Keys are centred** (``centre``, the default): the mean key over the training trials is
+subtracted from keys and queries before the cosine, so keys are compared by how they differ
+from what every key shares, and a PCA spends no direction on the mean. Psychometry compares
+raw keys (``centre: false``). **Brain-space keys** (``betas``:
+voxel responses, averaged over a stimulus's trials like any key) compare the test fMRI
+with the training fMRI directly, so keys and queries come from the same distribution;
+a model's predictions for the trials it was trained on do not (they are fitted).
 
 **Values keep full resolution** in float16 (half the bytes of float32; CLIP
 tokens need no more precision), in a safetensors file that is memory-mapped on
@@ -80,6 +87,7 @@ from brainrecon.memory._arrays import (
     chunk_rows,
     item_size,
     l2_normalize,
+    row_mean,
     shape_of,
     take_rows,
     to_numpy,
@@ -101,10 +109,12 @@ from brainrecon.memory._index import (
 )
 from brainrecon.memory.errors import MemoryStoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: centred search keys, and the means Ecphory's common-scale fusion centres with
 MEMORY_NAMES = ("image_tokens", "text_tokens", "image_pooled", "text_pooled")
 TOKEN_NAMES = ("image_tokens", "text_tokens")
-MemoryName = Literal["image_tokens", "text_tokens", "image_pooled", "text_pooled"]
+BRAIN_KEY = "betas"  # brain-space keys: the trials' voxel responses (n_trials, n_voxels)
+KEY_NAMES = (*MEMORY_NAMES, BRAIN_KEY)
+MemoryName = Literal["image_tokens", "text_tokens", "image_pooled", "text_pooled", "betas"]
 FILES = ("memory.json", "keys.safetensors", "values.safetensors", "index.faiss")
 
 
@@ -116,6 +126,10 @@ class MemoryConfig(StrictConfig):
     # trials the PCA is fitted on (a seeded random subsample); the fit streams over them 4 times
     pca_fit_rows: int = Field(2048, ge=2)
     search_on: tuple[MemoryName, ...] = ("image_tokens",)
+    # subtract the keys' mean (over the training trials) from keys and queries before the cosine, so the
+    # similarity is of deviations from what every key shares (and a PCA spends no direction on the mean);
+    # False: Psychometry's raw cosine
+    centre: bool = True
     index: Literal["exact", "ivf", "hnsw", "auto"] = "auto"
     auto_exact_below: int = Field(100_000, ge=1)  # "auto": exact search below this many entries, IVF above
     nprobe: int = Field(32, ge=1)
@@ -166,8 +180,10 @@ class _ValueRows:
             yield self.take(np.arange(start, min(start + step, self.shape[0])))
 
 
-def _features(x: np.ndarray, mode: str, projection: np.ndarray | None) -> np.ndarray:
-    """Per-item search features of float32 (n, *shape) key or query rows, before normalisation."""
+def _features(x: np.ndarray, mode: str, projection: np.ndarray | None, offset: np.ndarray | None) -> np.ndarray:
+    """Per-item search features of float32 (n, *shape) key or query rows (less `offset`), before normalisation."""
+    if offset is not None:
+        x = x - offset
     n = x.shape[0]
     if mode == "pooled":
         return x.mean(axis=1) if x.ndim == 3 else x.reshape(n, -1)
@@ -183,9 +199,10 @@ def _combine(blocks: list[np.ndarray]) -> np.ndarray:
         dtype=np.float32)
 
 
-def _fit_projection(source, n_rows: int, dims: int, fit_rows: int, seed: int = 0,
+def _fit_projection(source, n_rows: int, dims: int, fit_rows: int, offset: np.ndarray | None, seed: int = 0,
                     oversample: int = 16) -> np.ndarray:
-    """Top `dims` right singular vectors of the (uncentred) flattened keys, by a randomised SVD.
+    """Top `dims` right singular vectors of the flattened keys less `offset` (their mean when the memory
+    centres), by a randomised SVD.
 
     Randomised range finder with one power iteration (Halko et al. 2011), then
     the small SVD done through the (l x l) Gram matrix. Streams the fit rows
@@ -202,7 +219,8 @@ def _fit_projection(source, n_rows: int, dims: int, fit_rows: int, seed: int = 0
 
     def chunks():
         for start in range(0, len(rows), step):
-            yield start, take_rows(source, rows[start:start + step]).reshape(-1, size)
+            part = take_rows(source, rows[start:start + step])
+            yield start, (part if offset is None else part - offset).reshape(-1, size)
 
     def sketch(basis_t: np.ndarray) -> np.ndarray:  # X @ basis_t.T, (m, l)
         return np.concatenate([x @ basis_t.T for _, x in chunks()])
@@ -228,15 +246,15 @@ def _fit_projection(source, n_rows: int, dims: int, fit_rows: int, seed: int = 0
     return np.ascontiguousarray((u[:, keep].T.astype(np.float32) @ b) * scale)
 
 
-def _check_arrays(kind: str, arrays: dict, n_trials: int) -> dict[str, tuple[int, ...]]:
+def _check_arrays(kind: str, arrays: dict, n_trials: int, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     if not isinstance(arrays, dict) or not arrays:
         raise MemoryStoreError(f"{kind} must be a non-empty dict of target name -> array (n_trials, *shape), "
-                               f"names among {', '.join(MEMORY_NAMES)}")
+                               f"names among {', '.join(names)}")
     shapes = {}
     for name, array in arrays.items():
-        if name not in MEMORY_NAMES:
+        if name not in names:
             raise MemoryStoreError(f"{kind}: {name!r} cannot be stored in a memory; use names among "
-                                   f"{', '.join(MEMORY_NAMES)}")
+                                   f"{', '.join(names)}")
         shape = shape_of(array)
         expected_ndim = 3 if name in TOKEN_NAMES else 2
         if len(shape) != expected_ndim or shape[0] != n_trials:
@@ -255,8 +273,10 @@ class SubjectMemory:
 
     def __init__(self, *, subject: str, config: MemoryConfig, stimulus_ids: np.ndarray,
                  trial_counts: np.ndarray, search_keys: np.ndarray, projections: dict[str, np.ndarray],
-                 key_shapes: dict[str, tuple[int, ...]], values: dict[str, _ValueRows], index, index_kind: str):
+                 key_shapes: dict[str, tuple[int, ...]], values: dict[str, _ValueRows], index, index_kind: str,
+                 means: dict[str, np.ndarray]):
         self.subject, self.config = subject, config
+        self.means = means  # "key.<name>", "value.<name>", "prediction.<name>" -> (*shape) float32
         self.stimulus_ids, self.trial_counts = stimulus_ids, trial_counts
         self.search_keys, self.projections = search_keys, projections
         self.key_shapes, self._values = key_shapes, values
@@ -266,12 +286,16 @@ class SubjectMemory:
 
     @classmethod
     def build(cls, subject: str, keys: dict, values: dict, stimulus_ids, config: MemoryConfig | None = None,
-              *, progress: bool = False) -> SubjectMemory:
+              *, prediction_means: dict | None = None, progress: bool = False) -> SubjectMemory:
         """A memory from one subject's training trials.
 
-        keys: name -> (n_trials, *shape) model predictions for the trials;
+        keys: name -> (n_trials, *shape) model predictions for the trials, or ``betas``: the
+        trials' voxel responses (brain-space keys);
         values: name -> (n_trials, *shape) true embeddings of each trial's stimulus;
-        stimulus_ids: (n_trials,) integer ids (repeats share an id).
+        stimulus_ids: (n_trials,) integer ids (repeats share an id);
+        prediction_means: name -> (*shape) the mean of what the model conditions the generator
+        on for the training trials, which Ecphory's common-scale fusion centres predictions
+        with (defaults to the mean of the keys of the same names).
 
         Arrays may be numpy arrays, memory maps or torch tensors and are read a
         chunk of rows at a time, so memory maps larger than RAM work. Values are
@@ -286,8 +310,10 @@ class SubjectMemory:
                                    f"{ids.dtype} {ids.shape}")
         if len(ids) == 0:
             raise MemoryStoreError("stimulus_ids is empty: a memory needs at least one training trial")
-        key_shapes = _check_arrays("keys", keys, len(ids))
-        value_shapes = _check_arrays("values", values, len(ids))
+        key_shapes = _check_arrays("keys", keys, len(ids), KEY_NAMES)
+        value_shapes = _check_arrays("values", values, len(ids), MEMORY_NAMES)
+        if prediction_means is None:
+            prediction_means = {name: row_mean(keys[name]) for name in values if name in keys}
         missing = [name for name in config.search_on if name not in keys]
         if missing:
             raise MemoryStoreError(f"config.search_on names {missing}, but keys has only {sorted(keys)}; "
@@ -296,6 +322,15 @@ class SubjectMemory:
             if key_shapes[name] != value_shapes[name]:
                 raise MemoryStoreError(f"keys[{name!r}] items have shape {key_shapes[name]} but values[{name!r}] "
                                        f"items {value_shapes[name]}: keys and values must live in the same space")
+        for name, mean in prediction_means.items():
+            if name not in values or tuple(np.shape(mean)) != value_shapes[name]:
+                raise MemoryStoreError(f"prediction_means[{name!r}] has shape {tuple(np.shape(mean))}, but the "
+                                       f"values hold {value_shapes.get(name, 'nothing')} for it: give one mean "
+                                       f"item per value name")
+        means = {f"value.{name}": row_mean(array) for name, array in values.items()}
+        means.update({f"prediction.{name}": np.asarray(mean, np.float32) for name, mean in prediction_means.items()})
+        if config.centre:
+            means.update({f"key.{name}": row_mean(keys[name]) for name in config.search_on})
 
         unique_ids, first_trial, inverse, counts = np.unique(ids, return_index=True, return_inverse=True,
                                                              return_counts=True)
@@ -303,9 +338,11 @@ class SubjectMemory:
         for name in config.search_on:
             source = keys[name]
             if config.search == "pca":
-                projections[name] = _fit_projection(source, len(ids), config.pca_dims, config.pca_fit_rows)
-            blocks.append(cls._stimulus_features(source, config.search, projections.get(name), inverse,
-                                                 counts, progress, f"memory keys {name}"))
+                projections[name] = _fit_projection(source, len(ids), config.pca_dims, config.pca_fit_rows,
+                                                    means.get(f"key.{name}"))
+            blocks.append(cls._stimulus_features(source, config.search, projections.get(name),
+                                                 means.get(f"key.{name}"), inverse, counts, progress,
+                                                 f"memory keys {name}"))
         search_keys = _combine(blocks)
 
         kind = config.index_kind(len(unique_ids))
@@ -317,10 +354,10 @@ class SubjectMemory:
                    trial_counts=counts.astype(np.int64), search_keys=search_keys, projections=projections,
                    key_shapes={name: key_shapes[name] for name in config.search_on},
                    values={name: _ValueRows(array, first_trial) for name, array in values.items()},
-                   index=index, index_kind=kind)
+                   index=index, index_kind=kind, means=means)
 
     @staticmethod
-    def _stimulus_features(source, mode: str, projection, inverse: np.ndarray, counts: np.ndarray,
+    def _stimulus_features(source, mode: str, projection, offset, inverse: np.ndarray, counts: np.ndarray,
                            progress: bool, desc: str) -> np.ndarray:
         """Search features averaged over each stimulus's trials (mean of the features = features of the mean:
         every mode is linear)."""
@@ -330,7 +367,7 @@ class SubjectMemory:
         with tqdm(total=shape[0], desc=desc, unit="trial", disable=not progress) as bar:
             for start in range(0, shape[0], step):
                 stop = min(start + step, shape[0])
-                features = _features(take_rows(source, np.arange(start, stop)), mode, projection)
+                features = _features(take_rows(source, np.arange(start, stop)), mode, projection, offset)
                 if sums is None:
                     sums = np.zeros((len(counts), features.shape[1]), np.float32 if mode == "full" else np.float64)
                 np.add.at(sums, inverse[start:stop], features)
@@ -368,6 +405,17 @@ class SubjectMemory:
             raise MemoryStoreError(f"entry index out of range [0, {len(self)}): {indices.min()}..{indices.max()}")
         return self._values[name].take(indices)
 
+    def value_mean(self, name: str) -> np.ndarray:
+        """The mean true embedding of the training trials (*value_shape), float32."""
+        return self.means[f"value.{name}"]
+
+    def prediction_mean(self, name: str) -> np.ndarray:
+        """The mean of the model's predictions for the training trials (*value_shape), float32."""
+        if f"prediction.{name}" not in self.means:
+            raise MemoryStoreError(f"memory of subject {self.subject!r} has no mean prediction for {name!r}; "
+                                   f"build it with the model's predictions for its training trials")
+        return self.means[f"prediction.{name}"]
+
     # -- searching -----------------------------------------------------------------------------
 
     def query_vectors(self, query: dict) -> np.ndarray:
@@ -387,7 +435,7 @@ class SubjectMemory:
             if batch is not None and x.shape[0] != batch:
                 raise MemoryStoreError(f"query arrays disagree on the batch size: {batch} vs {x.shape[0]}")
             batch = x.shape[0]
-            blocks.append(_features(x, self.config.search, self.projections.get(name)))
+            blocks.append(_features(x, self.config.search, self.projections.get(name), self.means.get(f"key.{name}")))
         return _combine(blocks)
 
     def search(self, query: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -426,6 +474,7 @@ class SubjectMemory:
                        "trial_counts": TensorSource.of(self.trial_counts),
                        "search_keys": TensorSource.of(self.search_keys)}
         key_tensors.update({f"projection.{name}": TensorSource.of(p) for name, p in self.projections.items()})
+        key_tensors.update({f"mean.{name}": TensorSource.of(m) for name, m in self.means.items()})
         write_safetensors(directory / "keys.safetensors", key_tensors, metadata={"subject": self.subject})
         write_faiss_index(self.index, directory / "index.faiss")
         import faiss
@@ -502,6 +551,8 @@ class SubjectMemory:
                 projections[name] = projection
         values = {name: _ValueRows(expect("values.safetensors", f"value.{name}", value_tensors, (n, *shape)), None)
                   for name, shape in meta["value_shapes"].items()}
+        means = {name[len("mean."):]: np.asarray(t, np.float32) for name, t in key_tensors.items()
+                 if name.startswith("mean.")}
         try:
             index = read_faiss_index(directory / "index.faiss")
         except RuntimeError as exc:
@@ -511,7 +562,7 @@ class SubjectMemory:
                                    f"memory.json says {n} of dim {dim}; save the memory again")
         return cls(subject=meta["subject"], config=config, stimulus_ids=ids, trial_counts=counts,
                    search_keys=search_keys, projections=projections, key_shapes=key_shapes, values=values,
-                   index=index, index_kind=meta["index_kind"])
+                   index=index, index_kind=meta["index_kind"], means=means)
 
     def __repr__(self) -> str:
         return (f"SubjectMemory(subject={self.subject!r}, entries={len(self)}, trials={self.n_trials}, "

@@ -25,6 +25,7 @@ from brainrecon.evaluate.evaluation import (METRIC_COLUMNS, format_cell, is_avai
                                             read_reconstructions)
 from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
 from brainrecon.io import atomic_write_text, sha256_file
+from brainrecon.reconstruct import ECPHORY_CHOICE
 from brainrecon.report import figures
 from brainrecon.train.run import CLOSED_FORM_FIT
 from brainrecon.train.validation import VALIDATION
@@ -108,6 +109,32 @@ def _selection_banner(selection: dict) -> str:
                 f"Samples were chosen by comparing them with the true image: an upper bound, not a "
                 f"brain-decoding result.</div>")
     return f'<div class="banner honest" id="selection">Selection: {html.escape(selection["label"])}.</div>'
+
+
+def ecphory_html(metrics: dict, run: Path) -> str:
+    """What Ecphory the reconstructions used, and the run's choice on held-out training stimuli with its grid."""
+    parts = []
+    recons = metrics.get("reconstructions")
+    used = read_manifest(recons).get("ecphory") if recons and Path(recons).is_dir() else None
+    if used:
+        setting = (f"keys {used['keys']}, k {used['k']}, alpha {used['alpha']} ({used['fusion']} fusion, "
+                   f"{used['neighbours']} neighbours)" if used["enabled"] else "off")
+        parts.append(f'<p id="ecphory-used">These reconstructions: Ecphory {html.escape(setting)}; '
+                     f'{html.escape(used["source"])}.</p>')
+    choice_path = run / ECPHORY_CHOICE
+    if choice_path.is_file():
+        record = json.loads(choice_path.read_text())
+        rows = sorted(record.get("grid", []), key=lambda row: -row["gain"])[:8]
+        body = "".join(f"<tr><td>{html.escape(r['keys'])}</td><td>{r['k']}</td><td>{r['alpha']}</td>"
+                       f"<td>{100 * r['two_way']:.1f}</td><td>{100 * r['gain']:+.1f} ({100 * r['gain_ci95_low']:+.1f} "
+                       f"to {100 * r['gain_ci95_high']:+.1f})</td></tr>" for r in rows)
+        parts.append(f'<p id="ecphory-choice">The run\'s choice ({html.escape(str(choice_path))}): '
+                     f'{html.escape(record["reason"])}. Criterion: {html.escape(record["criterion"])}.</p>')
+        if body:
+            parts.append('<table id="ecphory-grid"><thead><tr><th>keys</th><th>k</th><th>alpha</th>'
+                         '<th>two-way %</th><th>gain over no memory, points (95% CI)</th></tr></thead>'
+                         f'<tbody>{body}</tbody></table>')
+    return "".join(parts) or '<p id="ecphory-used">No Ecphory record for this run.</p>'
 
 
 def _grids(metrics: dict, out: Path, max_images: int) -> list[str]:
@@ -253,6 +280,8 @@ retrieval target {html.escape(metrics['retrieval_target'])}</p>
 {''.join(banners)}
 <h2>Reconstructions</h2>
 {''.join(_grids(metrics, out, max_images))}
+<h2>Ecphory</h2>
+{ecphory_html(metrics, run)}
 <h2>Metrics</h2>
 <p>Two-way identification (AlexNet, Inception, CLIP) and retrieval in %; ↓ lower is better; ± 95% CI (per subject
 over images or retrieval draws; average: over subjects). Retrieval: {retrieval.get('way', '?')}-way top-1 over

@@ -367,3 +367,9 @@ class RunContext:
     def training_rows(self, subject: str) -> np.ndarray:
         """The subject's trial rows this run trained on (its record)."""
         return recorded_training_rows(self.path, self.store, subject)
+
+    def validation_rows(self, subject: str) -> np.ndarray:
+        """The subject's trial rows held out from training as the run's validation slice (empty if none)."""
+        path = self.path / TRAINING_STIMULI
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        return np.asarray(record.get("validation_rows", {}).get(subject, []), dtype=np.int64)
