@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_memory.py --workdir /tmp/bench-memory
 
 A memory of 27,000 entries with 257 x 768 image-token keys and values is
-built with `SubjectMemory.build` (pooled search keys, exact faiss index) and
-saved (float16 values, 10.6 GB, memory-mapped on load). Each measurement that
+built with `SubjectMemory.build` (`--search`: the library's default "pca" search
+keys, or "pooled"; centred by the keys' mean unless `--no-centre`; exact faiss
+index) and saved (float16 values, 10.6 GB, memory-mapped on load). Each measurement that
 reports memory runs in a fresh child process, so its RSS is its own.
 
 The naive approach (Psychometry's released code: keys and values as flattened
@@ -23,10 +24,12 @@ low-rank shortcut). Values are CLS-normalised float16 token rows gathered per
 cluster from a prototype table (only their size and reading cost matter here).
 
 Recall@10 of ours is measured against the exact full-key cosine top-10 of 100
-held-out query predictions over all 27,000 entries. Those exact cosines are
-accumulated while the keys are generated for the build (each key chunk is
-scored against the queries when it is made), so the 21 GB key matrix never
-exists; the naive child checks them against its own brute force on the subset.
+held-out query predictions over all 27,000 entries, with the memory's own
+similarity: keys and queries centred by the keys' mean (a first pass over the
+keys computes it) unless `--no-centre`. Those exact cosines are accumulated
+while the keys are generated for the build (each key chunk is scored against
+the queries when it is made), so the 21 GB key matrix never exists; the naive
+child checks them against its own brute force on the subset.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class World:
         prototypes = rng.standard_normal((64, TOKENS, DIM)).astype(np.float32)
         prototypes /= np.linalg.norm(prototypes[:, :1], axis=-1, keepdims=True)  # CLS norm 1, as real values
         self.prototypes = prototypes.astype(np.float16)
-        self.recorder = None  # (normalised queries (Q, FLAT), scores (Q, N)) to fill while keys are made
+        self.recorder = None  # (normalised queries (Q, FLAT), scores (Q, N), offset) to fill while keys are made
 
     def _make(self, latent: np.ndarray, noise_seeds) -> np.ndarray:
         import torch
@@ -88,8 +91,8 @@ class World:
     def keys(self, rows: np.ndarray) -> np.ndarray:
         keys = self._make(self.key_latent[rows], [(SEED, 1, int(r)) for r in rows])
         if self.recorder is not None:
-            queries, scores = self.recorder
-            scores[:, rows] = queries @ l2(keys.reshape(len(rows), FLAT)).T
+            queries, scores, offset = self.recorder
+            scores[:, rows] = queries @ l2(keys.reshape(len(rows), FLAT) - offset).T
         return keys
 
     def values(self, rows: np.ndarray) -> np.ndarray:
@@ -165,16 +168,17 @@ def log(message: str) -> None:
 class NaiveMemory:
     """Psychometry's released approach: flattened, L2-normalised float32 keys and float32 values in RAM."""
 
-    def __init__(self, world: World, n: int):
+    def __init__(self, world: World, n: int, offset: np.ndarray):
+        self.offset = offset  # the exact search's centring (0: Psychometry's raw cosine)
         self.keys = np.empty((n, FLAT), np.float32)
         self.values = np.empty((n, FLAT), np.float32)
         for start in range(0, n, 100):
             rows = np.arange(start, min(start + 100, n))
-            self.keys[rows] = l2(world.keys(rows).reshape(len(rows), FLAT))
+            self.keys[rows] = l2(world.keys(rows).reshape(len(rows), FLAT) - offset)
             self.values[rows] = world.values(rows).reshape(len(rows), FLAT)
 
     def search(self, queries: np.ndarray, k: int = 10) -> np.ndarray:
-        sims = l2(queries.reshape(len(queries), FLAT)) @ self.keys.T
+        sims = l2(queries.reshape(len(queries), FLAT) - self.offset) @ self.keys.T
         top = np.argpartition(-sims, k, axis=1)[:, :k]
         return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
 
@@ -206,9 +210,9 @@ def phase_ours(work: Path, settings: dict) -> dict:
             "disk_bytes": {p.name: p.stat().st_size for p in (work / "memory").iterdir()}}
 
 
-def measure_naive(world: World, n: int, queries: np.ndarray) -> tuple[dict, np.ndarray]:
+def measure_naive(world: World, n: int, queries: np.ndarray, offset: np.ndarray) -> tuple[dict, np.ndarray]:
     before = rss_mb()
-    naive = NaiveMemory(world, n)
+    naive = NaiveMemory(world, n, offset)
     held = rss_mb()
     naive.search(queries[:1])
     single = latency_ms(lambda i: naive.search(queries[i % len(queries)][None]), 30)
@@ -226,21 +230,31 @@ def phase_naive(work: Path, settings: dict) -> dict:
     queries = np.load(work / "queries.npy")
     exact = np.load(work / "exact_scores.npy")[:, :n]
     truth = np.argsort(-exact, axis=1)[:, :10]
-    figures, naive_top10 = measure_naive(world, n, queries)  # its 2 x n x FLAT floats are freed on return
+    offset = np.load(work / "key_mean.npy")
+    figures, naive_top10 = measure_naive(world, n, queries, offset)  # its 2 x n x FLAT floats are freed on return
 
-    # ours on the same subset, pooled and PCA keys, against the subset's exact top-10
+    # ours on the same subset, pooled and PCA keys, against the subset's exact top-10 (centred, as the
+    # memory centres, by the subset's own mean)
     raw = np.concatenate([world.keys(np.arange(s, min(s + 100, n))) for s in range(0, n, 100)])
+    flat = raw.reshape(n, FLAT)
+    subset_offset = flat.mean(axis=0) if settings["centre"] else np.zeros(FLAT, np.float32)
+    sims = l2(queries.reshape(len(queries), FLAT) - subset_offset) @ l2(flat - subset_offset).T
+    truth = np.argsort(-sims, axis=1)[:, :10]
+    del flat, sims
     ids = np.arange(n)
     subset = {}
     for search_mode in ("pooled", "pca"):
         start = time.perf_counter()
         memory = SubjectMemory.build("bench", {"image_tokens": raw}, {"image_tokens": raw}, ids,
-                                     MemoryConfig(search=search_mode, index="exact", pca_fit_rows=n))
+                                     MemoryConfig(search=search_mode, index="exact", pca_fit_rows=n,
+                                                  centre=settings["centre"]))
         build_s = time.perf_counter() - start
         _, found = memory.search({"image_tokens": queries}, 10)
         subset[search_mode] = {"build_s": build_s, "recall_at_10": recall_at(found, truth),
                                "search_dim": int(memory.search_keys.shape[1])}
-    return {"entries": n, **figures, "ground_truth_agreement": recall_at(naive_top10, truth), "subset_ours": subset}
+    exact_truth = np.argsort(-exact, axis=1)[:, :10]
+    return {"entries": n, **figures, "ground_truth_agreement": recall_at(naive_top10, exact_truth),
+            "subset_ours": subset}
 
 
 def run_child(phase: str, work: Path) -> dict:
@@ -260,6 +274,8 @@ def main() -> None:
     parser.add_argument("--naive-entries", type=int, default=2_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the 10.6 GB memory directory")
+    parser.add_argument("--search", choices=["pca", "pooled"], default="pca", help="the memory's search keys")
+    parser.add_argument("--no-centre", dest="centre", action="store_false", help="raw cosine, as Psychometry")
     parser.add_argument("--phase", choices=["main", "ours", "naive"], default="main", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir
@@ -273,21 +289,32 @@ def main() -> None:
 
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    settings = {"entries": args.entries, "naive_entries": args.naive_entries, "queries": args.queries}
+    settings = {"entries": args.entries, "naive_entries": args.naive_entries, "queries": args.queries,
+                "search": args.search, "centre": args.centre}
     (work / "settings.json").write_text(json.dumps(settings))
     world = World(args.entries)
     queries = world.queries(args.queries)
     np.save(work / "queries.npy", queries)
+    offset = np.zeros(FLAT, np.float32)
+    if args.centre:  # a first pass over the keys for their exact mean, the memory's centring
+        log("first pass over the keys: their mean")
+        total = np.zeros(FLAT, np.float64)
+        for start in range(0, args.entries, 500):
+            total += world.keys(np.arange(start, min(start + 500, args.entries))).reshape(-1, FLAT).sum(axis=0)
+        offset = (total / args.entries).astype(np.float32)
+    np.save(work / "key_mean.npy", offset)
     scores = np.empty((args.queries, args.entries), np.float32)
-    world.recorder = (l2(queries.reshape(args.queries, FLAT)), scores)
+    world.recorder = (l2(queries.reshape(args.queries, FLAT) - offset), scores, offset)
 
-    log(f"building a {args.entries}-entry memory (keys generated, pooled and scored against the queries)")
+    log(f"building a {args.entries}-entry memory ({args.search} search keys; keys generated and scored against "
+        f"the queries)")
     keys = Lazy(args.entries, (TOKENS, DIM), np.float32, world.keys)
     values = Lazy(args.entries, (TOKENS, DIM), np.float16, world.values)
     with PeakRss() as peak:
         start = time.perf_counter()
         memory = SubjectMemory.build("bench", {"image_tokens": keys}, {"image_tokens": values},
-                                     np.arange(args.entries), MemoryConfig(search="pooled", index="auto"),
+                                     np.arange(args.entries),
+                                     MemoryConfig(search=args.search, index="auto", centre=args.centre),
                                      progress=True)
         build_s = time.perf_counter() - start
         world.recorder = None
@@ -305,7 +332,8 @@ def main() -> None:
     scale = args.entries / args.naive_entries
     naive_held_mb = naive["rss_holding_mb"] - naive["rss_before_mb"]
     result = {
-        "entries": args.entries, "queries": args.queries, "index": index_kind,
+        "entries": args.entries, "queries": args.queries, "index": index_kind, "search": args.search,
+        "centre": args.centre,
         "build_s": build_s, "save_s": save_s, "build_save_peak_rss_mb": peak.peak,
         "ours": ours, "ours_recall_at_10": recall_at(ours_top10, exact_top10),
         "ours_recall_at_1_in_exact_top10": float(np.mean([o[0] in t for o, t in zip(ours_top10, exact_top10,
@@ -323,7 +351,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if not args.keep:
         shutil.rmtree(work / "memory")
-        for name in ("queries.npy", "exact_scores.npy", "ours_top10.npy", "settings.json"):
+        for name in ("queries.npy", "exact_scores.npy", "ours_top10.npy", "settings.json", "key_mean.npy"):
             (work / name).unlink(missing_ok=True)
 
 

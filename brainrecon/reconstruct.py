@@ -1,8 +1,12 @@
 """From a trained run to images: memories, Ecphory, generation, honest selection, and the manifest.
 
-    test betas -> model -> predicted embeddings --(Ecphory: top-k memories, alpha blend)--> k embeddings
-      -> generator (one sample each) -> CLIP of each sample -> selection -> PNG + manifest
+    test betas -> model -> predicted embeddings --(Ecphory: top-k memories, blend)--> conditioning
+      -> generator (`samples` per image; img2img from the low-level image with `lowlevel`)
+      -> CLIP of each sample -> selection -> PNG + manifest
 
+Ecphory's setting and the low-level strength are the run's own, chosen on its held-out
+training stimuli (evaluate/choice.py writes RUN/ecphory.json and RUN/lowlevel.json; this
+module only reads them), unless the config gives them; the manifest says which.
 Selection is honest by default: among a test image's samples, the one whose CLIP
 embedding is closest to the *brain-predicted* embedding is kept (MindEye1's
 second-order selection). Oracle selection against the true image, as
@@ -47,8 +51,10 @@ from brainrecon.models.base import BrainModel, predict_in_batches
 from brainrecon.pretrained import SIMWORLD, resolve_model_dir
 from brainrecon.train.run import RunContext
 
+
 FULL_KEY_WIDTH = 2048  # keys up to this many numbers are searched in full, larger ones via PCA
 SEED_STRIDE = 1_000_003  # seeds of different candidates of one image never collide with other images'
+MEAN_FIT_TRIALS = 512  # training trials whose conditioning embeddings (prior samples, for MindEye) give the mean
 
 
 def sample_seed(seed: int, candidate: int, image: int) -> int:
@@ -115,17 +121,9 @@ class ReconstructConfig(StrictConfig):
         return any(value is not None for value in (self.keys, self.k, self.alpha))
 
 
-def resolve_ecphory(run: str | Path, config: ReconstructConfig) -> tuple[EcphorySetting, str]:
-    """The Ecphory setting a reconstruction uses, and where it came from (recorded in the manifest)."""
-    if not config.ecphory:
-        return EcphorySetting(enabled=False), "off (ecphory: false)"
-    if config.ecphory_given:  # defaults for what was not given: memory keys as Psychometry, its k and alpha
-        return EcphorySetting(enabled=True, keys=config.keys or "prediction", k=config.k or 10,
-                              alpha=0.6 if config.alpha is None else config.alpha), "given"
-    record = read_choice(run, ECPHORY_CHOICE, CHOICE_FORMAT, ecphory_choice_settings(config))
-    if record is None:
-        raise ConfigError(f"Ecphory's setting {NOT_CHOSEN}; or give --keys/--k/--alpha, or --no-ecphory")
-    return EcphorySetting.model_validate(record["choice"]), f"chosen on held-out training stimuli: {record['reason']}"
+# -- predictions and memories --------------------------------------------------------------------------------
+
+
 def predict_embeddings(model: BrainModel, betas: np.ndarray, subject: str, batch_size: int = 256,
              for_generation: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     """Predictions restricted to the embedding names a memory or generator can use."""
@@ -141,9 +139,6 @@ def conditioning_embeddings(model: BrainModel, betas: np.ndarray, subject: str, 
 
 def memory_dir(run: str | Path, subject: str, keys: KeyKind = "prediction") -> Path:
     return Path(run) / "memory" / keys / subject
-
-
-MEAN_FIT_TRIALS = 512  # training trials whose conditioning embeddings (prior samples, for MindEye) give the mean
 
 
 def build_memory(context: RunContext, run: str | Path, subject: str, config: MemoryConfig | None = None,
@@ -194,11 +189,67 @@ def memory_query(keys: KeyKind, prediction: dict[str, np.ndarray], betas: np.nda
     return {BRAIN_KEY: betas} if keys == "brain" else prediction
 
 
-# -- settings chosen on held-out training stimuli (made by evaluate/choice.py, read here) -----------
+# -- settings chosen on held-out training stimuli (made by evaluate/choice.py, read here) --------------------
+
 
 ECPHORY_CHOICE = "ecphory.json"
 LOWLEVEL_CHOICE = "lowlevel.json"
 LOWLEVEL_FORMAT = "brainrecon.lowlevel_choice"
+GENERATION_SETTINGS = ("generator", "generator_path", "steps", "guidance", "mix_ratio", "seed")
+NOT_CHOSEN = ("has not been chosen for this run's weights and these generation settings; `brainrecon reconstruct` "
+              "chooses it on the run's held-out training stimuli (brainrecon.evaluate.choice.make_choices does the "
+              "same from Python)")
+
+
+def read_choice(run: str | Path, name: str, kind: str, settings: dict) -> dict | None:
+    """A choice record (RUN/ecphory.json, RUN/lowlevel.json) if it was made for these weights and settings."""
+    try:
+        record = json.loads((Path(run) / name).read_text())
+    except (OSError, ValueError):
+        return None
+    if (record.get("format") != kind or record.get("settings") != settings
+            or record.get("model_sha256") != sha256_file(Path(run) / "model.safetensors")):
+        return None
+    return record
+
+
+def ecphory_choice_settings(config: ReconstructConfig) -> dict:
+    """What an Ecphory choice depends on besides the weights: the grid, generation and fusion settings."""
+    return {"grid": config.ecphory_grid.model_dump(mode="json"),
+            **{name: getattr(config, name) for name in (*GENERATION_SETTINGS, "fusion", "neighbours")}}
+
+
+def lowlevel_choice_settings(config: ReconstructConfig) -> dict:
+    return {"grid": config.lowlevel_grid.model_dump(mode="json"),
+            **{name: getattr(config, name) for name in GENERATION_SETTINGS}}
+
+
+def resolve_ecphory(run: str | Path, config: ReconstructConfig) -> tuple[EcphorySetting, str]:
+    """The Ecphory setting a reconstruction uses, and where it came from (recorded in the manifest)."""
+    if not config.ecphory:
+        return EcphorySetting(enabled=False), "off (ecphory: false)"
+    if config.ecphory_given:  # defaults for what was not given: memory keys as Psychometry, its k and alpha
+        return EcphorySetting(enabled=True, keys=config.keys or "prediction", k=config.k or 10,
+                              alpha=0.6 if config.alpha is None else config.alpha), "given"
+    record = read_choice(run, ECPHORY_CHOICE, CHOICE_FORMAT, ecphory_choice_settings(config))
+    if record is None:
+        raise ConfigError(f"Ecphory's setting {NOT_CHOSEN}; or give --keys/--k/--alpha, or --no-ecphory")
+    return EcphorySetting.model_validate(record["choice"]), f"chosen on held-out training stimuli: {record['reason']}"
+
+
+def resolve_lowlevel(run: str | Path, config: ReconstructConfig) -> tuple[float, str]:
+    """The img2img strength of the low-level path and where it came from (1.0: not used)."""
+    if not config.lowlevel:
+        return 1.0, "off (lowlevel: false)"
+    if config.lowlevel_strength is not None:
+        return config.lowlevel_strength, "given"
+    record = read_choice(run, LOWLEVEL_CHOICE, LOWLEVEL_FORMAT, lowlevel_choice_settings(config))
+    if record is None:
+        raise ConfigError(f"the low-level strength {NOT_CHOSEN}; or give --lowlevel-strength")
+    return record["strength"], f"chosen on held-out training stimuli: {record['reason']}"
+
+
+# -- generation ----------------------------------------------------------------------------------------------
 
 
 def lowlevel_decoder(context: RunContext, device: str = "cpu") -> VaePath:
@@ -220,73 +271,19 @@ def lowlevel_images(context: RunContext, vae: VaePath, betas: np.ndarray, subjec
     return vae.decode(predicted["lowlevel"])
 
 
-def resolve_lowlevel(run: str | Path, config: ReconstructConfig) -> tuple[float, str]:
-    """The img2img strength of the low-level path and where it came from (1.0: not used)."""
-    if not config.lowlevel:
-        return 1.0, "off (lowlevel: false)"
-    if config.lowlevel_strength is not None:
-        return config.lowlevel_strength, "given"
-    record = read_choice(run, LOWLEVEL_CHOICE, LOWLEVEL_FORMAT, lowlevel_choice_settings(config))
-    if record is None:
-        raise ConfigError(f"the low-level strength {NOT_CHOSEN}; or give --lowlevel-strength")
-    return record["strength"], f"chosen on held-out training stimuli: {record['reason']}"
-def read_choice(run: str | Path, name: str, kind: str, settings: dict) -> dict | None:
-    """A choice record (RUN/ecphory.json, RUN/lowlevel.json) if it was made for these weights and settings."""
-    try:
-        record = json.loads((Path(run) / name).read_text())
-    except (OSError, ValueError):
-        return None
-    if (record.get("format") != kind or record.get("settings") != settings
-            or record.get("model_sha256") != sha256_file(Path(run) / "model.safetensors")):
-        return None
-    return record
-
-
-GENERATION_SETTINGS = ("generator", "generator_path", "steps", "guidance", "mix_ratio", "seed")
-
-
-def ecphory_choice_settings(config: ReconstructConfig) -> dict:
-    """What an Ecphory choice depends on besides the weights: the grid, generation and fusion settings."""
-    return {"grid": config.ecphory_grid.model_dump(mode="json"),
-            **{name: getattr(config, name) for name in (*GENERATION_SETTINGS, "fusion", "neighbours")}}
-
-
-def lowlevel_choice_settings(config: ReconstructConfig) -> dict:
-    return {"grid": config.lowlevel_grid.model_dump(mode="json"),
-            **{name: getattr(config, name) for name in GENERATION_SETTINGS}}
-
-
-NOT_CHOSEN = ("has not been chosen for this run's weights and these generation settings; `brainrecon reconstruct` "
-              "chooses it on the run's held-out training stimuli (brainrecon.evaluate.choice.make_choices does the "
-              "same from Python)")
-def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each test image's predicted CLIP image direction: image_pooled, or token 0 of image_tokens."""
-    test = context.store.subject(subject).test()
-    predicted = predict_embeddings(context.model, test.betas, subject)
-    if "image_pooled" in predicted:
-        return test.stimulus_ids, predicted["image_pooled"]
-    if "image_tokens" in predicted:
-        return test.stimulus_ids, predicted["image_tokens"][:, 0]
-    raise ConfigError("bank search needs a run predicting image_pooled or image_tokens")
-
-
-def search_bank(bank: str | Path, context: RunContext, subjects: list[str] | None, k: int) -> dict:
-    """The ``k`` bank images nearest to each test trial's predicted CLIP image direction, per subject."""
-    index = ImageBank.load(bank)
-    results = {}
-    for subject in context.subjects(subjects):
-        ids, queries = pooled_query(context, subject)
-        scores, paths = index.search(queries, k)
-        results[subject] = [{"stimulus_id": int(s), "paths": p, "scores": sc.tolist()}
-                            for s, p, sc in zip(ids.tolist(), paths, scores)]
-    return {"bank": str(bank), "run": str(context.path), "k": k, "results": results}
-
-
 def _generator(config: ReconstructConfig):
     path = resolve_model_dir(config.generator_path, "generator_path", "decoder")
     if config.generator == "unclip":
         return UnclipGenerator(path, device=config.device, batch_size=config.batch_size)
     return VersatileGenerator(path, device=config.device, batch_size=config.batch_size)
+
+
+def recon_models(context: RunContext, config: ReconstructConfig) -> tuple:
+    """The generator and the run's CLIP image embedder (to embed and select samples)."""
+    quiet_model_loading()
+    clip = ClipImageEmbedder(resolve_model_dir(context.config.targets.clip, "clip", "clip"), config.device,
+                             batch_size=64)
+    return _generator(config), clip
 
 
 def _requests(embeddings: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float, seed: int,
@@ -324,6 +321,59 @@ def unit_first_token(tokens: np.ndarray) -> np.ndarray:
     return (tokens / np.maximum(norm, 1e-8)).astype(np.float32)
 
 
+def typical_pooled_norm(context: RunContext, clip: ClipImageEmbedder, subject: str) -> float:
+    """The mean norm of CLIP image_embeds over (up to 512 of) the subject's training images."""
+    data = context.store.subject(subject)
+    train_ids = np.unique(data.trials.stimulus_id[data.train_rows()])[:512]
+    return float(np.linalg.norm(clip.pooled(context.store.images_for(train_ids)), axis=1).mean())
+
+
+def generate_samples(generator, candidates: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float,
+                     samples: int, bar=None, init_images: np.ndarray | None = None,
+                     strength: float = 1.0) -> np.ndarray:
+    """(n, samples, H, W, 3) uint8 images from candidates: name -> (n, m, *shape) embeddings.
+
+    Sample j of image i starts from candidate j mod m (m = 1 but for Ecphory's neighbours: each)
+    with seed + j * SEED_STRIDE + i, whatever the batching, so runs that differ only in their
+    embeddings draw the same noise. With ``init_images`` (n, H, W, 3) every sample is img2img
+    from image i's init image at ``strength``.
+    """
+    n = len(next(iter(candidates.values())))
+    images = None
+    for j in range(samples):
+        flat = {name: x[:, j % x.shape[1]] for name, x in candidates.items()}
+        for start in range(0, n, config.batch_size):
+            part = {name: x[start:start + config.batch_size] for name, x in flat.items()}
+            init = None if init_images is None else init_images[start:start + config.batch_size]
+            # the generator seeds sample i of a request with seed + i
+            batch = generator.generate(_requests(part, config, pooled_norm, sample_seed(config.seed, j, start), init,
+                                                 strength))
+            if images is None:
+                images = np.empty((n, samples, *batch.shape[1:]), np.uint8)
+            images[start:start + len(batch), j] = batch
+            if bar is not None:
+                bar.update(len(batch))
+    return images
+
+
+def _embed_samples(clip, images: np.ndarray, key: str) -> np.ndarray:
+    n, k = images.shape[:2]
+    tokens, pooled = clip.embed(images.reshape(n * k, *images.shape[2:]))
+    chosen = pooled if key == "image_pooled" else tokens
+    return chosen.reshape(n, k, *chosen.shape[1:])
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# -- reconstruction ------------------------------------------------------------------------------------------
+
+
 def is_reconstructions(path: Path) -> bool:
     """Whether a folder holds the output of `brainrecon reconstruct` (its manifest lists images)."""
     try:
@@ -354,14 +404,6 @@ def reconstruct(run: str | Path, out: str | Path, config: ReconstructConfig, sub
             raise
         publish_dir(assembled, out)
     return manifest
-
-
-def recon_models(context: RunContext, config: ReconstructConfig) -> tuple:
-    """The generator and the run's CLIP image embedder (to embed and select samples)."""
-    quiet_model_loading()
-    clip = ClipImageEmbedder(resolve_model_dir(context.config.targets.clip, "clip", "clip"), config.device,
-                             batch_size=64)
-    return _generator(config), clip
 
 
 def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects: list[str] | None,
@@ -429,54 +471,30 @@ def _reconstruct(run: str | Path, out: Path, config: ReconstructConfig, subjects
     return manifest
 
 
-def typical_pooled_norm(context: RunContext, clip: ClipImageEmbedder, subject: str) -> float:
-    """The mean norm of CLIP image_embeds over (up to 512 of) the subject's training images."""
-    data = context.store.subject(subject)
-    train_ids = np.unique(data.trials.stimulus_id[data.train_rows()])[:512]
-    return float(np.linalg.norm(clip.pooled(context.store.images_for(train_ids)), axis=1).mean())
+# -- image banks ---------------------------------------------------------------------------------------------
 
 
-def generate_samples(generator, candidates: dict[str, np.ndarray], config: ReconstructConfig, pooled_norm: float,
-                     samples: int, bar=None, init_images: np.ndarray | None = None,
-                     strength: float = 1.0) -> np.ndarray:
-    """(n, samples, H, W, 3) uint8 images from candidates: name -> (n, m, *shape) embeddings.
-
-    Sample j of image i starts from candidate j mod m (m = 1 but for Ecphory's neighbours: each)
-    with seed + j * SEED_STRIDE + i, whatever the batching, so runs that differ only in their
-    embeddings draw the same noise. With ``init_images`` (n, H, W, 3) every sample is img2img
-    from image i's init image at ``strength``.
-    """
-    n = len(next(iter(candidates.values())))
-    images = None
-    for j in range(samples):
-        flat = {name: x[:, j % x.shape[1]] for name, x in candidates.items()}
-        for start in range(0, n, config.batch_size):
-            part = {name: x[start:start + config.batch_size] for name, x in flat.items()}
-            init = None if init_images is None else init_images[start:start + config.batch_size]
-            # the generator seeds sample i of a request with seed + i
-            batch = generator.generate(_requests(part, config, pooled_norm, sample_seed(config.seed, j, start), init,
-                                                 strength))
-            if images is None:
-                images = np.empty((n, samples, *batch.shape[1:]), np.uint8)
-            images[start:start + len(batch), j] = batch
-            if bar is not None:
-                bar.update(len(batch))
-    return images
+def pooled_query(context: RunContext, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each test image's predicted CLIP image direction: image_pooled, or token 0 of image_tokens."""
+    test = context.store.subject(subject).test()
+    predicted = predict_embeddings(context.model, test.betas, subject)
+    if "image_pooled" in predicted:
+        return test.stimulus_ids, predicted["image_pooled"]
+    if "image_tokens" in predicted:
+        return test.stimulus_ids, predicted["image_tokens"][:, 0]
+    raise ConfigError("bank search needs a run predicting image_pooled or image_tokens")
 
 
-def _embed_samples(clip, images: np.ndarray, key: str) -> np.ndarray:
-    n, k = images.shape[:2]
-    tokens, pooled = clip.embed(images.reshape(n * k, *images.shape[2:]))
-    chosen = pooled if key == "image_pooled" else tokens
-    return chosen.reshape(n, k, *chosen.shape[1:])
-
-
-def _png(image: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+def search_bank(bank: str | Path, context: RunContext, subjects: list[str] | None, k: int) -> dict:
+    """The ``k`` bank images nearest to each test trial's predicted CLIP image direction, per subject."""
+    index = ImageBank.load(bank)
+    results = {}
+    for subject in context.subjects(subjects):
+        ids, queries = pooled_query(context, subject)
+        scores, paths = index.search(queries, k)
+        results[subject] = [{"stimulus_id": int(s), "paths": p, "scores": sc.tolist()}
+                            for s, p, sc in zip(ids.tolist(), paths, scores)]
+    return {"bank": str(bank), "run": str(context.path), "k": k, "results": results}
 
 
 __all__ = ["ReconstructConfig", "build_memory", "open_memory", "predict_embeddings", "reconstruct", "search_bank"]

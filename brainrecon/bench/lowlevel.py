@@ -39,7 +39,7 @@ def run_lowlevel_bench(run: Path, out: Path, samples: int = 4, n_images: int = 3
     for arm, config in arms.items():
         folder = out / "recons" / arm
         if not is_reconstructions(folder):
-            echo(f"reconstructing {arm} the low-level path")
+            echo(f"reconstructing {'with' if config.lowlevel else 'without'} the low-level path")
             make_choices(run, config, progress=False)  # the strength, on the run's held-out training stimuli
             reconstruct(run, folder, config, subjects=[SUBJECT], progress=False, overwrite=True)
         manifests[arm] = read_manifest(folder)
