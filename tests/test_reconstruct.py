@@ -130,6 +130,36 @@ def test_the_lowlevel_path_starts_from_the_predicted_blurry_image_at_a_chosen_st
                     progress=False)
 
 
+def test_the_benches_compare_arms_that_differ_only_in_ecphory_or_the_lowlevel_path(validated_run, tmp_path):
+    from brainrecon.bench.ecphory import EcphoryBenchConfig, run_ecphory_bench
+    from brainrecon.bench.lowlevel import run_lowlevel_bench
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "mindeye2").symlink_to(validated_run)
+    config = EcphoryBenchConfig(models=("mindeye2",), samples=2, n_images=4, steps=2,
+                                ecphory_grid=EcphoryGrid(keys=("prediction",), k=(3,), alpha=(0.5,), max_stimuli=6))
+    records = run_ecphory_bench(config, runs, tmp_path / "eb", echo=lambda message: None)
+    assert [r["variant"] for r in records] == ["chosen", "psychometry"]
+    saved = json.loads((tmp_path / "eb" / "ecphory.json").read_text())["records"]
+    for record in saved:
+        assert {"model", "variant", "k", "alpha", "samples", "control_two_way", "ecphory_two_way", "gain",
+                "gain_ci95_low", "gain_ci95_high", "commit"} <= set(record)
+        assert record["samples"] == 2 and record["gain_ci95_low"] <= record["gain"] <= record["gain_ci95_high"]
+        assert record["gain"] == pytest.approx(record["ecphory_two_way"] - record["control_two_way"])
+    manifests = {arm: json.loads((tmp_path / "eb" / "recons" / "mindeye2" / arm / "manifest.json").read_text())
+                 for arm in ("control", "chosen", "psychometry")}
+    assert len({(m["settings"]["samples"], m["settings"]["seed"], m["selection"]) for m in manifests.values()}) == 1
+    assert manifests["psychometry"]["ecphory"]["fusion"] == "raw" and not manifests["control"]["ecphory"]["enabled"]
+    assert "| mindeye2 | chosen |" in (tmp_path / "eb" / "ecphory.md").read_text()
+
+    record = run_lowlevel_bench(validated_run, tmp_path / "ll", samples=1, n_images=3, steps=2,
+                                grid=LowLevelGrid(strengths=(0.5,), max_stimuli=4), echo=lambda message: None)
+    assert record["strength"] in (0.5, 1.0) and record["pixcorr_ratio"] == pytest.approx(
+        record["pixcorr"]["lowlevel"] / record["pixcorr"]["without"])
+    assert "PixCorr with ÷ without" in (tmp_path / "ll" / "lowlevel.md").read_text()
+
+
 def test_a_run_without_a_validation_slice_keeps_ecphory_off(ridge_run):
     context = RunContext.open(ridge_run)
     config = ReconstructConfig(steps=2)

@@ -30,7 +30,7 @@ from brainrecon.evaluate.choice import make_choices
 from brainrecon.evaluate.evaluation import feature_encoders, read_manifest, read_reconstructions
 from brainrecon.evaluate.metrics import FEATURE_METRICS, PROTOCOL_SIZE, pixcorr, score_with_network, ssim
 from brainrecon.io import atomic_write_json, atomic_write_text
-from brainrecon.memory.choice import paired_gain
+from brainrecon.memory.choice import EcphoryGrid, paired_gain
 from brainrecon.reconstruct import ECPHORY_CHOICE, ReconstructConfig, is_reconstructions, reconstruct
 from brainrecon.train.run import RunContext, is_run
 
@@ -43,11 +43,13 @@ class EcphoryBenchConfig(StrictConfig):
     n_images: int = Field(30, ge=2)  # subj01's first test images
     steps: int = Field(25, ge=1)
     psychometry_alpha: float = Field(0.6, ge=0.0, le=1.0)
+    ecphory_grid: EcphoryGrid = EcphoryGrid()  # what each run's choice tries on its held-out training stimuli
 
 
 def arms(config: EcphoryBenchConfig) -> dict[str, dict]:
     """Arm name -> ReconstructConfig overrides; all share samples, seeds and the selection rule."""
-    common = {"samples": config.samples, "n_images": config.n_images, "steps": config.steps, "batch_size": 32}
+    common = {"samples": config.samples, "n_images": config.n_images, "steps": config.steps, "batch_size": 32,
+              "ecphory_grid": config.ecphory_grid}
     return {"control": {**common, "ecphory": False},
             "chosen": common,
             "psychometry": {**common, "fusion": "raw", "neighbours": "each", "keys": "prediction",

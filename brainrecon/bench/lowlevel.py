@@ -21,17 +21,18 @@ from brainrecon.evaluate.choice import make_choices
 from brainrecon.evaluate.evaluation import feature_encoders, read_manifest
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.memory.choice import paired_gain
-from brainrecon.reconstruct import LOWLEVEL_CHOICE, ReconstructConfig, is_reconstructions, reconstruct
+from brainrecon.reconstruct import LOWLEVEL_CHOICE, LowLevelGrid, ReconstructConfig, is_reconstructions, reconstruct
 from brainrecon.train.run import RunContext, is_run
 
 
 def run_lowlevel_bench(run: Path, out: Path, samples: int = 4, n_images: int = 30, steps: int = 25,
-                       echo=print) -> dict:
+                       grid: LowLevelGrid | None = None, echo=print) -> dict:
     """Reconstruct without and with the low-level path into OUT/recons, compare, write OUT/lowlevel.json/.md."""
     if not is_run(run):
         raise ConfigError(f"{run} is not a finished training run; train one with a low-level head first "
                           f"(brainrecon train --config sim-mindeye2-lowlevel ...)")
-    common = {"samples": samples, "n_images": n_images, "steps": steps, "batch_size": 32, "ecphory": False}
+    common = {"samples": samples, "n_images": n_images, "steps": steps, "batch_size": 32, "ecphory": False,
+              "lowlevel_grid": grid or LowLevelGrid()}
     arms = {"without": ReconstructConfig(**common), "lowlevel": ReconstructConfig(**common, lowlevel=True)}
     clip_encoder = feature_encoders(None, RunContext.open(run).config.targets.clip,
                                     clip_note="the simulated world's CLIP")["clip"]

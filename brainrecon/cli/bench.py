@@ -10,6 +10,16 @@ import typer
 app = typer.Typer(help="Benchmarks: the leaderboard against the oracle, data efficiency.", no_args_is_help=True)
 
 
+def show_and_copy(out: Path, name: str, doc: Path | None) -> None:
+    """Print OUT/NAME.md and, with --doc, copy it and NAME.json beside DOC."""
+    typer.echo("\n" + (out / f"{name}.md").read_text())
+    if doc is not None:
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / f"{name}.md", doc)
+        shutil.copyfile(out / f"{name}.json", doc.with_suffix(".json"))
+        typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")
+
+
 @app.command("leaderboard")
 def leaderboard(preset: str = typer.Option("default", "--preset", help="A bench preset (default, smoke) or YAML."),
                 out: Path = typer.Option(Path("brainrecon-leaderboard"), "--out",
@@ -22,12 +32,7 @@ def leaderboard(preset: str = typer.Option("default", "--preset", help="A bench 
 
     config = load_config(LeaderboardConfig, preset, "bench")
     result = run_leaderboard(config, out, echo=typer.echo, preset=preset)
-    typer.echo("\n" + (out / "leaderboard.md").read_text())
-    if doc is not None:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "leaderboard.md", doc)
-        shutil.copyfile(out / "leaderboard.json", doc.with_suffix(".json"))
-        typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")
+    show_and_copy(out, "leaderboard", doc)
     best = max(result["rows"], key=lambda r: r["image_top1"])
     typer.echo(f"Best: {best['label']}, {best['ratio_to_oracle']:.2f} of the oracle's image retrieval")
 
@@ -45,13 +50,9 @@ def efficiency(preset: str = typer.Option("efficiency-default", "--preset",
 
     config = load_config(EfficiencyConfig, preset, "bench")
     run_efficiency(config, out, echo=typer.echo, preset=preset)
-    typer.echo("\n" + (out / "efficiency.md").read_text())
+    show_and_copy(out, "efficiency", doc)
     if doc is not None:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "efficiency.md", doc)
-        shutil.copyfile(out / "efficiency.json", doc.with_suffix(".json"))
         shutil.copyfile(out / "efficiency.png", doc.parent / "efficiency.png")  # the page links it by this name
-        typer.echo(f"Copied to {doc}")
 
 
 @app.command("ecphory")
@@ -73,12 +74,7 @@ def ecphory(runs: Path = typer.Option(..., "--runs", help="Folder of trained run
                                                   "samples": samples, "n_images": n_images},
                              "bench ecphory options", as_flags=True)
     run_ecphory_bench(config, runs, out, echo=typer.echo)
-    typer.echo("\n" + (out / "ecphory.md").read_text())
-    if doc is not None:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "ecphory.md", doc)
-        shutil.copyfile(out / "ecphory.json", doc.with_suffix(".json"))
-        typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")
+    show_and_copy(out, "ecphory", doc)
 
 
 @app.command("lowlevel")
@@ -94,9 +90,4 @@ def lowlevel(run: Path = typer.Option(..., "--run", help="A run with a low-level
     from brainrecon.bench.lowlevel import run_lowlevel_bench
 
     run_lowlevel_bench(run, out, samples=samples, n_images=n_images, echo=typer.echo)
-    typer.echo("\n" + (out / "lowlevel.md").read_text())
-    if doc is not None:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "lowlevel.md", doc)
-        shutil.copyfile(out / "lowlevel.json", doc.with_suffix(".json"))
-        typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")
+    show_and_copy(out, "lowlevel", doc)
