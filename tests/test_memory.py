@@ -23,6 +23,7 @@ from brainrecon.memory import (
     select_samples_oracle,
 )
 from brainrecon.evaluate.metrics import two_way_identification
+from brainrecon.memory.subject_memory import FORMAT_VERSION
 from brainrecon.memory.choice import choose, two_way_fractions
 from brainrecon.memory.ecphory import neighbour_weights, renormalize
 
@@ -125,8 +126,42 @@ def test_a_query_equal_to_a_stored_key_finds_that_entry_first(search):
     memory = SubjectMemory.build("s1", keys, values, np.arange(1000, 1120), MemoryConfig(search=search, pca_dims=32))
     scores, indices = memory.search({"image_tokens": torch.from_numpy(keys["image_tokens"][::7])}, k=3)
     np.testing.assert_array_equal(indices[:, 0], np.arange(0, 120, 7))
-    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+    if search == "pca":  # the cosine less the residuals' product: the share of the key's length in the projection
+        centred = keys["image_tokens"][::7].reshape(len(scores), -1) - memory.means["key.image_tokens"].reshape(1, -1)
+        inside = np.linalg.norm(centred @ memory.projections["image_tokens"].T, axis=1) / np.linalg.norm(centred, axis=1)
+        np.testing.assert_allclose(scores[:, 0], inside ** 2, atol=1e-4)
+    else:
+        np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
     np.testing.assert_array_equal(memory.stimulus_ids[indices[:, 0]], np.arange(1000, 1120, 7))
+
+
+def test_pca_keys_rank_by_the_whole_keys_cosine_when_some_keys_lie_partly_outside_the_projection():
+    # low-rank keys, half of them with as much full-rank noise as signal: the exact cosine ranks those lower,
+    # a cosine of the projections alone would not see the noise and rank them as high as the clean ones
+    rng = np.random.default_rng(6)
+    basis = rng.standard_normal((8, T * D)).astype(np.float32)
+    latent = rng.standard_normal((300, 8)).astype(np.float32)
+    signal = latent @ basis
+    noise = rng.standard_normal(signal.shape).astype(np.float32)
+    noise *= (np.arange(300) % 2 * np.linalg.norm(signal, axis=1) / np.linalg.norm(noise, axis=1))[:, None]
+    tokens = (signal + noise).reshape(300, T, D)
+    data = {"image_tokens": tokens}
+    memory = SubjectMemory.build("s1", data, data, np.arange(300),
+                                 MemoryConfig(search="pca", pca_dims=8, centre=False))
+    queries = (latent[:20] + 0.3 * rng.standard_normal((20, 8)).astype(np.float32)) @ basis
+    exact = queries / np.linalg.norm(queries, axis=1, keepdims=True) @ (
+        tokens.reshape(300, -1) / np.linalg.norm(tokens.reshape(300, -1), axis=1, keepdims=True)).T
+    scores, found = memory.search({"image_tokens": queries.reshape(20, T, D)}, 5)
+    truth = np.argsort(-exact, axis=1)[:, :5]
+    assert _recall(found, truth) >= 0.95
+    # a score is the exact cosine less the residuals' product, so it differs by at most the residuals' share
+    projection = memory.projections["image_tokens"]
+
+    def outside(x):  # the share of each row's length outside the projection
+        return np.linalg.norm(x - (x @ projection.T) @ projection, axis=1) / np.linalg.norm(x, axis=1)
+
+    bound = outside(queries)[:, None] * outside(tokens.reshape(300, -1))[found]
+    assert np.all(np.abs(scores - np.take_along_axis(exact, found, axis=1)) <= bound + 1e-4)
 
 
 def test_pca_keys_rank_like_full_keys_when_the_keys_are_low_rank():
@@ -192,7 +227,8 @@ def test_save_load_round_trip_gives_identical_search_results(tmp_path, search, k
             np.testing.assert_array_equal(loaded.values_at(name, indices), memory.values_at(name, indices))
 
     meta = json.loads((tmp_path / "mem" / "memory.json").read_text())
-    assert meta["format_version"] == 2 and meta["n_entries"] == 300 and meta["value_shapes"]["image_tokens"] == [T, D]
+    assert meta["format_version"] == FORMAT_VERSION and meta["n_entries"] == 300
+    assert meta["value_shapes"]["image_tokens"] == [T, D]
     official = load_file(str(tmp_path / "mem" / "values.safetensors"))  # our streamed writer is standard
     assert official["value.image_tokens"].dtype == np.float16
     np.testing.assert_array_equal(official["value.image_tokens"], memory.values_at("image_tokens", np.arange(300)))
