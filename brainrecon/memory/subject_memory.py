@@ -89,7 +89,6 @@ from brainrecon.memory._arrays import (
     CHUNK_BYTES,
     chunk_rows,
     item_size,
-    l2_normalize,
     row_mean,
     shape_of,
     take_rows,
