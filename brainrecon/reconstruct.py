@@ -64,7 +64,7 @@ def sample_seed(seed: int, candidate: int, image: int) -> int:
 class LowLevelGrid(StrictConfig):
     """img2img strengths tried on held-out training stimuli (1 = no low-level image) and the rule to choose."""
 
-    strengths: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
+    strengths: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
     # the chosen strength is the one with the best PixCorr + SSIM among those whose CLIP two-way identification
     # stays within this many points of generation without the low-level image: low-level fidelity, kept
     # only while the images stay as recognisable
