@@ -37,6 +37,9 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
         assert -1.0 <= row["pixcorr"] <= 1.0 and 0.0 <= row["clip"] <= 1.0
     ecphory = result["rows"][-1]
     assert ecphory["ecphory"]["source"].startswith("chosen on held-out training stimuli")  # never on test
+    for gain in ecphory["ecphory"]["gain"].values():  # paired over the same images, against the row above
+        assert gain["gain_ci95_low"] <= gain["gain"] <= gain["gain_ci95_high"]
+    assert set(ecphory["ecphory"]["gain"]) == {"clip", "ssim", "pixcorr"}
     assert ecphory["image_top1"] == result["rows"][-2]["image_top1"]  # retrieval stays the prediction's
     assert ecphory["parameters"] == result["rows"][-2]["parameters"]  # the same run
     assert result["rows"][0]["steps"] is None and result["rows"][1]["steps"] == 2  # ridge: closed form
@@ -44,7 +47,8 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     assert all(list(row["seeds"]) == ["0"] for row in result["rows"] if row["model"] != "psychometry+ecphory")
     markdown = (tmp_path / "lb" / "leaderboard.md").read_text()
     for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results",
-                  "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |", "val Δ 2nd half"):
+                  "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |", "val Δ 2nd half",
+                  "against the row above, per image: CLIP two-way"):
         assert label in markdown
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))

@@ -23,19 +23,16 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from brainrecon.bench.leaderboard import git_commit
+from brainrecon.bench.leaderboard import SUBJECT, git_commit, per_image_scores
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.choice import make_choices
-from brainrecon.evaluate.evaluation import feature_encoders, read_manifest, read_reconstructions
-from brainrecon.evaluate.metrics import FEATURE_METRICS, PROTOCOL_SIZE, pixcorr, score_with_network, ssim
+from brainrecon.evaluate.evaluation import feature_encoders, read_manifest
+from brainrecon.evaluate.metrics import FEATURE_METRICS
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.memory.choice import EcphoryGrid, paired_gain
 from brainrecon.reconstruct import ECPHORY_CHOICE, ReconstructConfig, is_reconstructions, reconstruct
 from brainrecon.train.run import RunContext, is_run
-
-SUBJECT = "subj01"
-
 
 class EcphoryBenchConfig(StrictConfig):
     models: tuple[str, ...] = ("psychometry", "mindbridge", "mindeye2")  # run folders under --runs
@@ -54,18 +51,6 @@ def arms(config: EcphoryBenchConfig) -> dict[str, dict]:
             "chosen": common,
             "psychometry": {**common, "fusion": "raw", "neighbours": "each", "keys": "prediction",
                             "k": config.samples, "alpha": config.psychometry_alpha}}
-
-
-def per_image_scores(run: Path, recons: Path, clip_encoder) -> dict[str, np.ndarray]:
-    """Per-image CLIP two-way identification, SSIM and PixCorr of one reconstruction folder (subj01)."""
-    context = RunContext.open(run)
-    manifest = read_manifest(recons)
-    ids, images = read_reconstructions(recons, SUBJECT, manifest)
-    truth = context.store.images_for(ids)
-    spec, encoder = clip_encoder
-    return {"clip": score_with_network(truth, images, spec, encoder, per_item=True, preresize=PROTOCOL_SIZE),
-            "ssim": np.asarray(ssim(truth, images, per_image=True)),
-            "pixcorr": np.asarray(pixcorr(truth, images, per_image=True))}
 
 
 def run_ecphory_bench(config: EcphoryBenchConfig, runs: Path, out: Path, echo=print) -> list[dict]:

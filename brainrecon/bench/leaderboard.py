@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from brainrecon.config import StrictConfig, load_config, validate_config
@@ -32,10 +33,12 @@ from brainrecon.errors import ConfigError
 from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, space_targets, subject_ceilings
 from brainrecon.evaluate.choice import make_choices
 from brainrecon.evaluate.ecphory import ecphory_embedding_scores
-from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run, student_t_interval
+from brainrecon.evaluate.evaluation import (EvaluateConfig, evaluate_run, feature_encoders, read_manifest,
+                                            read_reconstructions, student_t_interval)
+from brainrecon.evaluate.metrics import PROTOCOL_SIZE, pixcorr, score_with_network, ssim
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.models import model_class
-from brainrecon.memory.choice import EcphoryGrid, EcphorySetting
+from brainrecon.memory.choice import EcphoryGrid, EcphorySetting, paired_gain
 from brainrecon.reconstruct import ReconstructConfig
 from brainrecon.reconstruct import reconstruct as run_reconstruct
 from brainrecon.train.config import TrainConfig
@@ -173,6 +176,14 @@ def _setting_text(setting: dict) -> str:
             + (f" (the fused embedding's own image retrieval: {100 * fused:.1f}%)" if fused is not None else ""))
 
 
+def _gain_text(gain: dict) -> str:
+    def one(label: str, g: dict, scale: float, unit: str, digits: int) -> str:
+        return (f"{label} {scale * g['gain']:+.{digits}f}{unit} (95% CI {scale * g['gain_ci95_low']:+.{digits}f} to "
+                f"{scale * g['gain_ci95_high']:+.{digits}f})")
+    return ", ".join([one("CLIP two-way", gain["clip"], 100, " points", 1), one("SSIM", gain["ssim"], 1, "", 3),
+                      one("PixCorr", gain["pixcorr"], 1, "", 3)])
+
+
 def count_parameters(run: Path) -> int:
     model, _ = load_run(run)
     return int(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
@@ -205,6 +216,28 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
                                           seed=config.seed)["rows"]
         row["ecphory"] = {**manifest["ecphory"], "fused_image_top1": scores.get("fused", {}).get("image_top1")}
     return row
+
+
+def per_image_scores(run: Path, recons: Path, clip_encoder) -> dict[str, np.ndarray]:
+    """Per-image CLIP two-way identification, SSIM and PixCorr of one reconstruction folder (subj01)."""
+    context = RunContext.open(run)
+    manifest = read_manifest(recons)
+    ids, images = read_reconstructions(recons, SUBJECT, manifest)
+    truth = context.store.images_for(ids)
+    spec, encoder = clip_encoder
+    return {"clip": score_with_network(truth, images, spec, encoder, per_item=True, preresize=PROTOCOL_SIZE),
+            "ssim": np.asarray(ssim(truth, images, per_image=True)),
+            "pixcorr": np.asarray(pixcorr(truth, images, per_image=True))}
+
+
+def ecphory_gains(out: Path, row: dict) -> dict:
+    """Per metric, an Ecphory row's paired gain over its model's row (the same run, samples and seeds), with
+    its 95% interval over the reconstructed images."""
+    run = out / "runs" / row["kind"]
+    clip = feature_encoders(None, RunContext.open(run).config.targets.clip,
+                            clip_note="the simulated world's CLIP")["clip"]
+    fused, control = (per_image_scores(run, out / "recons" / name, clip) for name in (row["model"], row["kind"]))
+    return {metric: paired_gain(fused[metric], control[metric]) for metric in ("clip", "ssim", "pixcorr")}
 
 
 def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, seeds: list[int],
@@ -328,6 +361,9 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         rows.append(row)
         echo(f"{name}: image {100 * row['image_top1']:.1f}%, brain {100 * row['brain_top1']:.1f}%, "
              f"{row['train_seconds']:.0f} s, {row['peak_rss_mb']:.0f} MB")
+    for row in rows:
+        if row.get("ecphory"):  # computed afresh each time, from the two rows' reconstructions
+            row["ecphory"]["gain"] = ecphory_gains(out, row)
     oracle = oracle_row(store, config)
     for row in rows:
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
@@ -439,6 +475,8 @@ def leaderboard_markdown(result: dict) -> str:
         "chose on its held-out training stimuli (docs/benchmarks/ecphory.md), with the same number of samples; "
         "retrieval is the prediction's, as in the row above (Ecphory serves generation)"
         + "".join(f"; its setting: {_setting_text(r['ecphory'])}" for r in result["rows"] if r.get("ecphory"))
+        + "".join(f"; against the row above, per image: {_gain_text(r['ecphory']['gain'])}"
+                  for r in result["rows"] if r.get("ecphory", {}).get("gain"))
         + ".",
         "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
         "peak MB: that process's peak resident memory"
