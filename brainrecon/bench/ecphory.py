@@ -34,6 +34,7 @@ from brainrecon.memory.choice import EcphoryGrid, paired_gain
 from brainrecon.reconstruct import ECPHORY_CHOICE, ReconstructConfig, is_reconstructions, reconstruct
 from brainrecon.train.run import RunContext, is_run
 
+
 class EcphoryBenchConfig(StrictConfig):
     models: tuple[str, ...] = ("psychometry", "mindbridge", "mindeye2")  # run folders under --runs
     samples: int = Field(4, ge=1)  # per image, in every arm
