@@ -157,7 +157,10 @@ def test_the_benches_compare_arms_that_differ_only_in_ecphory_or_the_lowlevel_pa
                                 grid=LowLevelGrid(strengths=(0.5,), max_stimuli=4), echo=lambda message: None)
     assert record["strength"] in (0.5, 1.0) and record["pixcorr_ratio"] == pytest.approx(
         record["pixcorr"]["lowlevel"] / record["pixcorr"]["without"])
-    assert "PixCorr with ÷ without" in (tmp_path / "ll" / "lowlevel.md").read_text()
+    for reference in ("blurry_image", "vae_round_trip"):  # what img2img starts from, and the VAE's own limit
+        assert -1 <= record[reference]["pixcorr"] <= 1 and 0 <= record[reference]["clip"] <= 1
+    page = (tmp_path / "ll" / "lowlevel.md").read_text()
+    assert "PixCorr with ÷ without" in page and "the blurry image alone" in page and "round trip" in page
 
 
 def test_a_run_without_a_validation_slice_keeps_ecphory_off(ridge_run):

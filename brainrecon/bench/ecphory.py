@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from brainrecon.bench.leaderboard import SUBJECT, git_commit, per_image_scores
+from brainrecon.bench.leaderboard import SUBJECT, git_commit, per_image_scores, run_clip
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.choice import make_choices
-from brainrecon.evaluate.evaluation import feature_encoders, read_manifest
+from brainrecon.evaluate.evaluation import read_manifest
 from brainrecon.evaluate.metrics import FEATURE_METRICS
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.memory.choice import EcphoryGrid, paired_gain
@@ -65,6 +65,8 @@ def run_ecphory_bench(config: EcphoryBenchConfig, runs: Path, out: Path, echo=pr
     records = []
     for model in config.models:
         run = runs / model
+        context = RunContext.open(run)
+        clip_encoder = clip_encoder or run_clip(context)
         scores, manifests = {}, {}
         for arm, overrides in arms(config).items():
             folder = out / "recons" / model / arm
@@ -74,10 +76,7 @@ def run_ecphory_bench(config: EcphoryBenchConfig, runs: Path, out: Path, echo=pr
                 reconstruct(run, folder, ReconstructConfig(**overrides), subjects=[SUBJECT], progress=False,
                             overwrite=True)
             manifests[arm] = read_manifest(folder)
-            if clip_encoder is None:
-                clip_encoder = feature_encoders(None, RunContext.open(run).config.targets.clip,
-                                                clip_note="the simulated world's CLIP")["clip"]
-            scores[arm] = per_image_scores(run, folder, clip_encoder)
+            scores[arm] = per_image_scores(context, folder, clip_encoder)
         choice = json.loads((run / ECPHORY_CHOICE).read_text())
         for arm in ("chosen", "psychometry"):
             setting = manifests[arm]["ecphory"]

@@ -218,25 +218,31 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
     return row
 
 
-def per_image_scores(run: Path, recons: Path, clip_encoder) -> dict[str, np.ndarray]:
-    """Per-image CLIP two-way identification, SSIM and PixCorr of one reconstruction folder (subj01)."""
-    context = RunContext.open(run)
-    manifest = read_manifest(recons)
-    ids, images = read_reconstructions(recons, SUBJECT, manifest)
-    truth = context.store.images_for(ids)
+def image_scores(truth: np.ndarray, images: np.ndarray, clip_encoder) -> dict[str, np.ndarray]:
+    """Per-image CLIP two-way identification, SSIM and PixCorr of images against the true ones."""
     spec, encoder = clip_encoder
     return {"clip": score_with_network(truth, images, spec, encoder, per_item=True, preresize=PROTOCOL_SIZE),
             "ssim": np.asarray(ssim(truth, images, per_image=True)),
             "pixcorr": np.asarray(pixcorr(truth, images, per_image=True))}
 
 
+def per_image_scores(context: RunContext, recons: Path, clip_encoder) -> dict[str, np.ndarray]:
+    """`image_scores` of one reconstruction folder's subj01 images."""
+    ids, images = read_reconstructions(recons, SUBJECT, read_manifest(recons))
+    return image_scores(context.store.images_for(ids), images, clip_encoder)
+
+
+def run_clip(context: RunContext):
+    """The run's CLIP (the simulated world's) as a scoring network for CLIP two-way identification."""
+    return feature_encoders(None, context.config.targets.clip, clip_note="the simulated world's CLIP")["clip"]
+
+
 def ecphory_gains(out: Path, row: dict) -> dict:
     """Per metric, an Ecphory row's paired gain over its model's row (the same run, samples and seeds), with
     its 95% interval over the reconstructed images."""
-    run = out / "runs" / row["kind"]
-    clip = feature_encoders(None, RunContext.open(run).config.targets.clip,
-                            clip_note="the simulated world's CLIP")["clip"]
-    fused, control = (per_image_scores(run, out / "recons" / name, clip) for name in (row["model"], row["kind"]))
+    context = RunContext.open(out / "runs" / row["kind"])
+    clip = run_clip(context)
+    fused, control = (per_image_scores(context, out / "recons" / name, clip) for name in (row["model"], row["kind"]))
     return {metric: paired_gain(fused[metric], control[metric]) for metric in ("clip", "ssim", "pixcorr")}
 
 
