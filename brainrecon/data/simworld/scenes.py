@@ -9,7 +9,7 @@ described by several template captions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -49,7 +49,8 @@ class Scene:
     texture_seed: int
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As ``dataclasses.asdict`` gives it (same keys, order and values), without its deep copies."""
+        return {**vars(self), "objects": [dict(vars(obj)) for obj in self.objects]}
 
 
 def _jitter_rgb(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
@@ -145,24 +146,41 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return yy / size, xx / size, stripes
 
 
-def _background(scene: Scene, size: int) -> np.ndarray:
-    base = np.asarray(scene.background_rgb, dtype=np.float32)
+@lru_cache(maxsize=8)
+def _checkers(size: int) -> np.ndarray:
+    """The checkered background's shade, the same for every scene of a size."""
     yy, xx, _ = _grid(size)
-    a = math.radians(scene.background_angle)
-    along = xx * math.cos(a) + yy * math.sin(a)
+    return 0.3 * np.sign(np.sin(2 * math.pi * 4 * xx) * np.sin(2 * math.pi * 4 * yy))
+
+
+def _background(scene: Scene, size: int) -> np.ndarray:
+    """The background canvas, float64 (size, size, 3). Each kind computes only the grids it reads."""
+    base = np.asarray(scene.background_rgb, dtype=np.float32)
     kind = scene.background
-    if kind == "plain":
-        shade = np.zeros_like(xx)
-    elif kind == "gradient":
-        shade = (along - along.mean()) * 1.2
-    elif kind == "striped":
-        shade = 0.35 * np.sign(np.sin(2 * math.pi * 6 * along))
+    if kind == "plain":  # base * (1 + 0), exactly; clipping cannot move a colour already in 0..255
+        return np.tile(base.astype(np.float64), (size, size, 1))
+    yy, xx, _ = _grid(size)
+    if kind in ("gradient", "striped"):
+        a = math.radians(scene.background_angle)
+        along = xx * math.cos(a) + yy * math.sin(a)
+        shade = (along - along.mean()) * 1.2 if kind == "gradient" else 0.35 * np.sign(np.sin(2 * math.pi * 6 * along))
     elif kind == "checkered":
-        shade = 0.3 * np.sign(np.sin(2 * math.pi * 4 * xx) * np.sin(2 * math.pi * 4 * yy))
-    else:  # speckled: smooth random texture
+        shade = _checkers(size)
+    else:  # speckled: smooth random texture, each noise value repeated over a 4 x 4 block
         noise = np.random.default_rng(scene.texture_seed).normal(size=(size // 4, size // 4))
-        shade = 0.3 * np.kron(noise, np.ones((4, 4)))[:size, :size]
-    return np.clip(base[None, None, :] * (1 + shade[..., None]), 0, 255)
+        shade = 0.3 * noise.repeat(4, axis=0).repeat(4, axis=1)[:size, :size]
+    canvas = (1 + shade)[..., None] * base
+    return np.clip(canvas, 0, 255, out=canvas)
+
+
+def _downsample(canvas: np.ndarray) -> np.ndarray:
+    """Mean of each 2 x 2 block, summed in the order ``ndarray.mean(axis=(1, 3))`` sums them (so the
+    bytes of every world stay as they were), at a quarter of its cost."""
+    half = canvas.reshape(canvas.shape[0] // 2, 2, canvas.shape[1] // 2, 2, canvas.shape[2])
+    total = half[:, 0, :, 0] + half[:, 0, :, 1]
+    total += half[:, 1, :, 0]
+    total += half[:, 1, :, 1]
+    return np.divide(total, 4, out=total)
 
 
 @dataclass(frozen=True)
@@ -195,8 +213,7 @@ def render_scene(scene: Scene, size: int) -> RenderedScene:
         visible.append(shown / mask.size)
         occluded.append(1.0 - shown / max(1, mask.sum()))
         occluder.append(i + 1 + int(np.argmax(overlaps)) if overlaps and max(overlaps) > 0 else -1)
-    small = canvas.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
-    return RenderedScene(np.round(small).astype(np.uint8), np.asarray(visible, np.float32),
+    return RenderedScene(np.round(_downsample(canvas)).astype(np.uint8), np.asarray(visible, np.float32),
                          np.asarray(occluded, np.float32), np.asarray(occluder, np.int64))
 
 

@@ -75,7 +75,9 @@ class FeatureNormaliser:
 class VisionModel:
     """A CLIP image tower: post-layernorm patch tokens on the model's patch grid, and the pooled embedding."""
 
-    def __init__(self, value: str, batch_size: int = 256):
+    # 32 images a batch: the same bytes as any other batch size (each image's forward pass is its own), and
+    # 1.4x faster on CPU than 256, whose 30 MB activations glibc maps and unmaps on every layer (page faults)
+    def __init__(self, value: str, batch_size: int = 32):
         self.value = value
         self.path = resolve_model_dir(value, "vision_model", "clip", label="vision_model")
         config_file = self.path / "config.json"
