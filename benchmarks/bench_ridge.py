@@ -136,12 +136,12 @@ def child(args) -> None:
             info["alpha"] = float(ridge.alpha[0])
             info["cv_errors"] = next(iter(ridge.cv_scores.values()))
         elif args.method == "ours-chol":  # one alpha, one Cholesky solve, nothing else (the CV's yardstick)
-            from brainrecon.models.ridge import _cholesky_fit
+            from brainrecon.models.ridge import _CholeskyFit
 
             ridge = Ridge(RidgeConfig(alphas=(args.alpha,), dtype=dtype))
             xt, yt = ridge._tensor(x), ridge._tensor(y)
             ridge.x_mean, ridge.y_mean = xt.mean(0), yt.mean(0)
-            ridge.weight, _ = _cholesky_fit(xt - ridge.x_mean, yt - ridge.y_mean, ridge._tensor([args.alpha])[0])
+            ridge.weight = _CholeskyFit(xt - ridge.x_mean, ridge._tensor([args.alpha])[0]).solve(yt - ridge.y_mean)
             del xt, yt
         else:  # the refit step of Ridge.fit, without its CV loop
             ridge = Ridge(RidgeConfig(alphas=(args.alpha,), dtype=dtype))
@@ -149,7 +149,7 @@ def child(args) -> None:
             ridge.x_mean, ridge.y_mean = xt.mean(0), yt.mean(0)
             spectrum = _Spectrum.of(xt - ridge.x_mean)
             alpha = torch.full((yt.shape[1],), args.alpha, dtype=xt.dtype)
-            ridge.weight = spectrum.weights(spectrum.project(yt - ridge.y_mean), alpha)
+            ridge.weight = spectrum.weights(spectrum.project(yt - ridge.y_mean), alpha, [slice(0, yt.shape[1])])
             info["form"] = "dual" if spectrum.dual else "primal"
             del xt, yt, spectrum
         info["fit_s"] = time.perf_counter() - started

@@ -162,3 +162,52 @@ def test_ridge_decoder_rescales_and_loads_runs_saved_before_rescaling():
     rescaled = model.predict(x, "subj01")["image_pooled"]
     np.testing.assert_allclose(rescaled.numpy(), (raw * model.subj01__gain + model.subj01__bias).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+class ColumnReader:
+    """Targets that are only ever read a block of columns at a time; records the widest block read."""
+
+    def __init__(self, values: np.ndarray):
+        self.values, self.widest, self.ndim = values, 0, 2
+
+    @property
+    def shape(self):
+        return self.values.shape
+
+    def __len__(self):
+        return len(self.values)
+
+    def reshape(self, *shape):
+        return self
+
+    def __getitem__(self, key):
+        rows, cols = key
+        assert rows == slice(None), "targets must be read by columns"
+        self.widest = max(self.widest, cols.stop - cols.start)
+        return self.values[:, cols]
+
+
+# errors as traces, residuals formed, and one alpha (Cholesky); primal and dual
+@pytest.mark.parametrize("n,p,t,alphas", [(150, 40, 60, (0.1, 10.0, 1e3)), (40, 90, 200, (0.1, 10.0, 1e3)),
+                                          (150, 40, 9, (0.1, 10.0, 1e3)), (120, 40, 30, (10.0,)),
+                                          (30, 80, 30, (10.0,))])
+def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alphas):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3
+    y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
+    groups, target_groups = np.repeat(np.arange(n // 2), 2), [slice(0, 4), slice(4, t)]
+    whole = Ridge(RidgeConfig(alphas=alphas, folds=4)).fit(x, y, groups=groups, target_groups=target_groups)
+    reader = ColumnReader(y)
+    blocked = Ridge(RidgeConfig(alphas=alphas, folds=4, target_batch=7)).fit(x, reader, groups=groups,
+                                                                             target_groups=target_groups)
+    assert 0 < reader.widest <= 7  # never the whole target array
+    assert torch.equal(blocked.alpha, whole.alpha)
+    for key, scores in whole.cv_scores.items():
+        np.testing.assert_allclose(blocked.cv_scores[key], scores, rtol=1e-8)  # as exact as the traces are
+    for name in ("weight", "y_mean", "y_var", "oof_mean", "oof_var"):
+        np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)
+
+
+def test_a_target_batch_below_one_is_refused():
+    with pytest.raises(ValueError, match="target_batch"):
+        RidgeConfig(target_batch=0)

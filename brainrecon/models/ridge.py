@@ -15,6 +15,8 @@ the cross-validation costs about one eigendecomposition, not one per fold:
   no alpha's predictions are formed. Out-of-fold predictions are formed once, at the
   chosen alpha, for the rescaling statistics.
 - With a single alpha there is nothing to choose: the fit is one Cholesky solve.
+- Targets are read in blocks of columns (``target_batch``), so memory beyond the inputs and the
+  weights is bounded by n x target_batch, and targets held on disk (a memory map) stay there.
 
 Written in torch so the same code runs on a GPU.
 """
@@ -43,6 +45,11 @@ class RidgeConfig(StrictConfig):
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"
+    # targets are read, centred, projected and solved this many columns at a time: beyond the weights
+    # (features x targets) and a few k x k blocks, the fit's memory is n x target_batch, whatever the
+    # number of targets (257 x 768 = 197,376 for CLIP ViT-L/14 tokens). The caller's targets are only
+    # sliced, never copied whole, so a memory-mapped array stays on disk.
+    target_batch: int = Field(8192, ge=1)
 
 
 @dataclass
@@ -72,16 +79,18 @@ class _Spectrum:
         left = self.x[rows] @ self.vectors
         return left, left
 
-    def weights(self, projected: torch.Tensor, alpha: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-        """Coefficients (features x targets) for per-target alphas.
+    def weights(self, projected: torch.Tensor, alpha: torch.Tensor, blocks: list[slice]) -> torch.Tensor:
+        """Coefficients (features x targets) for per-target alphas, a block of targets at a time.
 
-        ``in_place`` divides ``projected`` itself (k x t: 12 GB in float32 at NSD scale) when the
-        caller needs it no more.
+        In the primal form the weights overwrite ``projected`` (k x t: 12 GB in float32 at NSD scale),
+        which the caller needs no more; in the dual form (k = n < p) they need a p x t array of their own.
         """
-        shrink = self.values[:, None] + alpha[None, :]
-        scaled = projected.div_(shrink) if in_place else projected / shrink
-        coef = self.vectors @ scaled
-        return self.x.T @ coef if self.dual else coef
+        out = projected if not self.dual else torch.empty(self.x.shape[1], projected.shape[1],
+                                                          dtype=projected.dtype, device=projected.device)
+        for cols in blocks:
+            coef = self.vectors @ (projected[:, cols] / (self.values[:, None] + alpha[None, cols]))
+            out[:, cols] = self.x.T @ coef if self.dual else coef
+        return out
 
 
 def _leave_out(hat: torch.Tensor, n: int) -> torch.Tensor:
@@ -99,54 +108,113 @@ def _spectral_hat(spectrum: _Spectrum, rows: torch.Tensor, alpha: torch.Tensor) 
     return (left / (spectrum.values + alpha)) @ right.T
 
 
-def _cholesky_fit(xc: torch.Tensor, yc: torch.Tensor, alpha: torch.Tensor):
-    """One alpha: the weights by a Cholesky solve of the smaller system, and the hat blocks it implies."""
-    if len(xc) >= xc.shape[1]:  # (X^T X + aI) W = X^T Y
-        factor = torch.linalg.cholesky(xc.T @ xc + alpha * torch.eye(xc.shape[1], dtype=xc.dtype, device=xc.device))
-        weight = torch.cholesky_solve(xc.T @ yc, factor)
-        return weight, lambda rows, _: xc[rows] @ torch.cholesky_solve(xc[rows].T, factor)
-    gram = xc @ xc.T  # (X X^T + aI) D = Y, W = X^T D
-    factor = torch.linalg.cholesky(gram + alpha * torch.eye(len(xc), dtype=xc.dtype, device=xc.device))
-    return xc.T @ torch.cholesky_solve(yc, factor), lambda rows, _: gram[rows] @ torch.cholesky_solve(
-        torch.eye(len(xc), dtype=xc.dtype, device=xc.device)[:, rows], factor)
+class _CholeskyFit:
+    """One alpha: a Cholesky factor of the smaller system, solved for a block of targets at a time."""
+
+    def __init__(self, xc: torch.Tensor, alpha: torch.Tensor):
+        self.xc, self.primal = xc, len(xc) >= xc.shape[1]
+        gram = xc.T @ xc if self.primal else xc @ xc.T  # (X^T X + aI) W = X^T Y, or (X X^T + aI) D = Y, W = X^T D
+        self.gram = None if self.primal else gram
+        self.factor = torch.linalg.cholesky(gram + alpha * torch.eye(len(gram), dtype=xc.dtype, device=xc.device))
+
+    def solve(self, yc: torch.Tensor) -> torch.Tensor:
+        if self.primal:
+            return torch.cholesky_solve(self.xc.T @ yc, self.factor)
+        return self.xc.T @ torch.cholesky_solve(yc, self.factor)
+
+    def hat(self, rows: torch.Tensor, _alpha=None) -> torch.Tensor:
+        """The hat block H_vv of training rows (without the intercept's 1/n)."""
+        if self.primal:
+            return self.xc[rows] @ torch.cholesky_solve(self.xc[rows].T, self.factor)
+        eye = torch.eye(len(self.xc), dtype=self.xc.dtype, device=self.xc.device)
+        return self.gram[rows] @ torch.cholesky_solve(eye[:, rows], self.factor)
 
 
-def _cv_errors(spectrum: _Spectrum, projected: torch.Tensor, yc: torch.Tensor, folds, alphas: torch.Tensor,
-               target_groups: list[slice]) -> torch.Tensor:
-    """Cross-validated squared error, (alphas, target groups), without forming any alpha's predictions.
+class _FoldStatistics:
+    """What the cross-validation error needs from the targets, gathered a block of targets at a time.
 
     For fold v and alpha, with D = diag(1/(λ+α)), the all-rows fit of the fold's rows is L D P,
     their hat block H = 1/n + L D M^T, and their out-of-fold residual E = (I - H)^{-1} (Y_v - L D P).
     A group's error ||E||^2 = tr(S Y_v Y_v^T) - 2 tr(S L D P Y_v^T) + tr(S L D P P^T D L^T) with
-    S = (I - H)^{-2}: only n_v x n_v and n_v x k products per alpha, and P P^T once per group; the
-    number of targets never multiplies a per-alpha cost (at NSD scale t = 197,376 targets, k <= 15,724).
-    With fewer targets than groups x k, the residuals E are formed instead (also without refits).
+    S = (I - H)^{-2}: the targets enter only through P P^T (k x k), Y_v P^T (n_v x k) and Y_v Y_v^T,
+    sums over target blocks, so no alpha's predictions are formed and the number of targets never
+    multiplies a per-alpha cost (at NSD scale t = 197,376 targets, k <= 15,724).
+    With fewer targets than groups x k, the residuals E are formed instead (also without refits):
+    then the (few) centred targets and P are kept whole.
     """
-    n, k, t = len(yc), len(spectrum.values), yc.shape[1]
-    errors = torch.zeros(len(alphas), len(target_groups), dtype=yc.dtype, device=yc.device)
-    # per fold and alpha the traces cost about (groups x k) n_v k, forming the residuals k n_v t: with
-    # few targets (e.g. PCA-reduced spaces, t < k) forming them is the cheaper of the two exact ways
-    traces = len(target_groups) * k < t
-    outer = [projected[:, g] @ projected[:, g].T for g in target_groups] if traces else []  # P_g P_g^T
-    for _, val in folds:
-        left, right = spectrum.hat_factors(val)
-        observed = yc[val]
-        own = [observed[:, g] @ observed[:, g].T for g in target_groups] if traces else []  # Y_v Y_v^T
-        cross = [observed[:, g] @ projected[:, g].T for g in target_groups] if traces else []  # Y_v P^T
-        for a, alpha in enumerate(alphas):  # one alpha at a time: memory stays a few n_v x k blocks
-            scaled = left / (spectrum.values + alpha)  # L D
-            leave_out = _leave_out(scaled @ right.T, n)
-            if not traces:
-                held_out = leave_out @ (observed - scaled @ projected)  # the out-of-fold residuals
-                for index, group in enumerate(target_groups):
-                    errors[a, index] += held_out[:, group].pow(2).sum()
-                continue
-            weight = leave_out @ leave_out  # S = (I - H)^{-2}
-            weighted = weight @ scaled  # S L D
-            for index in range(len(target_groups)):
-                errors[a, index] += ((weight * own[index]).sum() - 2 * (weighted * cross[index]).sum()
-                                     + (weighted * (scaled @ outer[index])).sum())
-    return errors
+
+    def __init__(self, folds, n_groups: int, k: int, t: int):
+        self.folds, self.n_groups = folds, n_groups
+        # per fold and alpha the traces cost about (groups x k) n_v k, forming the residuals k n_v t: with
+        # few targets (e.g. PCA-reduced spaces, t < k) forming them is the cheaper of the two exact ways
+        self.traces = n_groups * k < t
+        self.outer: list = [0.0] * n_groups  # P_g P_g^T
+        self.own = [[0.0] * n_groups for _ in folds]  # Y_v,g Y_v,g^T
+        self.cross = [[0.0] * n_groups for _ in folds]  # Y_v,g P_g^T
+        self.blocks: list[tuple[int, slice, torch.Tensor, torch.Tensor]] = []  # residual path: kept whole
+
+    def add(self, group: int, cols: slice, yc: torch.Tensor, projected: torch.Tensor) -> None:
+        if not self.traces:
+            self.blocks.append((group, cols, yc, projected))
+            return
+        self.outer[group] = self.outer[group] + projected @ projected.T
+        for f, (_, val) in enumerate(self.folds):
+            observed = yc[val]
+            self.own[f][group] = self.own[f][group] + observed @ observed.T
+            self.cross[f][group] = self.cross[f][group] + observed @ projected.T
+
+    def errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int) -> torch.Tensor:
+        """Cross-validated squared error, (alphas, target groups)."""
+        dtype, device = spectrum.values.dtype, spectrum.values.device
+        errors = torch.zeros(len(alphas), self.n_groups, dtype=dtype, device=device)
+        for f, (_, val) in enumerate(self.folds):
+            left, right = spectrum.hat_factors(val)
+            for a, alpha in enumerate(alphas):  # one alpha at a time: memory stays a few n_v x k blocks
+                scaled = left / (spectrum.values + alpha)  # L D
+                leave_out = _leave_out(scaled @ right.T, n)
+                if not self.traces:
+                    for group, _, yc, projected in self.blocks:
+                        held_out = leave_out @ (yc[val] - scaled @ projected)  # the out-of-fold residuals
+                        errors[a, group] += held_out.pow(2).sum()
+                    continue
+                weight = leave_out @ leave_out  # S = (I - H)^{-2}
+                weighted = weight @ scaled  # S L D
+                for g in range(self.n_groups):
+                    errors[a, g] += ((weight * self.own[f][g]).sum() - 2 * (weighted * self.cross[f][g]).sum()
+                                     + (weighted * (scaled @ self.outer[g])).sum())
+        return errors
+
+
+class _OutOfFold:
+    """Mean and variance of the out-of-fold predictions at each target's chosen alpha, a block at a time.
+
+    A fold's out-of-fold residual is (I - H_vv)^{-1} times the all-rows residual, so the predictions
+    of models that never saw the fold come without refitting them. Each (fold, alpha) inverse is made
+    once and serves every block.
+    """
+
+    def __init__(self, xc: torch.Tensor, folds, hat, alpha: torch.Tensor):
+        self.xc, self.folds, self.hat, self.alpha = xc, folds, hat, alpha
+        self.leave_outs: dict[tuple[int, float], torch.Tensor] = {}
+        self.first = torch.zeros_like(alpha)
+        self.second = torch.zeros_like(alpha)
+
+    def add(self, cols: slice, yc: torch.Tensor, weight: torch.Tensor) -> None:
+        alpha = self.alpha[cols]
+        for f, (_, val) in enumerate(self.folds):
+            residual = yc[val] - self.xc[val] @ weight
+            for value in torch.unique(alpha):
+                columns = alpha == value
+                key = (f, float(value))
+                if key not in self.leave_outs:
+                    self.leave_outs[key] = _leave_out(self.hat(val, value), len(self.xc))
+                predicted = yc[val][:, columns] - self.leave_outs[key] @ residual[:, columns]
+                self.first[cols][columns] += predicted.sum(0)
+                self.second[cols][columns] += predicted.pow(2).sum(0)
+
+    def result(self, y_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.first / len(self.xc)
+        return mean + y_mean, (self.second / len(self.xc) - mean ** 2).clamp_min(0)
 
 
 @dataclass
@@ -192,56 +260,67 @@ class Ridge:
     def fit(self, x, y, groups=None, target_groups: list[slice] | None = None) -> Ridge:
         """Fit ``y`` (n, t) from ``x`` (n, p). ``groups``: stimulus id per row, keeping repeats in one fold.
 
+        ``y`` may be any array that slices by columns (numpy, a memory-mapped array, a tensor, or
+        (n, ...) reshaped to (n, t)): it is read ``config.target_batch`` columns at a time, twice.
         ``target_groups`` lists slices of target columns that share one alpha (default: all targets).
         """
-        x, y = self._tensor(x), self._tensor(y).reshape(len(x), -1)
-        if x.ndim != 2 or len(x) != len(y):
+        x = self._tensor(x)
+        if x.ndim != 2 or getattr(y, "ndim", 0) < 1 or len(y) != len(x):
             raise EvaluationError(f"x must be (n, features) and y (n, targets) with the same n; got {tuple(x.shape)} "
-                                  f"and {tuple(y.shape)}")
-        target_groups = target_groups or [slice(0, y.shape[1])]
+                                  f"and {tuple(getattr(y, 'shape', ()))}")
+        y = y.reshape(len(y), -1)
+        n, t = y.shape
+        target_groups = [slice(*g.indices(t)[:2]) for g in target_groups or [slice(0, t)]]
+        blocks = [(index, slice(start, min(group.stop, start + self.config.target_batch)))
+                  for index, group in enumerate(target_groups)
+                  for start in range(group.start, group.stop, self.config.target_batch)]
         alphas = self._tensor(self.config.alphas)
-        folds = list(self._folds(len(x), groups))
-        self.x_mean, self.y_mean = x.mean(0), y.mean(0)
-        xc, yc = x - self.x_mean, y - self.y_mean
-        self.y_var = yc.pow(2).mean(0)
-        if len(alphas) == 1:  # nothing to choose: one Cholesky solve
-            best = alphas.expand(y.shape[1]).clone()
-            self.weight, hat = _cholesky_fit(xc, yc, alphas[0])
+        folds = list(self._folds(n, groups))
+        self.x_mean = x.mean(0)
+        xc = x - self.x_mean
+        self.y_mean = torch.empty(t, dtype=x.dtype, device=x.device)
+        self.y_var = torch.empty_like(self.y_mean)
+        if len(alphas) == 1:  # nothing to choose: one Cholesky factor, solved block by block
+            cholesky = _CholeskyFit(xc, alphas[0])
+            self.alpha = alphas.expand(t).clone()
+            self.weight = torch.empty(x.shape[1], t, dtype=x.dtype, device=x.device)
+            moments = _OutOfFold(xc, folds, cholesky.hat, self.alpha)
+            for _, cols in blocks:
+                yc = self._centred(y, cols, first=True)
+                self.weight[:, cols] = cholesky.solve(yc)
+                moments.add(cols, yc, self.weight[:, cols])
             self.cv_scores = {f"{g.start}:{g.stop}": [float("nan")] for g in target_groups}
         else:
             spectrum = _Spectrum.of(xc)
-            projected = spectrum.project(yc)
-            errors = _cv_errors(spectrum, projected, yc, folds, alphas, target_groups)
-            best = torch.empty(y.shape[1], dtype=x.dtype, device=x.device)
+            projected = torch.empty(len(spectrum.values), t, dtype=x.dtype, device=x.device)
+            statistics = _FoldStatistics(folds, len(target_groups), len(spectrum.values), t)
+            for index, cols in blocks:
+                yc = self._centred(y, cols, first=True)
+                projected[:, cols] = spectrum.project(yc)
+                statistics.add(index, cols, yc, projected[:, cols])
+            errors = statistics.errors(spectrum, alphas, n)
+            del statistics
+            self.alpha = torch.empty(t, dtype=x.dtype, device=x.device)
             for index, group in enumerate(target_groups):
-                best[group] = alphas[int(torch.argmin(errors[:, index]))]
+                self.alpha[group] = alphas[int(torch.argmin(errors[:, index]))]
                 self.cv_scores[f"{group.start}:{group.stop}"] = errors[:, index].tolist()
-            self.weight = spectrum.weights(projected, best, in_place=True)
+            self.weight = spectrum.weights(projected, self.alpha, [cols for _, cols in blocks])
             del projected
-            hat = lambda rows, alpha: _spectral_hat(spectrum, rows, alpha)  # noqa: E731
-        self.alpha = best
-        self._out_of_fold_moments(xc, yc, folds, best, hat)
+            moments = _OutOfFold(xc, folds, lambda rows, alpha: _spectral_hat(spectrum, rows, alpha), self.alpha)
+            for _, cols in blocks:  # the targets' second read
+                moments.add(cols, self._centred(y, cols), self.weight[:, cols])
+        self.oof_mean, self.oof_var = moments.result(self.y_mean)
         return self
 
-    def _out_of_fold_moments(self, xc, yc, folds, best: torch.Tensor, hat) -> None:
-        """Mean and variance of the out-of-fold predictions at each target's chosen alpha.
-
-        A fold's out-of-fold residual is (I - H_vv)^{-1} times the all-rows residual, so the
-        predictions of models that never saw the fold come without refitting them.
-        """
-        first = torch.zeros(yc.shape[1], dtype=yc.dtype, device=yc.device)
-        second = torch.zeros_like(first)
-        for _, val in folds:
-            residual = yc[val] - xc[val] @ self.weight
-            for alpha in torch.unique(best):
-                columns = best == alpha
-                leave_out = _leave_out(hat(val, alpha), len(xc))
-                predicted = yc[val][:, columns] - leave_out @ residual[:, columns]
-                first[columns] += predicted.sum(0)
-                second[columns] += predicted.pow(2).sum(0)
-        mean = first / len(xc)
-        self.oof_mean = mean + self.y_mean
-        self.oof_var = (second / len(xc) - mean ** 2).clamp_min(0)
+    def _centred(self, y, cols: slice, first: bool = False) -> torch.Tensor:
+        """Columns ``cols`` of the targets, centred; on the first read their mean and variance are kept."""
+        block = self._tensor(y[:, cols])
+        if first:
+            self.y_mean[cols] = block.mean(0)
+        block = block - self.y_mean[cols]
+        if first:
+            self.y_var[cols] = block.pow(2).mean(0)
+        return block
 
     def _folds(self, n: int, groups):
         groups = np.arange(n) if groups is None else np.asarray(groups)
@@ -291,6 +370,7 @@ class RidgeDecoderConfig(StrictConfig):
     folds: int = Field(5, ge=2)  # cross-validation needs at least two folds
     dtype: str = "float64"
     device: str = "cpu"
+    target_batch: int = Field(RidgeConfig().target_batch, ge=1)  # target columns solved at a time
 
 
 class RidgeDecoder(BrainModel):
@@ -332,7 +412,7 @@ class RidgeDecoder(BrainModel):
                     groups: np.ndarray) -> dict:
         targets = targets[self.config.target]
         ridge = Ridge(RidgeConfig(alphas=self.config.alphas, folds=self.config.folds, dtype=self.config.dtype,
-                                  device=self.config.device))
+                                  device=self.config.device, target_batch=self.config.target_batch))
         ridge.fit(betas, targets.reshape(len(targets), -1), groups=groups)
         for name in ("weight", "x_mean", "y_mean", "alpha"):
             getattr(self, f"{subject}__{name}").copy_(getattr(ridge, name).float())
