@@ -47,6 +47,7 @@ SIZES = {
     "tiny": (600, 300, 1040),  # for debugging the script
     "tiny-wide": (300, 600, 1040),
     "issue": (3000, 1500, 4000),  # the size of the cross-validation issue's figures (CV vs one fit)
+    "tall": (3000, 1500, 40000),  # the issue size with 10x the targets: five target blocks, for the memory model
     "small": (4000, 2000, 8320),  # ~ one simulated-world subject (5,000 train trials x 1,700-2,400 voxels)
     "large": (8000, 4000, 8320),  # 2x trials, 2x voxels: ~0.8 GB of float64 data, a few minutes
     "wide": (2000, 8000, 8320),  # more voxels than trials: the dual (n x n Gram) path
@@ -185,34 +186,38 @@ def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path, b
     return result
 
 
-def working_set(n: int, p: int, t: int, cv: bool) -> int:
-    """Elements our fit holds at its peak on top of its inputs X (n, p) and Y (n, t), from reading ridge.py.
+def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192) -> int:
+    """Elements ``Ridge.fit`` holds at its peak on top of its inputs X (n, p) and Y (n, t), from reading ridge.py.
 
-    Both paths keep the centred copies of X and Y (n p + n t). m = min(n, p), v = n / 5 rows per fold.
-    One alpha (Cholesky): the Gram and its factor (2 m^2), X'Y or Y's solve (p t) and the weights (p t).
-    Cross-validation: eigh (Gram, its copy and syevd's workspace, ~4 m^2, plus the eigenvectors m^2);
-    P = Q'X'Y (m t, with X'Y, p t, alive while it is made); P P' (m^2); per fold the validation
-    targets and the out-of-fold residuals (3 v t) with a few v x m and v x v blocks; the weights are
-    made by dividing P in place, then Q (m x t) (and X' for the dual, p t) -- P is freed after.
+    m = min(n, p), v = n / 5 rows per fold, b = min(block, t) target columns read at a time.
+    Both paths: the centred X (n p); per block the columns read and centred (2 n b) and their products
+    (X'Y_b and P_b: p b + m b).
+    One alpha (Cholesky): the Gram and its factor (2 m^2, the Gram kept in the dual form), the weights
+    (p t) and each fold's (I - H_vv)^-1 (5 v^2).
+    Cross-validation: eigh (~5 m^2 while it runs; the m^2 eigenvectors are kept); P = Q'X'Y (m t), which
+    becomes the weights in place in the primal form (the dual needs p t more); the CV statistics (P P',
+    m^2; Y_v P' over the folds, n m; Y_v Y_v', n v), or, with fewer targets than k, the centred targets
+    themselves (n t); per fold and alpha a few v x m and v x v blocks; then the out-of-fold inverses
+    (5 v^2), a block and its fold residuals (3 v b).
     """
-    m, v = min(n, p), n / 5
-    centred = n * p + n * t
+    m, v, b = min(n, p), n / 5, min(block, t)
+    centred, read = n * p, 2 * n * b + (p + m) * b
     if not cv:
-        return int(centred + 2 * m * m + 2 * p * t)
-    spectrum = 5 * m * m
-    project = m * t + p * t
-    fold = m * t + m * m + 3 * v * t + 4 * v * m + 4 * v * v
-    weights = 2 * m * t + (p * t if n < p else 0)
-    return int(centred + m * m + max(spectrum, project, fold, weights))
+        return int(centred + 3 * m * m + p * t + 5 * v * v + read)
+    statistics = m * m + n * m + n * v if t > m else n * t
+    gather = m * t + statistics + max(read, 4 * v * m + 4 * v * v)
+    weights = m * t + (p * t if n < p else 0) + m * b
+    moments = p * t + 5 * v * v + read + 3 * v * b
+    return int(centred + m * m + max(5 * m * m, gather, weights, moments))
 
 
-def predicted_extra_mb(n: int, p: int, t: int, method: str) -> float | None:
+def predicted_extra_mb(n: int, p: int, t: int, method: str, block: int = 8192) -> float | None:
     """Expected peak RSS above the baseline (inputs loaded as float64) for one of our fits."""
-    if method == "sklearn":
+    if not method.startswith("ours-cv") or method.endswith("-before"):  # only Ridge.fit as shipped is modelled
         return None
     itemsize = 4 if method.endswith("f32") else 8
-    copies = (n * p + n * t) if itemsize == 4 else 0  # float64 inputs converted to float32 tensors
-    return (copies + working_set(n, p, t, cv=method.startswith("ours-cv"))) * itemsize / 2**20
+    copies = n * p if itemsize == 4 else 0  # the float64 X converted to a float32 tensor (Y is read in blocks)
+    return (copies + working_set(n, p, t, cv=True, block=block)) * itemsize / 2**20
 
 
 def compare(pred: np.ndarray, ref: np.ndarray) -> dict:
@@ -302,17 +307,18 @@ def main() -> None:
         for f in data.glob("*.npy"):
             f.unlink()
     print("\n== NSD scale (analytic, not run): subj01 15,724 voxels x 257 x 768 = 197,376 targets; GB = 10^9 B")
+    print("   Ridge.fit's memory by working_set (target blocks of 8,192), on top of X; the targets are the caller's:"
+          " float16 in host memory as the trainer gathers them (n t x 2 B), or a memory map")
     for label, n in (("all training trials, repeats kept", 24980),
                      ("repeats averaged (MindEye1 / Brain-Diffuser)", 8859)):
         p, t = 15724, 197376
         form = "primal (p x p Gram)" if n >= p else "dual (n x n Gram)"
         print(f"n = {n:,} ({label}): {form}")
         for itemsize, name in ((8, "float64"), (4, "float32")):
-            inputs = (n * p + n * t) * itemsize / 1e9
-            refit, cv = (working_set(n, p, t, c) * itemsize / 1e9 for c in (False, True))
-            print(f"   {name}: inputs X+Y {inputs:.1f} GB; + refit working set {refit:.1f} GB; "
-                  f"+ CV working set {cv:.1f} GB -> peak ~{inputs + cv:.0f} GB; weights alone (p x t) "
-                  f"{p * t * itemsize / 1e9:.1f} GB")
+            x_bytes, fit = n * p * itemsize / 1e9, working_set(n, p, t, True) * itemsize / 1e9
+            print(f"   {name}: X {x_bytes:.1f} GB + fit {fit:.1f} GB = {x_bytes + fit:.1f} GB on the fit's device "
+                  f"(weights alone, p x t: {p * t * itemsize / 1e9:.1f} GB); targets {n * t * 2 / 1e9:.1f} GB "
+                  f"in host memory, or none with a memory map")
         m = min(n, p)
         refit_flop = 2 * n * p * m + 2 * n * p * t + 2 * 2 * m * m * t  # Gram; X'Y or X'coef; Q'(.) and Q(.)
         v = 0.2 * n

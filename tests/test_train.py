@@ -120,6 +120,20 @@ def test_batches_are_balanced_deterministic_and_split_across_ranks(train_world):
         BalancedBatches(streams, 7, rank=0, world=2)
 
 
+def test_trial_columns_read_blocks_of_the_targets_get_returns(train_world):
+    """Closed-form fits read targets a block of columns at a time; the blocks are exactly get()'s columns."""
+    store = open_store(train_world)
+    targets = load_targets(store, TargetsConfig(), progress=False)
+    ids = store.subject("subj01").trials.stimulus_id[:50][::-1]  # repeats, in trial order
+    whole = targets.get("image_tokens", ids).reshape(len(ids), -1)
+    columns = targets.columns("image_tokens", ids).reshape(len(ids), -1)
+    assert columns.shape == whole.shape and len(columns) == len(ids)
+    for start in range(0, whole.shape[1], 3000):
+        np.testing.assert_array_equal(columns[:, start:start + 3000], whole[:, start:start + 3000])
+    with pytest.raises(IndexError, match="blocks of whole columns"):
+        columns[:10]
+
+
 def _interrupt_on_fourth_compute(store, config: TargetsConfig, monkeypatch) -> None:
     """Compute ``config``'s targets, interrupted (KeyboardInterrupt) at the fourth chunk, as a kill would."""
     from brainrecon.train import targets as targets_module

@@ -147,8 +147,9 @@ class BrainModel(nn.Module, abc.ABC):
     def fit_subject(self, subject: str, betas: np.ndarray, targets: dict[str, np.ndarray],
                     groups: np.ndarray) -> dict:
         """Closed-form models: fit ``subject``'s parameters on all its training trials (``targets``: each
-        of `fit_targets` for those trials; ``groups``: their stimulus ids, so cross-validation folds never
-        split a stimulus's repeats). Returns what the fit chose, for the run's record."""
+        of `fit_targets` for those trials, (n, t) arrays that may only be read by blocks of columns,
+        ``[:, start:stop]``; ``groups``: their stimulus ids, so cross-validation folds never split a
+        stimulus's repeats). Returns what the fit chose, for the run's record."""
         raise NotImplementedError(f"model {self.kind!r} is trained by gradient steps, not in closed form")
 
     def embeddings_for_generation(self, betas: torch.Tensor, subject: str,

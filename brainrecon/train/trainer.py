@@ -345,7 +345,7 @@ def _fit_closed_form(store: Store, model: BrainModel, targets: Targets, rows: di
             data = store.subject(subject)
             ids = data.trials.stimulus_id[subject_rows]
             fits[subject] = model.fit_subject(subject, data.read_trials(subject_rows),
-                                              {name: targets.get(name, ids) for name in model.fit_targets}, ids)
+                                              {name: targets.columns(name, ids) for name in model.fit_targets}, ids)
         atomic_write_json(run.path / CLOSED_FORM_FIT, fits)
         run.save_final(model)
     accelerator.wait_for_everyone()
