@@ -211,3 +211,33 @@ def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alp
 def test_a_target_batch_below_one_is_refused():
     with pytest.raises(ValueError, match="target_batch"):
         RidgeConfig(target_batch=0)
+
+
+def test_alpha_per_target_equals_refitting_every_fold_for_each_target():
+    """alpha_per='target': every target's own CV error at every alpha, as refits give it, and its own alpha."""
+    rng = np.random.default_rng(7)
+    n, p, t = 120, 30, 20
+    x = rng.normal(size=(n, p))
+    scale = np.logspace(-1.5, 1, t)  # from targets the voxels barely predict to ones they predict well
+    y = (x[:, :5] @ rng.normal(size=(5, t))) * scale + rng.normal(size=(n, t)) + 1.0
+    groups = np.repeat(np.arange(n // 2), 2)
+    alphas = (0.1, 10.0, 1e3, 1e5)
+    config = RidgeConfig(alphas=alphas, folds=4, alpha_per="target", target_batch=6)
+    model = Ridge(config).fit(x, y, groups=groups)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    per_target = torch.zeros(len(alphas), t, dtype=xt.dtype)
+    for train, val in model._folds(n, groups):
+        xm, ym = xt[train].mean(0), yt[train].mean(0)
+        xtr = xt[train] - xm
+        for a, alpha in enumerate(alphas):
+            weight = torch.linalg.solve(xtr.T @ xtr + alpha * torch.eye(p, dtype=xt.dtype), xtr.T @ (yt[train] - ym))
+            per_target[a] += ((yt[val] - (xt[val] - xm) @ weight - ym) ** 2).sum(0)
+    chosen = torch.as_tensor(alphas, dtype=xt.dtype)[per_target.argmin(0)]
+    assert torch.equal(model.alpha, chosen) and len(set(chosen.tolist())) > 1  # the targets chose differently
+    np.testing.assert_allclose(model.cv_scores[f"0:{t}"], per_target.sum(1), rtol=1e-8)
+    xc, yc = xt - xt.mean(0), yt - yt.mean(0)  # the all-rows fit of each target at its own alpha
+    expected = torch.stack([torch.linalg.solve(xc.T @ xc + chosen[j] * torch.eye(p, dtype=xt.dtype), xc.T @ yc[:, j])
+                            for j in range(t)], 1)
+    np.testing.assert_allclose(model.weight, expected, rtol=1e-8, atol=1e-12)
+    shared = Ridge(config.model_copy(update={"alpha_per": "group"})).fit(x, y, groups=groups)
+    assert per_target.min(0).values.sum() <= float(min(shared.cv_scores[f"0:{t}"])) + 1e-9  # never worse in CV
