@@ -7,21 +7,30 @@ resumes; they assert nothing about speed, and the smoke figures (two optimiser s
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
 
 from brainrecon.bench.efficiency import EfficiencyConfig, plan_runs, run_efficiency
-from brainrecon.bench.leaderboard import LeaderboardConfig, run_leaderboard
+from brainrecon.bench.leaderboard import LeaderboardConfig, claim_workdir, run_leaderboard
 from brainrecon.config import load_config, validate_config
 
 pytestmark = pytest.mark.slow
 
 
-def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
+def with_world(out, bench: str, config, world):
+    """A bench folder that already holds its world (the session's tiny world): the bench uses it."""
+    claim_workdir(out, bench, config)
+    shutil.copytree(world, out / "store")
+    return out
+
+
+def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path, tiny_world):
     config = load_config(LeaderboardConfig, "smoke", "bench")
     messages = []
-    result = run_leaderboard(config, tmp_path / "lb", echo=messages.append, preset="smoke")
+    result = run_leaderboard(config, with_world(tmp_path / "lb", "leaderboard", config, tiny_world),
+                             echo=messages.append, preset="smoke")
     names = [row["model"] for row in result["rows"]]
     assert names == ["ridge", "mindeye1", "mindeye2", "mindbridge", "mindreader", "psychometry",
                      "psychometry+ecphory"]
@@ -59,8 +68,8 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path):
     assert [r["image_top1"] for r in again["rows"]] == [r["image_top1"] for r in result["rows"]]
 
 
-def test_a_bench_folder_refuses_another_config(tmp_path):
-    from brainrecon.bench.leaderboard import claim_workdir
+def test_a_bench_folder_refuses_another_config_or_another_world(tmp_path, tiny_world):
+    from brainrecon.bench.leaderboard import bench_world
     from brainrecon.errors import ConfigError
 
     smoke = load_config(LeaderboardConfig, "smoke", "bench")
@@ -72,9 +81,13 @@ def test_a_bench_folder_refuses_another_config(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(ConfigError, match="not a brainrecon bench folder"):
         claim_workdir(tmp_path / "mine", "leaderboard", smoke)
+    with_world(tmp_path / "other", "leaderboard", smoke, tiny_world)
+    assert bench_world(tmp_path / "other", "tiny") == tmp_path / "other" / "store"  # the world it asks for
+    with pytest.raises(ConfigError, match="holds another world than 'default'"):
+        bench_world(tmp_path / "other", "default")
 
 
-def test_efficiency_plan_and_smoke_run(tmp_path):
+def test_efficiency_plan_and_smoke_run(tmp_path, tiny_world):
     config = load_config(EfficiencyConfig, "efficiency-smoke", "bench")
     two_counts = config.model_copy(update={"session_counts": [1, 2]})  # the plan's shape; the run uses one
     plan = plan_runs(two_counts, ["subj01", "subj02"], list(range(1, 13)), tmp_path / "runs")
@@ -85,7 +98,8 @@ def test_efficiency_plan_and_smoke_run(tmp_path):
     assert plan[-1]["config"]["init_from"].endswith("pretrain-others")
     assert all(p["config"]["steps"] == config.steps for p in plan)
 
-    result = run_efficiency(config, tmp_path / "eff", echo=lambda _: None, preset="efficiency-smoke")
+    result = run_efficiency(config, with_world(tmp_path / "eff", "efficiency", config, tiny_world),
+                            echo=lambda _: None, preset="efficiency-smoke")
     kinds = {row["name"]: row for row in result["rows"]}
     assert set(kinds) == {"single-1", "multi-1", "single-all", "multi-all", "pretrain-others", "adapt-1"}
     assert "image_top1" not in kinds["pretrain-others"] and 0 <= kinds["adapt-1"]["image_top1"] <= 1

@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brainrecon.bench.leaderboard import claim_workdir, git_commit, machine, sim_train_config, train_in_child
-from brainrecon.config import StrictConfig, load_config
+from brainrecon.bench.leaderboard import (bench_world, claim_workdir, git_commit, machine, sim_train_config,
+                                          train_in_child)
+from brainrecon.config import StrictConfig
 from brainrecon.data import open_store
-from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
+from brainrecon.data.simworld import SIMULATED_NOTE
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.report.figures import pyplot, save_figure
 
@@ -67,10 +68,8 @@ def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int]
 def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str = "custom") -> dict:
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
     claim_workdir(out, "efficiency", config)
-    store_path, runs = out / "store", out / "runs"
+    store_path, runs = bench_world(out, config.world, echo), out / "runs"
     runs.mkdir(exist_ok=True)
-    if not store_path.is_dir():
-        simulate_world(load_config(WorldConfig, config.world, "worlds"), store_path, progress=False)
     store = open_store(store_path)
     sessions = sorted(store.subject(config.target).sessions.tolist())
     rows = []

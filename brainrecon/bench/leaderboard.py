@@ -118,6 +118,22 @@ def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     atomic_write_json(marker, wanted)
 
 
+def bench_world(out: Path, world: str, echo=print) -> Path:
+    """The bench's world, ``out/store``: simulated once; a store already there (a resumed bench, or one
+    put there to save the build) must be that world, or the bench would mix worlds."""
+    config = load_config(WorldConfig, world, "worlds")
+    store = out / "store"
+    if store.is_dir():
+        if open_store(store).source.get("config") != config.model_dump(mode="json"):
+            raise ConfigError(f"{store} holds another world than {world!r}; delete it to simulate {world!r} there, "
+                              f"or choose another --out")
+        return store
+    started = time.perf_counter()
+    simulate_world(config, store, progress=False)
+    echo(f"simulated the world ({world}) in {time.perf_counter() - started:.0f} s")
+    return store
+
+
 COST_FILE = "bench_cost.json"  # in the run folder: the cost of the training that made it
 
 
@@ -330,14 +346,9 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     """Build (or resume) the leaderboard in ``out``; returns what leaderboard.json holds."""
     commit = git_commit()  # the code that runs now, whatever is edited while it runs
     claim_workdir(out, "leaderboard", config)
-    store, rows_dir, runs = out / "store", out / "rows", out / "runs"
+    store, rows_dir, runs = bench_world(out, config.world, echo), out / "rows", out / "runs"
     rows_dir.mkdir(exist_ok=True)
     runs.mkdir(exist_ok=True)
-    world = load_config(WorldConfig, config.world, "worlds")
-    if not store.is_dir():
-        started = time.perf_counter()
-        simulate_world(world, store, progress=False)
-        echo(f"simulated the world ({config.world}) in {time.perf_counter() - started:.0f} s")
     rows = []
     for name, model, overrides, label, ecphory in planned_rows(config):
         saved = rows_dir / f"{name}.json"
