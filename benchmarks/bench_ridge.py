@@ -196,15 +196,15 @@ def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192) -> int:
     (p t) and each fold's (I - H_vv)^-1 (5 v^2).
     Cross-validation: eigh (~5 m^2 while it runs; the m^2 eigenvectors are kept); P = Q'X'Y (m t), which
     becomes the weights in place in the primal form (the dual needs p t more); the CV statistics (P P',
-    m^2; Y_v P' over the folds, n m; Y_v Y_v', n v), or, with fewer targets than k, the centred targets
-    themselves (n t); per fold and alpha a few v x m and v x v blocks; then the out-of-fold inverses
-    (5 v^2), a block and its fold residuals (3 v b).
+    m^2; Y_v P' over the folds, n m; Y_v Y_v', n v), or, with fewer targets than k, one fold's 13
+    (I - H_vv)^-1 (13 v^2) while its residuals are formed block by block; per fold and alpha a few v x m
+    and v x v blocks; then the out-of-fold inverses (5 v^2), a block and its fold residuals (3 v b).
     """
     m, v, b = min(n, p), n / 5, min(block, t)
     centred, read = n * p, 2 * n * b + (p + m) * b
     if not cv:
         return int(centred + 3 * m * m + p * t + 5 * v * v + read)
-    statistics = m * m + n * m + n * v if t > m else n * t
+    statistics = m * m + n * m + n * v if t > m else 13 * v * v
     gather = m * t + statistics + max(read, 4 * v * m + 4 * v * v)
     weights = m * t + (p * t if n < p else 0) + m * b
     moments = p * t + 5 * v * v + read + 3 * v * b

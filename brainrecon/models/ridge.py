@@ -135,8 +135,8 @@ class _CholeskyFit:
         return self.gram[rows] @ torch.cholesky_solve(eye[:, rows], self.factor)
 
 
-class _FoldStatistics:
-    """What the cross-validation error needs from the targets, gathered a block of targets at a time.
+class _TraceStatistics:
+    """What a group's cross-validation error needs from the targets, gathered a block of targets at a time.
 
     For fold v and alpha, with D = diag(1/(λ+α)), the all-rows fit of the fold's rows is L D P,
     their hat block H = 1/n + L D M^T, and their out-of-fold residual E = (I - H)^{-1} (Y_v - L D P).
@@ -144,24 +144,15 @@ class _FoldStatistics:
     S = (I - H)^{-2}: the targets enter only through P P^T (k x k), Y_v P^T (n_v x k) and Y_v Y_v^T,
     sums over target blocks, so no alpha's predictions are formed and the number of targets never
     multiplies a per-alpha cost (at NSD scale t = 197,376 targets, k <= 15,724).
-    With fewer targets than groups x k, the residuals E are formed instead (also without refits):
-    then the (few) centred targets and P are kept whole.
     """
 
-    def __init__(self, folds, n_groups: int, k: int, t: int):
+    def __init__(self, folds, n_groups: int):
         self.folds, self.n_groups = folds, n_groups
-        # per fold and alpha the traces cost about (groups x k) n_v k, forming the residuals k n_v t: with
-        # few targets (e.g. PCA-reduced spaces, t < k) forming them is the cheaper of the two exact ways
-        self.traces = n_groups * k < t
         self.outer: list = [0.0] * n_groups  # P_g P_g^T
         self.own = [[0.0] * n_groups for _ in folds]  # Y_v,g Y_v,g^T
         self.cross = [[0.0] * n_groups for _ in folds]  # Y_v,g P_g^T
-        self.blocks: list[tuple[int, slice, torch.Tensor, torch.Tensor]] = []  # residual path: kept whole
 
-    def add(self, group: int, cols: slice, yc: torch.Tensor, projected: torch.Tensor) -> None:
-        if not self.traces:
-            self.blocks.append((group, cols, yc, projected))
-            return
+    def add(self, group: int, yc: torch.Tensor, projected: torch.Tensor) -> None:
         self.outer[group] = self.outer[group] + projected @ projected.T
         for f, (_, val) in enumerate(self.folds):
             observed = yc[val]
@@ -170,19 +161,13 @@ class _FoldStatistics:
 
     def errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int) -> torch.Tensor:
         """Cross-validated squared error, (alphas, target groups)."""
-        dtype, device = spectrum.values.dtype, spectrum.values.device
-        errors = torch.zeros(len(alphas), self.n_groups, dtype=dtype, device=device)
+        errors = torch.zeros(len(alphas), self.n_groups, dtype=spectrum.values.dtype, device=spectrum.values.device)
         for f, (_, val) in enumerate(self.folds):
             left, right = spectrum.hat_factors(val)
             for a, alpha in enumerate(alphas):  # one alpha at a time: memory stays a few n_v x k blocks
                 scaled = left / (spectrum.values + alpha)  # L D
-                leave_out = _leave_out(scaled @ right.T, n)
-                if not self.traces:
-                    for group, _, yc, projected in self.blocks:
-                        held_out = leave_out @ (yc[val] - scaled @ projected)  # the out-of-fold residuals
-                        errors[a, group] += held_out.pow(2).sum()
-                    continue
-                weight = leave_out @ leave_out  # S = (I - H)^{-2}
+                weight = _leave_out(scaled @ right.T, n)
+                weight = weight @ weight  # S = (I - H)^{-2}
                 weighted = weight @ scaled  # S L D
                 for g in range(self.n_groups):
                     errors[a, g] += ((weight * self.own[f][g]).sum() - 2 * (weighted * self.cross[f][g]).sum()
@@ -316,27 +301,30 @@ class Ridge:
             self.cv_scores = {f"{g.start}:{g.stop}": [float("nan")] for g in target_groups}
         else:
             spectrum = _Spectrum.of(xc)
-            projected = torch.empty(len(spectrum.values), t, dtype=x.dtype, device=x.device)
-            per_target = self.config.alpha_per == "target"
-            statistics = _FoldStatistics(folds, len(target_groups), len(spectrum.values), t)
+            k = len(spectrum.values)
+            projected = torch.empty(k, t, dtype=x.dtype, device=x.device)
+            # per fold and alpha a group's traces cost about k n_v k, forming the out-of-fold residuals
+            # k n_v t: with few targets (e.g. PCA-reduced spaces, t < k) those are the cheaper of the two
+            # exact ways, and an alpha per target needs them
+            traces = self.config.alpha_per == "group" and len(target_groups) * k < t
+            statistics = _TraceStatistics(folds, len(target_groups)) if traces else None
             for index, cols in blocks:
                 yc = self._centred(y, cols, first=True)
                 projected[:, cols] = spectrum.project(yc)
-                if not per_target:
-                    statistics.add(index, cols, yc, projected[:, cols])
-            self.alpha = torch.empty(t, dtype=x.dtype, device=x.device)
-            if per_target:
-                errors = _target_errors(spectrum, projected, lambda cols: self._centred(y, cols), folds, alphas,
-                                        [cols for _, cols in blocks], n)
-                self.alpha = alphas[errors.argmin(0)]
-                for group in target_groups:  # each group's error at each alpha, for the record
-                    self.cv_scores[f"{group.start}:{group.stop}"] = errors[:, group].sum(1).tolist()
+                if statistics is not None:
+                    statistics.add(index, yc, projected[:, cols])
+            if statistics is not None:
+                errors = statistics.errors(spectrum, alphas, n)  # (alphas, groups)
             else:
-                errors = statistics.errors(spectrum, alphas, n)
-                for index, group in enumerate(target_groups):
-                    self.alpha[group] = alphas[int(torch.argmin(errors[:, index]))]
-                    self.cv_scores[f"{group.start}:{group.stop}"] = errors[:, index].tolist()
-            del statistics, errors
+                per_target = _target_errors(spectrum, projected, lambda cols: self._centred(y, cols), folds,
+                                            alphas, [cols for _, cols in blocks], n)  # (alphas, t)
+                errors = torch.stack([per_target[:, group].sum(1) for group in target_groups], 1)
+            del statistics
+            self.alpha = torch.empty(t, dtype=x.dtype, device=x.device)
+            for index, group in enumerate(target_groups):
+                self.cv_scores[f"{group.start}:{group.stop}"] = errors[:, index].tolist()
+                self.alpha[group] = (alphas[per_target[:, group].argmin(0)] if self.config.alpha_per == "target"
+                                     else alphas[int(torch.argmin(errors[:, index]))])
             self.weight = spectrum.weights(projected, self.alpha, [cols for _, cols in blocks])
             del projected
             moments = _OutOfFold(xc, folds, lambda rows, alpha: _spectral_hat(spectrum, rows, alpha), self.alpha)
