@@ -66,10 +66,14 @@ class ImageFeatures:
     pooled: torch.Tensor | None = None  # (n, D): its normalised pooled embedding
 
 
-def image_features(images: np.ndarray, semantic: np.ndarray, grid: int, vision_model=None) -> ImageFeatures:
+def image_features(images: np.ndarray, semantic: np.ndarray, grid: int, vision_model=None,
+                   vision_features: tuple | None = None) -> ImageFeatures:
     """Gabor energy, plus either the hand-crafted colour/texture maps or, when a calibrated
-    ``VisionModel`` is given, its features (which mid-level voxels then read instead)."""
-    patches, pooled = vision_model.features(np.asarray(images)) if vision_model is not None else (None, None)
+    ``VisionModel`` is given, its features (which mid-level voxels then read instead).
+    ``vision_features``: those features when the caller has them already (the calibration scenes)."""
+    if vision_features is None and vision_model is not None:
+        vision_features = vision_model.features(np.asarray(images))
+    patches, pooled = vision_features if vision_features is not None else (None, None)
     low, mid = [], []
     step = vision.images_per_batch(images.shape[1])
     for start in range(0, len(images), step):

@@ -122,11 +122,12 @@ def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False
         # 2. the shared code(s), then each subject: read-out, then betas session by session
         calib_images, calib_semantic, _, _ = _render_chunk(config, np.arange(config.calibration_images),
                                                            "calibration")
+        calib_vision = None  # the calibration scenes' normalised vision features, embedded once
         if vision is not None:
-            vision.calibrate(calib_images)
+            calib_vision = vision.calibrate(calib_images)
             save_file({k: np.ascontiguousarray(v) for k, v in vision.normaliser.arrays().items()},
                       str(extra / "vision-normaliser.safetensors"))
-        calib_features = image_features(calib_images, calib_semantic, config.feature_grid, vision)
+        calib_features = image_features(calib_images, calib_semantic, config.feature_grid, vision, calib_vision)
         shared = make_archetypes(config, derive_rng(config.seed, "archetypes"), vision_dims)
         codes: dict[str, tuple[SharedCode, np.ndarray]] = {}  # one code per archetype set
         for s in bar(range(config.n_subjects), "subjects"):
