@@ -150,9 +150,10 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
 
     ablation = load_config(LeaderboardConfig, "psychometry-ablation", "bench")
     rows = planned_rows(ablation)
-    assert [r[0] for r in rows] == ["psychometry", "psychometry+ecphory", "psychometry-dense",
-                                    "psychometry-one-expert"]
-    assert rows[2][2] == {"model": {"moe": "dense"}} and rows[3][4] is False
+    assert [r[0] for r in rows] == ["mindbridge", "psychometry-moe", "psychometry-dense", "psychometry-one-expert",
+                                    "psychometry-512-steps"]
+    assert rows[2][2] == {"model": {"moe": "dense"}} and rows[4][2] == {"epochs": 4}
+    assert not any(r[4] for r in rows)  # no Ecphory row: the ablation compares decoders
     for preset in ("default", "smoke", "psychometry-ablation"):
         assert load_config(LeaderboardConfig, preset, "bench").seeds  # every bench preset's rows validate
     base = {"world": "tiny", "models": ["psychometry"]}
