@@ -164,3 +164,46 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
             "model": "psychometry", "label": "x", "train_overrides": {"model": {"moee": "dense"}}}}})
     with pytest.raises(ConfigError, match="repeat a seed"):
         validate_config(LeaderboardConfig, {**base, "seeds": [0, 0]})
+
+
+def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
+    from brainrecon.bench.leaderboard import leaderboard_markdown
+
+    def row(label, **extra):
+        return {"label": label, "image_top1": 0.5, "image_ci95": 0.01, "brain_top1": 0.5, "brain_ci95": 0.01,
+                "ratio_to_oracle": 0.5, "ratio_to_ceiling": 0.6, "embedding_cosine": 0.1, "pixcorr": 0.2,
+                "ssim": 0.3, "clip": 0.8, "parameters": 10, "steps": 128, "validation": None,
+                "train_seconds": 1.0, "peak_rss_mb": 100.0, "subjects": "all", **extra}
+
+    result = {"preset": "psychometry-ablation", "subject": "subj01", "commit": "abc", "date": "2026-12-02T00:00:00",
+              "note": "a testbed", "rows": [row("Psychometry, dense FFN")],
+              "oracle": {"label": "oracle", "image_top1": 1.0, "image_ci95": 0.0, "brain_top1": 1.0,
+                         "brain_ci95": 0.0, "way": 300, "spaces": {}},
+              "config": {"draws": 30, "seed": 42, "seeds": [0], "recon_images": 30, "samples": 4, "recon_steps": 25},
+              "machine": {"cpus": 2, "torch": "2", "threads": 2, "cuda": None}}
+    assert "Psychometry, dense FFN" in leaderboard_markdown(result)
+    assert "Ecphory" not in leaderboard_markdown(result)  # no Ecphory row: no note about one
+    assert "Paired over training seeds" not in leaderboard_markdown(result)
+    result["rows"][0]["paired"] = {"against": "moe", "label": "Psychometry", "gain": 0.02, "ci95": 0.01, "seeds": 3}
+    assert ("Psychometry, dense FFN against Psychometry: +2.0 points (95% CI +1.0 to +3.0, 3 seeds)"
+            in leaderboard_markdown(result))
+    result["rows"].append(row("Psychometry + Ecphory", ecphory={"enabled": True, "keys": "prediction", "k": 20,
+                                                                    "alpha": 0.25}))
+    assert "Psychometry + Ecphory: the same run" in leaderboard_markdown(result)
+
+
+def test_variants_are_paired_seed_by_seed_with_the_first_row_of_their_model():
+    from brainrecon.bench.leaderboard import paired_seed_gains
+
+    rows = [{"model": "mindbridge", "kind": "mindbridge", "label": "MB", "seeds": {"0": 0.7, "1": 0.6, "2": 0.65}},
+            {"model": "psychometry+ecphory", "kind": "psychometry", "label": "E"},  # not trained: no seeds
+            {"model": "moe", "kind": "psychometry", "label": "MoE", "seeds": {"0": 0.40, "1": 0.30, "2": 0.35}},
+            {"model": "dense", "kind": "psychometry", "label": "Dense", "seeds": {"0": 0.42, "1": 0.33, "2": 0.36}},
+            {"model": "one", "kind": "psychometry", "label": "One", "seeds": {"0": 0.5}}]
+    paired_seed_gains(rows)
+    assert [("paired" in r) for r in rows] == [False, False, False, True, False]  # one seed: nothing to pair
+    dense = rows[3]["paired"]
+    assert dense["against"] == "moe" and dense["seeds"] == 3
+    assert dense["gain"] == pytest.approx(0.02)  # differences 0.02, 0.03, 0.01
+    # their spread is far below either row's spread over seeds, which pairing removes
+    assert dense["ci95"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)

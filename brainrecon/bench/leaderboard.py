@@ -381,6 +381,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     for row in rows:
         if row.get("ecphory"):  # computed afresh each time, from the two rows' reconstructions
             row["ecphory"]["gain"] = ecphory_gains(out, row)
+    paired_seed_gains(rows)
     oracle = oracle_row(store, config)
     for row in rows:
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
@@ -392,6 +393,29 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     atomic_write_json(out / "leaderboard.json", result)
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(result))
     return result
+
+
+def paired_seed_gains(rows: list[dict]) -> None:
+    """Each row trained over several seeds against the first earlier row of the same model kind trained over
+    them too (an ablation against its model): the per-seed differences in image retrieval, mean and 95%
+    Student-t half-width, as ``row["paired"]``. A training seed fixes the initialisation's generator, the data
+    order and the validation slice, so a seed's two runs differ only in what the variant changes, and the
+    paired interval is narrower than the two rows' own intervals over seeds."""
+    for index, row in enumerate(rows):
+        base = next((r for r in rows[:index] if r.get("kind") == row.get("kind") and len(r.get("seeds", {})) > 1),
+                    None)
+        common = [seed for seed in row.get("seeds", {}) if base is not None and seed in base["seeds"]]
+        if len(common) > 1:
+            gain, ci95 = student_t_interval([row["seeds"][seed] - base["seeds"][seed] for seed in common])
+            row["paired"] = {"against": base["model"], "label": base["label"], "gain": gain, "ci95": ci95,
+                             "seeds": len(common)}
+
+
+def _paired_text(rows: list[dict]) -> str:
+    return "; ".join(f"{r['label']} against {r['paired']['label']}: {100 * r['paired']['gain']:+.1f} points "
+                     f"(95% CI {100 * (r['paired']['gain'] - r['paired']['ci95']):+.1f} to "
+                     f"{100 * (r['paired']['gain'] + r['paired']['ci95']):+.1f}, {r['paired']['seeds']} seeds)"
+                     for r in rows if r.get("paired"))
 
 
 def machine() -> dict:
@@ -488,13 +512,16 @@ def leaderboard_markdown(result: dict) -> str:
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
         f"small CLIP. AlexNet, Inception, EffNet and SwAV are not scored: their weights are not on the machine.",
-        "Psychometry + Ecphory: the same run, reconstructed with the Ecphory setting (memory keys, k, alpha) it "
-        "chose on its held-out training stimuli (docs/benchmarks/ecphory.md), with the same number of samples; "
-        "retrieval is the prediction's, as in the row above (Ecphory serves generation)"
-        + "".join(f"; its setting: {_setting_text(r['ecphory'])}" for r in result["rows"] if r.get("ecphory"))
-        + "".join(f"; against the row above, per image: {_gain_text(r['ecphory']['gain'])}"
-                  for r in result["rows"] if r.get("ecphory", {}).get("gain"))
-        + ".",
+        *(["Psychometry + Ecphory: the same run, reconstructed with the Ecphory setting (memory keys, k, alpha) it "
+           "chose on its held-out training stimuli (docs/benchmarks/ecphory.md), with the same number of samples; "
+           "retrieval is the prediction's, as in the row above (Ecphory serves generation)"
+           + "".join(f"; its setting: {_setting_text(r['ecphory'])}" for r in result["rows"] if r.get("ecphory"))
+           + "".join(f"; against the row above, per image: {_gain_text(r['ecphory']['gain'])}"
+                     for r in result["rows"] if r.get("ecphory", {}).get("gain"))
+           + "."] if any(r.get("ecphory") for r in result["rows"]) else []),
+        *([f"Paired over training seeds (image retrieval, a row minus the first row of its model, seed by seed: "
+           f"the same initialisation generator, data order and validation slice): {_paired_text(result['rows'])}."]
+          if any(r.get("paired") for r in result["rows"]) else []),
         "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
         "peak MB: that process's peak resident memory"
         + (" (* a run resumed after an interruption: its cost counts only the resumed part)."
@@ -508,5 +535,5 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "Variant", "claim_workdir", "leaderboard_markdown", "run_leaderboard", "sim_train_config",
-           "train_in_child"]
+__all__ = ["LeaderboardConfig", "Variant", "claim_workdir", "leaderboard_markdown", "paired_seed_gains", "run_leaderboard",
+           "sim_train_config", "train_in_child"]
