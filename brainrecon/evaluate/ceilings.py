@@ -107,7 +107,7 @@ def space_targets(store: Store, clip: str | None = SIMWORLD, batch_size: int = 2
     return {name: out[name] for name in SPACES if name in out}
 
 
-def _centred_retrieval(predicted: np.ndarray, truth: np.ndarray, mean: np.ndarray, way: int, draws: int,
+def centred_retrieval(predicted: np.ndarray, truth: np.ndarray, mean: np.ndarray, way: int, draws: int,
                        seed: int) -> tuple[RetrievalScore, float]:
     scores = cosine_scores(predicted - mean, truth - mean)
     return retrieval_top1(scores, way, draws, seed), float(np.mean(np.diag(scores)))
@@ -129,13 +129,15 @@ def _reduced(targets: np.ndarray, components: int, seed: int = 0) -> tuple[np.nd
     return targets @ basis.T, basis
 
 
-def ridge_into_spaces(store: Store, subject: str, targets: dict[str, np.ndarray],
-                      config: RidgeConfig | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def ridge_into_spaces(store: Store, subject: str, targets: dict[str, np.ndarray], config: RidgeConfig | None = None,
+                      features=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One ridge from the subject's training trials into every space at once (one decomposition per
     fold; each space gets its own cross-validated alpha). Returns predicted test targets and the
-    training-image mean of each space."""
+    training-image mean of each space. ``features`` (betas -> features, row by row) probes what a
+    model's fixed first stage keeps, e.g. MindBridge's pooling; default: the betas themselves."""
     data = store.subject(subject)
     train, test = data.train(), data.test()
+    features = features or (lambda betas: betas)
     rows = store.stimuli.rows(train.stimulus_ids)
     unique_rows = np.unique(rows)
     means, parts, bases, groups, start = {}, [], {}, [], 0
@@ -145,9 +147,9 @@ def ridge_into_spaces(store: Store, subject: str, targets: dict[str, np.ndarray]
         parts.append(reduced[np.searchsorted(unique_rows, rows)])
         groups.append(slice(start, start + reduced.shape[1]))
         start += reduced.shape[1]
-    ridge = Ridge(config or RidgeConfig()).fit(train.betas, np.concatenate(parts, 1), groups=train.stimulus_ids,
-                                               target_groups=groups)
-    predicted = ridge.predict(test.betas).numpy()
+    ridge = Ridge(config or RidgeConfig()).fit(features(train.betas), np.concatenate(parts, 1),
+                                               groups=train.stimulus_ids, target_groups=groups)
+    predicted = ridge.predict(features(test.betas)).numpy()
     out = {}
     for (name, basis), group in zip(bases.items(), groups):
         part = predicted[:, group]
@@ -242,7 +244,7 @@ def _choose_readout(store: Store, values: np.ndarray, codes: _CodeEstimates, see
     scores = {}
     for readout in CEILING_READOUTS:
         predicted = _read_out(code_map, codes.train_posterior[held], readout, learned)
-        scores[readout] = _centred_retrieval(predicted, truth, mean, min(300, len(held)), 10, seed)[0].image_top1
+        scores[readout] = centred_retrieval(predicted, truth, mean, min(300, len(held)), 10, seed)[0].image_top1
     best = max(CEILING_READOUTS, key=lambda r: (scores[r], r is None))
     # refit the closed-form map on every training image; the contrastive read-out keeps the map it was
     # trained around (fitted on the 80% of training images outside the held-out share), which then also
@@ -258,8 +260,8 @@ def space_ceiling(store: Store, values: np.ndarray, codes: _CodeEstimates, truth
     noise-free test code, read into the space by a map fitted on the training images' true codes."""
     readout = _choose_readout(store, values, codes, seed)
     predicted = _read_out(readout.code_map, codes.test_posterior, readout.choice, readout.learned)
-    ceiling = _centred_retrieval(predicted, truth, mean, way, draws, seed)[0]
-    capacity = _centred_retrieval(readout.code_map.predict(codes.test_true).numpy(), truth, mean, way, draws,
+    ceiling = centred_retrieval(predicted, truth, mean, way, draws, seed)[0]
+    capacity = centred_retrieval(readout.code_map.predict(codes.test_true).numpy(), truth, mean, way, draws,
                                   seed)[0]
     return ceiling, capacity, readout.choice
 
@@ -280,7 +282,7 @@ def subject_ceilings(store: Store, subject: str, targets: dict[str, np.ndarray],
     spaces = {}
     for name, values in targets.items():
         truth = values[test_rows]
-        ridge, cosine = _centred_retrieval(predicted[name], truth, means[name], way, draws, seed)
+        ridge, cosine = centred_retrieval(predicted[name], truth, means[name], way, draws, seed)
         ceiling = capacity = readout = None
         if codes is not None:
             ceiling, capacity, readout = space_ceiling(store, values, codes, truth, means[name], way, draws, seed)
