@@ -92,6 +92,26 @@ def status_mb(field: str) -> float:
     raise KeyError(field)
 
 
+def time_parts() -> dict:
+    """Wrap the steps of ``Ridge.fit`` so that each adds its wall time to the returned dict (filled as it runs)."""
+    from brainrecon.models import ridge
+
+    parts: dict[str, float] = {}
+    steps = ((ridge._Spectrum, "of", "Gram + eigh"), (ridge._Spectrum, "project", "P = Q'X'Y"),
+             (ridge.Ridge, "_centred", "targets read and centred"),
+             (ridge._TraceStatistics, "add", "P P', Y_v Y_v', Y_v P'"),
+             (ridge._TraceStatistics, "errors", "per-alpha traces"), (ridge._Spectrum, "weights", "weights"),
+             (ridge._OutOfFold, "add", "out-of-fold moments"))
+    for owner, name, label in steps:
+        def timed(*a, _step=getattr(owner, name), _label=label, **k):
+            started = time.perf_counter()
+            out = _step(*a, **k)
+            parts[_label] = parts.get(_label, 0.0) + time.perf_counter() - started
+            return out
+        setattr(owner, name, timed)
+    return parts
+
+
 def child(args) -> None:
     data = Path(args.data)
     info: dict = {"method": args.method}
@@ -133,7 +153,12 @@ def child(args) -> None:
     else:
         dtype = "float32" if args.method.endswith("f32") else "float64"
         if args.method.startswith("ours-cv"):  # ours-cv-before: the same call, on the code before this change
-            ridge = Ridge(RidgeConfig(dtype=dtype)).fit(x, y)
+            # ours-cv2: the same CV over two of the grid's alphas, to split the CV's cost into what every alpha
+            # shares and what each alpha adds
+            grid = {"alphas": (1e4, 1e5)} if args.method == "ours-cv2" else {}
+            if args.parts:
+                info["parts"] = time_parts()
+            ridge = Ridge(RidgeConfig(dtype=dtype, **grid)).fit(x, y)
             info["alpha"] = float(ridge.alpha[0])
             info["cv_errors"] = next(iter(ridge.cv_scores.values()))
         elif args.method == "ours-chol":  # one alpha, one Cholesky solve, nothing else (the CV's yardstick)
@@ -172,13 +197,14 @@ def child(args) -> None:
 # parent
 
 
-def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path, before: Path | None = None) -> dict:
+def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path, before: Path | None = None,
+              parts: bool = False) -> dict:
     env = dict(os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                         "MKL_NUM_THREADS")})
     if method.endswith("-before"):
         env["PYTHONPATH"] = str(before)  # a checkout of the code before the change (--before)
     cmd = [sys.executable, __file__, "--child", method, "--data", str(data), "--alpha", repr(alpha),
-           "--threads", str(threads), "--pred", str(pred)]
+           "--threads", str(threads), "--pred", str(pred)] + (["--parts"] if parts else [])
     started = time.perf_counter()
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -236,6 +262,10 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a checkout of an earlier commit: its CV runs beside ours "
                                                     "(ours-cv-before) on the CV sizes, e.g. from `git worktree "
                                                     "add /tmp/before f5dacea`")
+    parser.add_argument("--alpha-cost", action="store_true", help="also run the CV over 2 alphas on the CV sizes "
+                                                                   "(ours-cv2): the CV's cost split into what every "
+                                                                   "alpha shares and what each alpha adds")
+    parser.add_argument("--parts", action="store_true", help="time the steps of ours-cv (and ours-cv2) in the child")
     parser.add_argument("--himalaya", action="store_true", help="also time himalaya's RidgeCV on the CV sizes "
                                                                  "(pip install himalaya; not a dependency)")
     # child mode
@@ -269,11 +299,12 @@ def main() -> None:
               f"(data written in {time.perf_counter() - started:.1f} s)", flush=True)
         alpha = args.alpha
         rows = {}
-        methods = ((["ours-cv"] + (["ours-cv-before"] if args.before else [])
+        methods = ((["ours-cv"] + (["ours-cv2"] if args.alpha_cost else []) + (["ours-cv-before"] if args.before else [])
                     + (["himalaya-cv"] if args.himalaya else []) if size in cv_sizes else [])
                    + ["ours-chol", "ours-1a", "ours-1a-f32", "sklearn"])
         for method in methods:
-            rows[method] = run_child(method, data, alpha, args.threads, data / f"pred-{method}.npy", args.before)
+            rows[method] = run_child(method, data, alpha, args.threads, data / f"pred-{method}.npy", args.before,
+                                     args.parts and method in ("ours-cv", "ours-cv2"))
             if method == "ours-cv":
                 alpha = rows[method]["alpha"]
             if method == "himalaya-cv":
@@ -303,6 +334,16 @@ def main() -> None:
             print(f"ours-cv / ours-chol (13 alphas x 5 folds vs one Cholesky fit): {ratio:.1f}x"
                   + (f"; before this change {rows['ours-cv-before']['fit_s'] / rows['ours-chol']['fit_s']:.1f}x"
                      if "ours-cv-before" in rows else ""))
+        for method in ("ours-cv", "ours-cv2"):
+            if "parts" in rows.get(method, {}):
+                print(f"{method} steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[method]["parts"].items())
+                      + f"; the rest {rows[method]['fit_s'] - sum(rows[method]['parts'].values()):.2f} s")
+        if "ours-cv2" in rows:  # T(alphas) = shared + alphas x each: two grid sizes give both
+            chol = rows["ours-chol"]["fit_s"]
+            each = (rows["ours-cv"]["fit_s"] - rows["ours-cv2"]["fit_s"]) / (13 - 2)
+            shared = rows["ours-cv2"]["fit_s"] - 2 * each
+            print(f"ours-cv split: {shared:.2f} s shared by every alpha ({shared / chol:.1f}x one Cholesky fit) + "
+                  f"{each:.2f} s per alpha ({13 * each / chol:.1f}x for 13 alphas)")
         results.append({"size": size, "n": n, "p": p, "t": t, "fits": rows})
         for f in data.glob("*.npy"):
             f.unlink()
