@@ -108,7 +108,7 @@ def space_targets(store: Store, clip: str | None = SIMWORLD, batch_size: int = 2
 
 
 def centred_retrieval(predicted: np.ndarray, truth: np.ndarray, mean: np.ndarray, way: int, draws: int,
-                       seed: int) -> tuple[RetrievalScore, float]:
+                      seed: int) -> tuple[RetrievalScore, float]:
     scores = cosine_scores(predicted - mean, truth - mean)
     return retrieval_top1(scores, way, draws, seed), float(np.mean(np.diag(scores)))
 
