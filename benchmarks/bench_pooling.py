@@ -11,7 +11,7 @@ scored by 300-way retrieval of the repeat-averaged test images (centred with the
 the same ridge from all voxels.
 
 It builds the default world twice, identical but for `voxel_layout` (cortical: by area, then retinotopy or
-category patch; random: shuffled per subject), into WORKDIR/cortical and WORKDIR/random (kept for a rerun).
+category patch; random: shuffled per subject), into WORKDIR/cortical/store and WORKDIR/random/store (kept for a rerun).
 The pooling length is the `sim-mindbridge` preset's. A simulated world is a testbed: these are not NSD results.
 """
 
@@ -26,18 +26,12 @@ import torch
 
 
 def world(workdir: Path, layout: str) -> Path:
+    from brainrecon.bench.leaderboard import bench_world
     from brainrecon.config import load_config
-    from brainrecon.data import open_store
-    from brainrecon.data.simworld import WorldConfig, simulate_world
+    from brainrecon.data.simworld import WorldConfig
 
     config = load_config(WorldConfig, "default", "worlds").model_copy(update={"voxel_layout": layout})
-    store = workdir / layout
-    if store.is_dir():
-        if open_store(store).source.get("config") != config.model_dump(mode="json"):
-            raise SystemExit(f"{store} holds another world; delete it or choose another --workdir")
-        return store
-    simulate_world(config, store, progress=False)
-    return store
+    return bench_world(workdir / layout, config)
 
 
 def pooling(length: int, mode: str | None):

@@ -184,6 +184,12 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
     assert "Psychometry, dense FFN" in leaderboard_markdown(result)
     assert "Ecphory" not in leaderboard_markdown(result)  # no Ecphory row: no note about one
     assert "Paired over training seeds" not in leaderboard_markdown(result)
+    assert "the same 128 for every trained row" in leaderboard_markdown(result)  # one budget: said so
+    result["rows"].append(row("Ridge", steps=None))  # a closed-form row has no budget to compare
+    assert "the same 128 for every trained row" in leaderboard_markdown(result)
+    result["rows"].append(row("Psychometry, 512 steps", steps=512))
+    assert "each preset's own budget, not an equal one" in leaderboard_markdown(result)
+    del result["rows"][1:]
     result["rows"][0]["paired"] = {"against": "moe", "label": "Psychometry", "gain": 0.02, "ci95": 0.01, "seeds": 3}
     assert ("Psychometry, dense FFN against Psychometry: +2.0 points (95% CI +1.0 to +3.0, 3 seeds)"
             in leaderboard_markdown(result))
@@ -207,3 +213,19 @@ def test_variants_are_paired_seed_by_seed_with_the_first_row_of_their_model():
     assert dense["gain"] == pytest.approx(0.02)  # differences 0.02, 0.03, 0.01
     # their spread is far below either row's spread over seeds, which pairing removes
     assert dense["ci95"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+    # a variant named against another row is paired with that one instead
+    rows.append({"model": "dense-long", "kind": "psychometry", "label": "Dense, long",
+                 "seeds": {"0": 0.52, "1": 0.40, "2": 0.45}})
+    paired_seed_gains(rows, {"dense-long": "dense"})
+    assert rows[-1]["paired"]["against"] == "dense"
+    assert rows[-1]["paired"]["gain"] == pytest.approx((0.10 + 0.07 + 0.09) / 3)
+
+
+def test_a_variant_paired_against_a_row_that_is_not_earlier_is_refused():
+    from brainrecon.bench.leaderboard import LeaderboardConfig
+
+    variants = {"long": {"model": "psychometry", "label": "long", "train_overrides": {"epochs": 2},
+                         "against": "short"},
+                "short": {"model": "psychometry", "label": "short"}}
+    with pytest.raises(ValueError, match="variant 'long' is paired against 'short', which is not an earlier row"):
+        LeaderboardConfig(models=["mindbridge"], variants=variants)

@@ -54,6 +54,9 @@ class Variant(StrictConfig):
     model: str
     label: str
     train_overrides: dict[str, Any] = {}  # merged over the leaderboard's own train_overrides, one level deep
+    # the earlier row it is paired with seed by seed (default: the first earlier row of the same model), e.g. an
+    # ablation trained for longer against the model trained for as long
+    against: str | None = None
 
 
 class LeaderboardConfig(StrictConfig):
@@ -81,6 +84,12 @@ class LeaderboardConfig(StrictConfig):
         taken = set(self.models) | {"psychometry+ecphory"}
         if clash := sorted(taken & set(self.variants)):
             raise ValueError(f"variant name(s) {clash} are already row names; rename the variants")
+        earlier = list(self.models)
+        for name, variant in self.variants.items():
+            if variant.against is not None and variant.against not in earlier:
+                raise ValueError(f"variant {name!r} is paired against {variant.against!r}, which is not an earlier "
+                                 f"row; name one of {earlier}")
+            earlier.append(name)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed; list each training seed once")
         for name, model, overrides, _, _ in planned_rows(self):
@@ -118,19 +127,21 @@ def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     atomic_write_json(marker, wanted)
 
 
-def bench_world(out: Path, world: str, echo=print) -> Path:
-    """The bench's world, ``out/store``: simulated once; a store already there (a resumed bench, or one
-    put there to save the build) must be that world, or the bench would mix worlds."""
-    config = load_config(WorldConfig, world, "worlds")
+def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
+    """The bench's world (a preset name, YAML path or config), ``out/store``: simulated once; a store already
+    there (a resumed bench, or one put there to save the build) must be that world, or the bench would mix
+    worlds."""
+    config = world if isinstance(world, WorldConfig) else load_config(WorldConfig, world, "worlds")
+    name = world if isinstance(world, str) else "the configured world"
     store = out / "store"
     if store.is_dir():
         if open_store(store).source.get("config") != config.model_dump(mode="json"):
-            raise ConfigError(f"{store} holds another world than {world!r}; delete it to simulate {world!r} there, "
+            raise ConfigError(f"{store} holds another world than {name!r}; delete it to simulate {name!r} there, "
                               f"or choose another --out")
         return store
     started = time.perf_counter()
     simulate_world(config, store, progress=False)
-    echo(f"simulated the world ({world}) in {time.perf_counter() - started:.0f} s")
+    echo(f"simulated the world ({name}) in {time.perf_counter() - started:.0f} s")
     return store
 
 
@@ -381,7 +392,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     for row in rows:
         if row.get("ecphory"):  # computed afresh each time, from the two rows' reconstructions
             row["ecphory"]["gain"] = ecphory_gains(out, row)
-    paired_seed_gains(rows)
+    paired_seed_gains(rows, {name: v.against for name, v in config.variants.items() if v.against})
     oracle = oracle_row(store, config)
     for row in rows:
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
@@ -395,20 +406,32 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     return result
 
 
-def paired_seed_gains(rows: list[dict]) -> None:
-    """Each row trained over several seeds against the first earlier row of the same model kind trained over
-    them too (an ablation against its model): the per-seed differences in image retrieval, mean and 95%
-    Student-t half-width, as ``row["paired"]``. A training seed fixes the initialisation's generator, the data
-    order and the validation slice, so a seed's two runs differ only in what the variant changes, and the
-    paired interval is narrower than the two rows' own intervals over seeds."""
+def paired_seed_gains(rows: list[dict], against: dict[str, str] | None = None) -> None:
+    """Each row trained over several seeds against an earlier row trained over them too: the row named in
+    ``against`` (row name -> row name), else the first earlier row of the same model kind (an ablation against
+    its model). The per-seed differences in image retrieval, mean and 95% Student-t half-width, go in
+    ``row["paired"]``. A training seed fixes the initialisation's generator, the data order and the validation
+    slice, so a seed's two runs differ only in what the variant changes, and the paired interval is narrower
+    than the two rows' own intervals over seeds."""
+    against = against or {}
     for index, row in enumerate(rows):
-        base = next((r for r in rows[:index] if r.get("kind") == row.get("kind") and len(r.get("seeds", {})) > 1),
-                    None)
-        common = [seed for seed in row.get("seeds", {}) if base is not None and seed in base["seeds"]]
+        if row.get("model") in against:
+            base = next((r for r in rows[:index] if r.get("model") == against[row["model"]]), None)
+        else:
+            base = next((r for r in rows[:index]
+                         if r.get("kind") == row.get("kind") and len(r.get("seeds", {})) > 1), None)
+        common = [seed for seed in row.get("seeds", {}) if base is not None and seed in base.get("seeds", {})]
         if len(common) > 1:
             gain, ci95 = student_t_interval([row["seeds"][seed] - base["seeds"][seed] for seed in common])
             row["paired"] = {"against": base["model"], "label": base["label"], "gain": gain, "ci95": ci95,
                              "seeds": len(common)}
+
+
+def _budget_text(rows: list[dict]) -> str:
+    steps = {row["steps"] for row in rows if isinstance(row.get("steps"), int)}
+    if len(steps) == 1:
+        return f"the same {steps.pop()} for every trained row, each at its preset's batch size"
+    return "each preset's own budget, not an equal one"
 
 
 def _paired_text(rows: list[dict]) -> str:
@@ -503,7 +526,7 @@ def leaderboard_markdown(result: dict) -> str:
         f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
         f"over seeds: the image retrieval's mean ± 95% Student-t CI over the training seeds {config.get('seeds', [0])} "
         f"(n in brackets; the other columns are the first seed's run); a closed-form fit is the same for every "
-        f"seed. steps: the optimiser steps the run took (each preset's own budget, not an equal one). val Δ 2nd "
+        f"seed. steps: the optimiser steps the run took ({_budget_text(result['rows'])}). val Δ 2nd "
         f"half: the first seed's validation retrieval (top-1 among its held-out *training* stimuli, in points) at "
         f"the last step minus at the middle step; far above 0, the run was still learning. The final weights are "
         f"those the preset's `validation.select` keeps (the sim presets: the checkpoint with the best validation "

@@ -180,7 +180,8 @@ def _read_out(code_map: Ridge, code: np.ndarray, readout, learned: torch.Tensor 
     return centred @ np.linalg.solve(gram + lam * np.eye(len(gram)), weight) + code_map.y_mean.numpy()
 
 
-def _contrastive_readout(code_map: Ridge, code: np.ndarray, targets: np.ndarray, seed: int) -> torch.Tensor:
+def _contrastive_readout(code_map: Ridge, code: np.ndarray, targets: np.ndarray, seed: int,
+                         steps: int = CONTRASTIVE_STEPS) -> torch.Tensor:
     """A (code_dims, D) read-out trained with InfoNCE (CLIP's symmetric loss) to pick each training
     stimulus's own centred target among the others', from its Bayes code estimate. It starts at the
     linear map and lives in the span of the targets' top principal components, where the cosine to a
@@ -194,7 +195,7 @@ def _contrastive_readout(code_map: Ridge, code: np.ndarray, targets: np.ndarray,
     weight = torch.nn.Parameter(torch.as_tensor(code_map.weight.numpy() @ basis.T, dtype=torch.float32))
     optimiser = torch.optim.Adam([weight], lr=CONTRASTIVE_LR)
     labels = torch.arange(len(x))
-    for _ in range(CONTRASTIVE_STEPS):
+    for _ in range(steps):
         logits = torch.nn.functional.normalize(x @ weight, dim=1) @ y.T / CONTRASTIVE_TEMPERATURE
         loss = (torch.nn.functional.cross_entropy(logits, labels)
                 + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
