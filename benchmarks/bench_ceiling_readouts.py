@@ -9,6 +9,11 @@ chosen among held-out training stimuli. This diagnostic scores, for one subject 
 - the oracle (the true likelihood) and the capacity (the noise-free code read into the space);
 - the posterior mean scored by cosine in the *code's own* space, against the candidates' true codes (centred with
   the training codes' mean): what cosine retrieval loses to the likelihood, with no target space in between;
+- the spread of the training images' codes against the error of their code estimates, in the code's own metric
+  and through each space's linear map: how many directions the candidates differ along, and how reliably the
+  brain's code gives the main ones;
+- the share of each space's variance over the test images that the noise-free code explains: what the space
+  holds that the brain does not encode, which every candidate carries and no prediction can;
 - every read-out the ceiling chooses from, each scored on test. None is chosen from this table (the ceiling
   chooses on training stimuli); it shows how far apart they lie. The contrastive read-out is also trained 10x
   longer than shipped, to see whether its budget limits it. Here the read-outs are fitted on every training
@@ -25,6 +30,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def axes_reliability(spread: np.ndarray, error: np.ndarray, top: int = 6) -> tuple[float, np.ndarray]:
+    """The spread's effective dimensions (participation ratio of its eigenvalues) and, along its ``top``
+    principal axes, spread / error variance: how reliably the brain's code gives the directions in which
+    the space's candidates differ most."""
+    values, axes = np.linalg.eigh(spread)
+    values, axes = values[::-1], axes[:, ::-1]
+    dims = values.sum() ** 2 / (values ** 2).sum()
+    return dims, values[:top] / np.einsum("dk,de,ek->k", axes[:, :top], error, axes[:, :top])
 
 
 def main() -> None:
@@ -63,12 +78,22 @@ def main() -> None:
           f"{pct(retrieval_top1(oracle_loglik(evidence), args.way, args.draws, args.seed, loglik=True))} |")
     print(f"| posterior mean, cosine in the code's own space | "
           f"{centred(codes.test_posterior, codes.test_true, codes.train_true.mean(0))} |")
+    # where each space puts its variance: the code's spread over training images against the error of their
+    # code estimates (training stimuli only), in the code's own metric and through each space's map
+    spread = np.cov(codes.train_true, rowvar=False)
+    error = np.cov(codes.train_posterior - codes.train_true, rowvar=False)
+    geometry = {"the code's own space": axes_reliability(spread, error)}
+    explained = {}  # the share of a space's variance over the test images that the noise-free code's map explains
     targets = ceilings.space_targets(store)
     for space in ("clip_pooled", "clip_tokens"):
         values = targets[space]
         truth, mean = values[test_rows], values[train_rows].mean(0)
         code_map = Ridge(RidgeConfig()).fit(codes.train_true, values[train_rows])
         label = ceilings.SPACE_LABELS[space]
+        weight = code_map.weight.numpy()  # (code_dims, D)
+        geometry[label] = axes_reliability(weight.T @ spread @ weight, weight.T @ error @ weight)
+        unexplained = truth - code_map.predict(codes.test_true).numpy()
+        explained[label] = 1 - (unexplained ** 2).sum() / ((truth - mean) ** 2).sum()
         print(f"| {label}: capacity (noise-free code, linear map) | "
               f"{centred(code_map.predict(codes.test_true).numpy(), truth, mean)} |")
         for readout in ceilings.CEILING_READOUTS:
@@ -82,6 +107,16 @@ def main() -> None:
             predicted = ceilings._read_out(code_map, codes.test_posterior, "contrastive", learned)
             print(f"| {label}: posterior mean, contrastive read-out, {steps} steps | "
                   f"{centred(predicted, truth, mean)} |", flush=True)
+    print("\nthe code's spread over the training images, and the error of their code estimates, in each space's "
+          "metric (through its linear map): the spread's effective dimensions (participation ratio), and spread / "
+          "error variance along the spread's top principal axes:")
+    for label, (dims, reliability) in geometry.items():
+        print(f"- {label}: {dims:.1f} effective dimensions; along the top {len(reliability)} axes "
+              f"{', '.join(f'{r:.1f}' for r in reliability)}")
+    print("\nshare of each space's variance over the test images (around the training mean) that the noise-free "
+          "code explains through the space's linear map (R²):")
+    for label, share in explained.items():
+        print(f"- {label}: {share:.2f}")
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

@@ -17,7 +17,12 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=2
 
 $BR bench leaderboard --preset default --out "$WORK/leaderboard" --doc docs/benchmarks/leaderboard.md
+$BR bench leaderboard --preset equal-budget --out "$WORK/equal-budget" --doc docs/benchmarks/equal-budget.md
+$BR bench leaderboard --preset psychometry-ablation --out "$WORK/psychometry-ablation" \
+    --doc docs/benchmarks/psychometry-ablation.md
 $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
+$PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"
+$PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
 $PY benchmarks/bench_ridge.py --workdir "$WORK/ridge" --threads 2 --json "$WORK/ridge.json"
 $PY benchmarks/bench_train.py --parts params,sim,nsd,scaling --threads 2 --json "$WORK/train.json"
 $PY benchmarks/bench_train.py --parts e2e --store "$WORK/leaderboard/store" --threads 2 --workdir "$WORK/e2e"
