@@ -145,16 +145,23 @@ def test_every_training_seed_is_scored_and_a_closed_form_fit_trains_once(train_w
 
 
 def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
-    from brainrecon.bench.leaderboard import planned_rows
+    from brainrecon.bench.leaderboard import planned_rows, sim_train_config
     from brainrecon.errors import ConfigError
 
     ablation = load_config(LeaderboardConfig, "psychometry-ablation", "bench")
     rows = planned_rows(ablation)
     assert [r[0] for r in rows] == ["mindbridge", "psychometry-moe", "psychometry-dense", "psychometry-one-expert",
-                                    "psychometry-512-steps"]
+                                    "psychometry-512-steps", "psychometry-dense-512-steps"]
     assert rows[2][2] == {"model": {"moe": "dense"}} and rows[4][2] == {"epochs": 4}
+    assert rows[5][2] == {"epochs": 4, "model": {"moe": "dense"}}
+    assert ablation.variants["psychometry-dense-512-steps"].against == "psychometry-512-steps"
     assert not any(r[4] for r in rows)  # no Ecphory row: the ablation compares decoders
-    for preset in ("default", "smoke", "psychometry-ablation"):
+    equal = load_config(LeaderboardConfig, "equal-budget", "bench")
+    budgets = [sim_train_config(model, overrides, 300, 30, 42, seed=0) for _, model, overrides, _, _ in
+               planned_rows(equal) if model != "ridge"]
+    # 512 steps, or 4 epochs (MindBridge-style and Psychometry: 128 steps an epoch on the default world)
+    assert all(c.get("steps") == 512 or (c.get("steps") is None and c["epochs"] == 4) for c in budgets)
+    for preset in ("default", "smoke", "psychometry-ablation", "equal-budget"):
         assert load_config(LeaderboardConfig, preset, "bench").seeds  # every bench preset's rows validate
     base = {"world": "tiny", "models": ["psychometry"]}
     with pytest.raises(ConfigError, match="unknown model"):
