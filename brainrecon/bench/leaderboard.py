@@ -542,9 +542,9 @@ def leaderboard_markdown(result: dict) -> str:
            + "".join(f"; against the row above, per image: {_gain_text(r['ecphory']['gain'])}"
                      for r in result["rows"] if r.get("ecphory", {}).get("gain"))
            + "."] if any(r.get("ecphory") for r in result["rows"]) else []),
-        *([f"Paired over training seeds (image retrieval, a row minus the row named after "
-           f"'against' (the first row of its model unless the preset names another), seed by seed: "
-           f"the same initialisation generator, data order and validation slice): {_paired_text(result['rows'])}."]
+        *([f"Paired over training seeds (image retrieval, a variant minus the row it is paired against: the first "
+           f"row of its model unless the preset names another with `against`; seed by seed: the same "
+           f"initialisation generator, data order and validation slice): {_paired_text(result['rows'])}."]
           if any(r.get("paired") for r in result["rows"]) else []),
         "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
         "peak MB: that process's peak resident memory"
