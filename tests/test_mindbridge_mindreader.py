@@ -169,6 +169,30 @@ def test_mindreader_any_voxel_count(n_voxels):
     assert out["image_pooled"].shape == (3, 16) and out["text_pooled"].shape == (3, 16)
 
 
+def test_mindreader_per_channel_fc_reads_each_channel_with_its_own_weights():
+    from brainrecon.models.mindreader import PerChannelFC
+
+    fc = PerChannelFC(channels=3, length=5, hidden=4)
+    maps = torch.randn(2, 3, 5)
+    moved = maps.clone()
+    moved[:, 1] += 1.0  # change channel 1 only
+    before, after = fc(maps), fc(moved)
+    assert before.shape == (2, 3)
+    assert torch.equal(before[:, [0, 2]], after[:, [0, 2]]) and not torch.allclose(before[:, 1], after[:, 1])
+    # the same input in every channel gives different outputs: the channels do not share weights
+    assert not torch.allclose(*fc(torch.ones(1, 3, 5))[0, :2])
+    shared = build_model("mindreader", SMALL_READER, {"s1": 40}, small_space())
+    own = build_model("mindreader", {**SMALL_READER, "fc": "per_channel"}, {"s1": 40}, small_space())
+    assert "mappers.image_pooled.fc.0.weight" in shared.state_dict()  # the paper's fc keeps its checkpoint keys
+    assert own.predict(torch.randn(3, 40), "s1")["image_pooled"].shape == (3, 16)
+    space = small_space()
+    testbed = LinearTestbed({"s1": 101}, space)
+    torch.manual_seed(0)
+    model = build_model("mindreader", {**SMALL_READER, "fc": "per_channel"}, {"s1": 101}, space)
+    testbed.fit(model, steps=200)
+    assert testbed.retrieval_top1(model, "s1") > 3 * CHANCE
+
+
 def test_mindreader_normalises_clamped_targets():
     model = build_model("mindreader", SMALL_READER, {"s1": 20}, small_space())
     target = torch.tensor([[3.0, -4.0, 0.5]])

@@ -16,6 +16,8 @@ The model is single-subject: the length-axis fc is sized by the voxel count.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,9 @@ class MindReaderConfig(StrictConfig):
     stride: int = 2
     token_channels: int = 512  # feature maps after the 1x1 projection: the output vector's width
     fc_hidden: int = 128  # width of the length-axis fc (L/2 -> fc_hidden -> 1)
+    # "shared": the paper's fc, one set of length weights for every output channel; "per_channel": each output
+    # channel reads the length axis with its own weights (an ablation: is the shared read-out what limits it?)
+    fc: Literal["shared", "per_channel"] = "shared"
     cos_weight: float = 0.6  # w in (1 - w) * MSE + w * (1 - cos)
     clamp: float = 1.5  # targets are clamped to +/- clamp, then L2-normalised
     text: bool = True  # also train the caption mapper (needs the text_pooled target)
@@ -51,6 +56,22 @@ class ResidualConvBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
+class PerChannelFC(nn.Module):
+    """The length-axis fc with its own weights per channel: (B, C, L) -> (B, C), L -> hidden -> 1 for each C."""
+
+    def __init__(self, channels: int, length: int, hidden: int):
+        super().__init__()
+        # nn.Linear's initialisation, channel by channel: uniform within 1/sqrt(fan_in)
+        self.weight1 = nn.Parameter(torch.empty(channels, length, hidden).uniform_(-length ** -0.5, length ** -0.5))
+        self.bias1 = nn.Parameter(torch.empty(channels, hidden).uniform_(-length ** -0.5, length ** -0.5))
+        self.weight2 = nn.Parameter(torch.empty(channels, hidden).uniform_(-hidden ** -0.5, hidden ** -0.5))
+        self.bias2 = nn.Parameter(torch.empty(channels).uniform_(-hidden ** -0.5, hidden ** -0.5))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(torch.einsum("bcl,clh->bch", maps, self.weight1) + self.bias1)
+        return (hidden * self.weight2).sum(-1) + self.bias2
+
+
 class FmriClipRes(nn.Module):
     """Mind Reader's `fmri_clip_res` mapper: (B, n_voxels) -> (B, out_dim)."""
 
@@ -67,12 +88,15 @@ class FmriClipRes(nn.Module):
             nn.Conv1d(config.channels, config.token_channels, 1),
         )
         # the "fc": 1x1 convolutions whose channels are the length axis, i.e. Linear layers over length
-        self.fc = nn.Sequential(nn.Linear(self.length, config.fc_hidden), nn.ReLU(), nn.Linear(config.fc_hidden, 1))
+        self.shared_fc = config.fc == "shared"
+        self.fc = (nn.Sequential(nn.Linear(self.length, config.fc_hidden), nn.ReLU(), nn.Linear(config.fc_hidden, 1))
+                   if self.shared_fc else PerChannelFC(config.token_channels, self.length, config.fc_hidden))
         self.out = nn.Linear(config.token_channels, out_dim) if out_dim != config.token_channels else nn.Identity()
 
     def forward(self, betas: torch.Tensor) -> torch.Tensor:
         maps = self.convs(betas.unsqueeze(1))  # (B, token_channels, length)
-        return self.out(self.fc(maps).squeeze(-1))  # (B, token_channels) -> (B, out_dim)
+        read = self.fc(maps).squeeze(-1) if self.shared_fc else self.fc(maps)  # (B, token_channels)
+        return self.out(read)  # (B, out_dim)
 
 
 class MindReader(BrainModel):
