@@ -6,7 +6,9 @@ along the (halved) voxel axis; an "fc" stage then collapses the length axis with
 learned weights (Linear over length, L/2 -> fc_hidden -> 1), leaving one vector.
 One such mapper predicts the CLIP image embedding, a second the caption
 embedding. Convolutions see neighbouring voxels only, but the length-axis fc is
-a full linear read-out over voxel positions, so any voxel ordering works.
+a full linear read-out over voxel positions, so any voxel ordering works. In the
+paper every output channel shares that fc's weights (`fc: shared`, the default);
+`fc: per_channel` gives each channel its own, an ablation, not the paper's model.
 
 Targets are clamped to +/-`clamp` and L2-normalised before the loss, as Mind
 Reader does "to remove spikes"; predictions therefore live in that clamped,
