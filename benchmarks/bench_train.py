@@ -146,6 +146,8 @@ def nsd_spec(kind: str) -> dict:
 
 
 def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
+    import contextlib
+
     import torch
 
     from brainrecon.models import StepInfo, SubjectBatch, TargetSpace, build_model
@@ -164,6 +166,10 @@ def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
                                                   kernel=spec.get("kernel", "auto")))
     needed = [n for n in space.shapes if n in model.required_targets]
     gen = torch.Generator().manual_seed(1)
+    # as the trainer's `mixed_precision: bf16` does through accelerate: the forward and the loss under
+    # torch.autocast, the backward and the optimizer outside it
+    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if spec.get("precision", "no") == "bf16"
+                else contextlib.nullcontext)
 
     def batch(offset: int) -> list[SubjectBatch]:
         out = []
@@ -183,7 +189,8 @@ def child(spec: dict, threads: int, seconds: float, profile: bool) -> dict:
         info = StepInfo(i, 10_000)
         generator = torch.Generator().manual_seed(i)
         t0 = time.perf_counter()
-        loss, _ = model.training_loss(batches[i % 2], info, generator)
+        with autocast():
+            loss, _ = model.training_loss(batches[i % 2], info, generator)
         float(loss.detach())
         t1 = time.perf_counter()
         loss.backward()
@@ -241,7 +248,8 @@ def print_throughput(rows: list[dict]) -> None:
           f"{'peak RSS':>9s} {'after build':>11s}  loss/backward/optimizer share")
     for r in rows:
         split = "/".join(f"{100 * v:.0f}%" for v in r["split"].values())
-        kind = r["kind"] + (f" {r['kernel']}" if "kernel" in r else "")
+        kind = r["kind"] + (f" {r['kernel']}" if "kernel" in r else "") + (
+            f" {r['precision']}" if r.get("precision", "no") != "no" else "")
         print(f"{kind:12s} {r['params']:12,d} {r['subjects']:>5d} x {r['batch_per_subject']:<4d} "
               f"{r['steps_per_s']:8.2f} {r['samples_per_s']:9.1f} {r['peak_mb']:7.0f}MB "
               f"{r['rss_after_build_mb']:9.0f}MB"
@@ -450,8 +458,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernels", default="auto", help="comma list of AdamW kernels to time each model with "
                                                           "(auto, fused, foreach, for-loop), e.g. for-loop,auto")
+    parser.add_argument("--precisions", default="no", help="comma list of autocast precisions to time each model "
+                                                           "with (no, bf16), as the trainer's mixed_precision")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    settings = [{"kernel": kernel, "precision": precision} for kernel in args.kernels.split(",")
+                for precision in args.precisions.split(",")]
     if args.child:
         print(json.dumps(child(json.loads(args.child), args.threads, args.seconds, bool(args.profile))))
         return
@@ -472,19 +484,20 @@ def main() -> None:
             results["params"] = params_part()
         elif part == "sim":
             print(f"\n== simulated-world size, sim-* presets ({args.threads} torch threads)")
-            rows = [{**run_child({**sim_spec(k), "kernel": kernel}, args.threads, args.seconds, k in profiled),
-                     "kernel": kernel} for k in kinds for kernel in args.kernels.split(",")]
+            rows = [{**run_child({**sim_spec(k), **setting}, args.threads, args.seconds, k in profiled), **setting}
+                    for k in kinds for setting in settings]
             print_throughput(rows)
             results["sim"] = rows
         elif part == "nsd":
             print(f"\n== NSD dimensions, reduced widths ({args.threads} torch threads)")
             rows = []
             for k in kinds:
-                for kernel in args.kernels.split(","):
-                    spec = {**nsd_spec(k), "kernel": kernel}
-                    print(f"{k} (AdamW {kernel}): {json.dumps(spec['options'])}; subjects "
+                for setting in settings:
+                    spec = {**nsd_spec(k), **setting}
+                    print(f"{k} (AdamW {setting['kernel']}, autocast {setting['precision']}): "
+                          f"{json.dumps(spec['options'])}; subjects "
                           f"{list(spec['subjects'].values())}; targets {spec['space']}", flush=True)
-                    rows.append({**run_child(spec, args.threads, args.nsd_seconds, k in profiled), "kernel": kernel})
+                    rows.append({**run_child(spec, args.threads, args.nsd_seconds, k in profiled), **setting})
             print_throughput(rows)
             results["nsd"] = rows
         elif part == "scaling":
