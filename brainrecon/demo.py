@@ -1,7 +1,8 @@
 """`brainrecon demo`: the main job on the simulated world, end to end.
 
 simulate a world -> the Bayes-optimal oracle, each target space's ceiling and a ridge
-into it (300-way retrieval) -> (with the shipped small model set) decode brain-predicted
+into it (300-way retrieval) -> a deep model trained for what fits the demo's budget, read against
+the same oracle, ceiling and ridge -> (with the shipped small model set) decode brain-predicted
 CLIP embeddings into images. Every figure it prints is measured here; nothing is selected by looking at
 the true image (one sample per embedding, no selection at all).
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from brainrecon import __version__
@@ -23,7 +25,7 @@ from brainrecon.config import load_config, validate_config
 from brainrecon.data import Store, open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
 from brainrecon.embed.clip import ClipImageEmbedder
-from brainrecon.evaluate.ceilings import ceiling_table, format_table, save_ceilings
+from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, ceiling_table, format_table, save_ceilings
 from brainrecon.evaluate.ecphory import ecphory_embedding_scores
 from brainrecon.evaluate.evaluation import evaluate_run, final_evaluation, metrics_table
 from brainrecon.evaluate.metrics import two_way_identification
@@ -39,6 +41,84 @@ from brainrecon.train import TrainConfig, train
 from brainrecon.train.run import RunContext
 
 ROWS = 4  # grid rows per block: original, from true embedding, from brain, with Ecphory
+# The deep model the demo trains beside the ridge: MindBridge-style, the best method of the equal-budget
+# leaderboard (docs/benchmarks/equal-budget.md), for as many optimiser steps as keep the whole demo under five
+# minutes on 2 CPU cores (its preset ships with 512).
+DEEP_PRESET, DEEP_LABEL, DEEP_STEPS = "sim-mindbridge", "MindBridge-style", 128
+
+
+@dataclass(frozen=True)
+class DeepModel:
+    """A deep model's held-out retrieval per subject, beside the oracle, its space's ceiling and the ridge."""
+
+    preset: str
+    label: str
+    steps: int
+    precision: str  # the run's mixed_precision
+    space: str  # the ceiling table's space its retrieval is scored in
+    way: int
+    seconds: float
+    rows: dict[str, dict[str, float | None]]  # subject -> image, brain, oracle, ceiling, ridge (fractions)
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, "label": self.label, "steps": self.steps, "mixed_precision": self.precision,
+                "space": self.space, "way": self.way,
+                "train_and_evaluate_seconds": self.seconds, "subjects": self.rows}
+
+    def table(self) -> str:
+        """One row per subject: the model, then how far it is from the oracle and its space's ceiling."""
+        space = SPACE_LABELS[self.space]
+        lines = [f"| subject | oracle | {space} ceiling | {space} ridge | {self.label} | ÷ oracle | ÷ ceiling |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        ratio = lambda a, b: "n/a" if a is None or not b else f"{a / b:.2f}"  # noqa: E731
+        for subject, r in self.rows.items():
+            lines.append(f"| {subject} | {pct(r['oracle'])} | {pct(r['ceiling'])} | {pct(r['ridge'])} | "
+                         f"{pct(r['image'])} | {ratio(r['image'], r['oracle'])} | {ratio(r['image'], r['ceiling'])} |")
+        return "\n".join(lines)
+
+
+def cpu_computes_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bf16 instructions (avx512_bf16 or AMX), where bf16 autocast makes matrix products
+    about 3x faster; elsewhere bf16 is emulated and can be slower than float32 (docs/training.md)."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:  # not Linux: no flags to read, so float32
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def train_deep_model(store: Store, ceilings: list, out: Path, steps: int = DEEP_STEPS, way: int = 300,
+                     draws: int = 30, seed: int = 42) -> DeepModel:
+    """`brainrecon train --config sim-mindbridge` with ``steps`` optimiser steps, then its held-out evaluation.
+
+    The run keeps its preset's validation slice (training stimuli) and weight choice; only the budget changes,
+    and on a CPU with bf16 instructions the precision: bf16 autocast trains MindBridge-style as well as float32
+    in about half the time there (docs/benchmarks/convergence.md). Each subject's retrieval is read beside that
+    subject's row of the ceiling table.
+    """
+    started = time.perf_counter()
+    preset = load_config(TrainConfig, DEEP_PRESET, "train").model_dump(mode="json")
+    precision = "bf16" if not torch.cuda.is_available() and cpu_computes_bf16() else preset["mixed_precision"]
+    # scored with the ceiling table's protocol (300-way, 30 draws, seed 42), so the rows compare like with like
+    config = validate_config(TrainConfig, {**preset, "steps": steps, "mixed_precision": precision,
+                                           "eval": {**preset["eval"], "way": way, "draws": draws, "seed": seed}},
+                             source=f"the demo's {DEEP_PRESET} run")
+    run = train(config, store.root, out, progress=False, overwrite=True)
+    final_evaluation(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    space = SPACE_OF_TARGET[metrics["retrieval_target"]]
+    by_subject = {result.subject: result for result in ceilings}
+    rows = {}
+    for subject, entry in metrics["subjects"].items():
+        values, table = entry["values"], by_subject[subject]
+        spaces = table.spaces[space]
+        rows[subject] = {"image": values["image_retrieval"]["value"], "brain": values["brain_retrieval"]["value"],
+                         "oracle": table.oracle.image_top1 if table.oracle else None,
+                         "ceiling": spaces.ceiling.image_top1 if spaces.ceiling else None,
+                         "ridge": spaces.ridge.image_top1}
+    return DeepModel(DEEP_PRESET, DEEP_LABEL, steps, config.mixed_precision, space, way,
+                     time.perf_counter() - started, rows)
 
 
 @dataclass(frozen=True)
@@ -134,23 +214,27 @@ def save_reconstruction_grid(rec: Reconstructions, path: Path, columns: int = 10
     canvas.save(path)
 
 
-def run_demo(out: Path, config: str = "default", progress: bool = True, echo=print, n_images: int = 30) -> dict:
-    """Run the demo into ``out`` (replacing an earlier demo there); return what it wrote to results.json."""
+def run_demo(out: Path, config: str = "default", progress: bool = True, echo=print, n_images: int = 30,
+             deep_steps: int = DEEP_STEPS) -> dict:
+    """Run the demo into ``out`` (replacing an earlier demo there); return what it wrote to results.json.
+    ``deep_steps``: the deep model's optimiser steps (0: no deep model)."""
+    if deep_steps < 0:
+        raise ValueError(f"deep_steps must be 0 (no deep model) or more, got {deep_steps}")
     marker = out / "demo.json"
     check_output_dir(out, "an earlier `brainrecon demo`", lambda path: (path / "demo.json").is_file(), overwrite=True)
     with exclusive_lock(out):
         out.mkdir(parents=True, exist_ok=True)
         # claimed first, so that a demo killed half-way is still recognised (and replaced) by the next one
         atomic_write_json(marker, {"brainrecon_version": __version__, "config": config, "finished": False})
-        return _run_demo(out, marker, config, progress, echo, n_images)
+        return _run_demo(out, marker, config, progress, echo, n_images, deep_steps)
 
 
-def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_images: int) -> dict:
+def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_images: int, deep_steps: int) -> dict:
     world = load_config(WorldConfig, config, "worlds")
     started = time.perf_counter()
     simulate_world(world, out / "store", overwrite=True, progress=progress)
     seconds = {"simulate": time.perf_counter() - started}
-    echo(f"1/3 simulated {world.n_subjects} subjects ({world.n_train_images} training + {world.n_test_images} "
+    echo(f"1/4 simulated {world.n_subjects} subjects ({world.n_train_images} training + {world.n_test_images} "
          f"shared test images each, {world.n_repeats} repeats) in {seconds['simulate']:.1f} s -> {out / 'store'}")
     store = open_store(out / "store")
     started = time.perf_counter()
@@ -158,13 +242,26 @@ def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_imag
     save_ceilings(store, results)
     seconds["ridge_and_oracle"] = time.perf_counter() - started
     table = format_table(results)
-    echo(f"2/3 measured the Bayes-optimal oracle, each target space's ceiling and a ridge into it in "
+    echo(f"2/4 measured the Bayes-optimal oracle, each target space's ceiling and a ridge into it in "
          f"{seconds['ridge_and_oracle']:.1f} s\n")
     echo(table + "\n")
     summary = {"brainrecon_version": __version__, "python": platform.python_version(), "data_source": "simulated",
                "world": world.model_dump(mode="json"), "note": SIMULATED_NOTE, "seconds": seconds,
                "subjects": [r.to_dict() for r in results]}
     report = f"# brainrecon demo\n\n## Retrieval\n\n{table}\n"
+    if deep_steps:
+        deep = train_deep_model(store, results, out / "deep-run", deep_steps)
+        seconds["deep_model"] = deep.seconds
+        summary["deep_model"] = deep.to_dict()
+        precision = " in bf16 autocast (this CPU has bf16 instructions)" if deep.precision == "bf16" else ""
+        lines = (f"3/4 trained {deep.label} (preset {deep.preset}, {deep.steps} optimiser steps{precision}: what "
+                 f"fits the demo's budget) and scored it in {deep.seconds:.1f} s; held-out {deep.way}-way image "
+                 f"retrieval in its space ({SPACE_LABELS[deep.space]}), read against the oracle, that space's "
+                 f"ceiling and a plain ridge into it:\n\n{deep.table()}\n")
+        echo(lines)
+        report += f"\n## A deep model\n\n{lines}\n"
+    else:
+        echo("3/4 skipped the deep model (--deep-steps 0)")
     if (SIMWORLD_ASSETS / "manifest.json").is_file():
         started = time.perf_counter()
         rec = reconstruct_with_assets(store, store.subjects[0], SIMWORLD_ASSETS, out, n_images=n_images)
@@ -173,7 +270,7 @@ def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_imag
         summary["reconstructions"] = rec.to_dict()
         r, rows = rec.clip_retrieval, rec.ecphory_scores["rows"]
         plain, fused, setting = rows["plain"], rows["fused"], rec.ecphory_scores["setting"]
-        lines = (f"3/3 reconstructed {len(rec.stimulus_ids)} test images of {rec.subject} in "
+        lines = (f"4/4 reconstructed {len(rec.stimulus_ids)} test images of {rec.subject} in "
                  f"{seconds['reconstruct']:.1f} s (ridge run -> small-CLIP embedding -> small unCLIP decoder)\n"
                  f"    ridge in small-CLIP space, {r['way']}-way: image {100 * r['image_top1']:.1f}%, brain "
                  f"{100 * r['brain_top1']:.1f}% (chance {100 / r['way']:.2f}%)\n"
@@ -197,7 +294,7 @@ def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_imag
         echo(f"\nEvaluation of the reconstructions with Ecphory ({rec.subject}; `brainrecon evaluate`):\n\n{table}")
         report += f"\n## Evaluation\n\n{table}\n"
     else:
-        echo("3/3 skipped reconstruction: the small model set is not installed (brainrecon/assets/simworld)")
+        echo("4/4 skipped reconstruction: the small model set is not installed (brainrecon/assets/simworld)")
     echo(f"\n{SIMULATED_NOTE}")
     atomic_write_text(out / "report.md", report + f"\n{SIMULATED_NOTE}\n")
     atomic_write_text(out / "retrieval.md", f"# brainrecon demo: retrieval\n\n{table}\n\n{SIMULATED_NOTE}\n")

@@ -54,7 +54,11 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path, tiny
     assert result["rows"][0]["steps"] is None and result["rows"][1]["steps"] == 2  # ridge: closed form
     assert result["rows"][0]["validation"] is None and result["rows"][1]["validation"]["curve"][-1][0] == 2
     assert all(list(row["seeds"]) == ["0"] for row in result["rows"] if row["model"] != "psychometry+ecphory")
+    # the trained rows' validation curves, in a figure the page links by the name --doc copies it under
+    assert result["curves_figure"] == "smoke-curves.png"
+    assert (tmp_path / "lb" / "smoke-curves.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "![validation curves](smoke-curves.png)" in markdown
     for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results",
                   "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |", "val Δ 2nd half",
                   "against the row above, per image: CLIP two-way"):
@@ -190,6 +194,7 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
               "machine": {"cpus": 2, "torch": "2", "threads": 2, "cuda": None}}
     assert "Psychometry, dense FFN" in leaderboard_markdown(result)
     assert "Ecphory" not in leaderboard_markdown(result)  # no Ecphory row: no note about one
+    assert "validation curves" not in leaderboard_markdown(result)  # no curve: no figure to link
     assert "Paired over training seeds" not in leaderboard_markdown(result)
     assert "the same 128 for every trained row" in leaderboard_markdown(result)  # one budget: said so
     result["rows"].append(row("Ridge", steps=None))  # a closed-form row has no budget to compare
@@ -236,3 +241,15 @@ def test_a_variant_paired_against_a_row_that_is_not_earlier_is_refused():
                 "short": {"model": "psychometry", "label": "short"}}
     with pytest.raises(ValueError, match="variant 'long' is paired against 'short', which is not an earlier row"):
         LeaderboardConfig(models=["mindbridge"], variants=variants)
+
+
+def test_validation_curves_figure_only_for_rows_that_have_a_curve(tmp_path):
+    from brainrecon.bench.leaderboard import write_validation_curves
+
+    closed_form = {"label": "Ridge", "validation": None}
+    assert write_validation_curves([closed_form], tmp_path, "equal-budget") is None
+    assert not list(tmp_path.iterdir())  # nothing written
+    trained = {"label": "MindBridge-style", "validation": {"curve": [[25, 0.1], [50, 0.3]], "chosen_step": 50}}
+    ecphory = {**trained, "label": "MindBridge-style + Ecphory", "ecphory": {"enabled": True}}  # the same run
+    name = write_validation_curves([closed_form, trained, ecphory], tmp_path, "brainrecon/configs/bench/x.yaml")
+    assert name == "x-curves.png" and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -19,13 +19,24 @@ def run(*args, check=True):
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    result = run("demo", "--out", str(out), "--config", "tiny", "--images", "10", "--no-progress")
+    result = run("demo", "--out", str(out), "--config", "tiny", "--images", "10", "--deep-steps", "4",
+                 "--no-progress")
     assert "| oracle |" in result.stdout and "not NSD results" in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["data_source"] == "simulated" and len(results["subjects"]) == 2
     for subject in results["subjects"]:
         pooled = subject["spaces"]["clip_pooled"]
         assert subject["oracle"]["image_top1"] > pooled["ridge"]["image_top1"] > 3 * pooled["ridge"]["chance"]
+    # a deep model beside the ridge, read against the same subject's oracle, space ceiling and ridge
+    deep = results["deep_model"]
+    assert (deep["preset"], deep["steps"], deep["space"]) == ("sim-mindbridge", 4, "clip_tokens")
+    for subject in results["subjects"]:
+        row = deep["subjects"][subject["subject"]]
+        assert row["oracle"] == subject["oracle"]["image_top1"]
+        assert row["ceiling"] == subject["spaces"]["clip_tokens"]["ceiling"]["image_top1"]
+        assert row["ridge"] == subject["spaces"]["clip_tokens"]["ridge"]["image_top1"] and 0 <= row["image"] <= 1
+    assert "3/4 trained MindBridge-style (preset sim-mindbridge, 4 optimiser steps" in result.stdout
+    assert "÷ ceiling |" in result.stdout and "## A deep model" in (out / "report.md").read_text()
     assert json.loads((out / "store" / "ceilings.json").read_text())["subjects"] == results["subjects"]
     assert (out / "retrieval.md").read_text().startswith("# brainrecon demo")
     rec = results["reconstructions"]  # the shipped small model set decodes brain-predicted embeddings
@@ -51,7 +62,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert manifest["ecphory"]["source"] == "given" and manifest["ecphory"]["enabled"]
     plain = json.loads((out / "reconstructions" / "plain" / "manifest.json").read_text())
     assert plain["settings"]["samples"] == manifest["settings"]["samples"]  # the same samples in both arms
-    run("demo", "--out", str(out), "--config", "tiny", "--images", "2", "--no-progress")  # replaces its own output
+    again = run("demo", "--out", str(out), "--config", "tiny", "--images", "2", "--deep-steps", "0", "--no-progress")
+    assert "3/4 skipped the deep model" in again.stdout  # it replaces its own output
+    assert "deep_model" not in json.loads((out / "results.json").read_text())
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
@@ -124,3 +137,14 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes()  # noqa: E731
                           for p in sorted(root.rglob("*")) if p.is_file()}
     assert files(killed) == files(out)
+
+
+def test_the_demo_trains_in_bf16_only_where_the_cpu_has_bf16_instructions(tmp_path):
+    from brainrecon.demo import cpu_computes_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_computes_bf16(info)
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n")  # avx512 without bf16: emulated
+    assert not cpu_computes_bf16(info)
+    assert not cpu_computes_bf16(tmp_path / "missing")  # no /proc/cpuinfo (not Linux): float32

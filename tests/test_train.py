@@ -435,3 +435,11 @@ def test_adamw_kernel_is_fused_where_torch_has_it_and_steps_like_the_reference()
     assert not reference_optimizer.defaults["fused"] and reference_optimizer.defaults["foreach"] is False
     for a, b in zip(fused, reference):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_one_process_trains_runs_of_different_precisions_one_after_another(train_world, tmp_path):
+    """accelerate keeps one state per process; the demo trains a bf16 run and then a float32 one."""
+    for precision in ("bf16", "no", "bf16"):
+        config = small_config("mindbridge", max_steps=2).model_copy(update={"mixed_precision": precision})
+        run = train(config, train_world, tmp_path / f"run-{precision}", progress=False, overwrite=True)
+        assert (run / "model.safetensors").is_file()

@@ -38,6 +38,7 @@ from brainrecon.evaluate.evaluation import (EvaluateConfig, evaluate_run, featur
 from brainrecon.evaluate.metrics import PROTOCOL_SIZE, pixcorr, score_with_network, ssim
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.models import model_class
+from brainrecon.report.figures import validation_curves
 from brainrecon.memory.choice import EcphoryGrid, EcphorySetting, paired_gain
 from brainrecon.reconstruct import ReconstructConfig
 from brainrecon.reconstruct import reconstruct as run_reconstruct
@@ -400,10 +401,22 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         row["ratio_to_ceiling"] = row["image_top1"] / space["ceiling"]["image_top1"] if space else None
     result = {"preset": preset, "config": config.model_dump(mode="json"), "subject": SUBJECT, "rows": rows,
               "oracle": oracle, "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
-              "note": SIMULATED_NOTE}
+              "note": SIMULATED_NOTE, "curves_figure": write_validation_curves(rows, out, preset)}
     atomic_write_json(out / "leaderboard.json", result)
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(result))
     return result
+
+
+def write_validation_curves(rows: list[dict], out: Path, preset: str) -> str | None:
+    """Plot every trained row's validation curve (its first seed's) into OUT/<preset>-curves.png, the name the
+    page links and `--doc` copies it under; None (and no figure) when no row has a curve."""
+    trained = [row for row in rows if row.get("validation") and not row.get("ecphory")]
+    if not trained:
+        return None
+    name = f"{Path(preset).stem}-curves.png"
+    validation_curves({row["label"]: row["validation"]["curve"] for row in trained}, out / name,
+                      chosen={row["label"]: row["validation"].get("chosen_step") for row in trained})
+    return name
 
 
 def paired_seed_gains(rows: list[dict], against: dict[str, str] | None = None) -> None:
@@ -550,6 +563,8 @@ def leaderboard_markdown(result: dict) -> str:
         "peak MB: that process's peak resident memory"
         + (" (* a run resumed after an interruption: its cost counts only the resumed part)."
            if any(r.get("resumed") for r in result["rows"]) else "."),
+        *([f"Validation curves (each trained row's first seed; a ring marks the step whose weights were kept): "
+           f"![validation curves]({result['curves_figure']})"] if result.get("curves_figure") else []),
         f"Machine: {machine_info['cpus']} CPUs, torch {machine_info['torch']} ({machine_info['threads']} threads), "
         f"GPU {machine_info['cuda'] or 'none'}; commit {result['commit']}; {result['date'][:19]} UTC.",
         f"**{result['note']}**",

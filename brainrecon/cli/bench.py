@@ -33,6 +33,8 @@ def leaderboard(preset: str = typer.Option("default", "--preset", help="A bench 
     config = load_config(LeaderboardConfig, preset, "bench")
     result = run_leaderboard(config, out, echo=typer.echo, preset=preset)
     show_and_copy(out, "leaderboard", doc)
+    if doc is not None and result.get("curves_figure"):  # the page links it by this name
+        shutil.copyfile(out / result["curves_figure"], doc.parent / result["curves_figure"])
     best = max(result["rows"], key=lambda r: r["image_top1"])
     typer.echo(f"Best: {best['label']}, {best['ratio_to_oracle']:.2f} of the oracle's image retrieval")
 

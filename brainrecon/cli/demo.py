@@ -12,8 +12,14 @@ def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output
          config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
          images: int = typer.Option(30, "--images", min=1,
                                     help="Test images to reconstruct (with and without Ecphory)."),
+         deep_steps: int | None = typer.Option(None, "--deep-steps", min=0,
+                                               help="Optimiser steps of the deep model (MindBridge-style) trained "
+                                                    "beside the ridge (default: what fits the demo's five minutes); "
+                                                    "0 leaves it out."),
          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
-    """The main job on the simulated world: simulate, fit ridge, compare with the oracle, reconstruct."""
-    from brainrecon.demo import run_demo
+    """The main job on the simulated world: simulate, fit ridge, train a deep model, compare them with the
+    oracle and each space's ceiling, reconstruct."""
+    from brainrecon.demo import DEEP_STEPS, run_demo
 
-    run_demo(out, config, progress, echo=typer.echo, n_images=images)
+    run_demo(out, config, progress, echo=typer.echo, n_images=images,
+             deep_steps=DEEP_STEPS if deep_steps is None else deep_steps)

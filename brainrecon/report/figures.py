@@ -93,6 +93,29 @@ def training_curves(log: Path, path: Path, chosen_step: int | None = None) -> li
     return names
 
 
+def validation_curves(curves: dict[str, list[tuple[int, float]]], path: Path,
+                      chosen: dict[str, int | None] | None = None) -> None:
+    """One line per run: its validation retrieval (%) against the optimiser step, on shared axes, so that
+    runs of different budgets show where each curve flattens. ``chosen``: the step whose weights a run
+    kept, marked with a ring."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    for label, curve in curves.items():
+        steps = np.array([step for step, _ in curve])
+        values = 100 * np.array([value for _, value in curve])
+        line, = axis.plot(steps, values, lw=1.2, marker="o", ms=2.5, label=label)
+        step = (chosen or {}).get(label)
+        if step is not None and step in steps:
+            axis.plot([step], [values[list(steps).index(step)]], "o", ms=8, mfc="none", color=line.get_color())
+    axis.set_xlabel("optimiser step", fontsize=9)
+    axis.set_ylabel("validation retrieval (%)", fontsize=9)
+    axis.tick_params(labelsize=8)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def per_subject_bars(values: dict[str, dict[str, float]], labels: dict[str, str], path: Path) -> None:
     """Grouped bars: for each metric (``labels``), one bar per subject with its 95% CI."""
     plt = pyplot()
@@ -112,4 +135,5 @@ def per_subject_bars(values: dict[str, dict[str, float]], labels: dict[str, str]
     save_figure(figure, path)
 
 
-__all__ = ["per_subject_bars", "pyplot", "read_log", "save_figure", "training_curves", "truth_and_reconstruction_grid"]
+__all__ = ["per_subject_bars", "pyplot", "read_log", "save_figure", "training_curves", "truth_and_reconstruction_grid",
+           "validation_curves"]

@@ -187,8 +187,15 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     `train` command does).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    # accelerate keeps one state per process and refuses a second Accelerator with another precision. One
+    # process may train runs of different precisions one after another (the demo, a notebook), so a single
+    # process drops the earlier run's state; processes under a distributed launcher train one run each
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")
+    if earlier is not None and earlier != config.mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
     # cpu=True on CPU-only machines: without it accelerate does not set up gloo under torchrun, and each
     # process would train alone, as if it were rank 0
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
