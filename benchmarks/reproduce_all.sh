@@ -20,12 +20,15 @@ $BR bench leaderboard --preset default --out "$WORK/leaderboard" --doc docs/benc
 $BR bench leaderboard --preset equal-budget --out "$WORK/equal-budget" --doc docs/benchmarks/equal-budget.md
 $BR bench leaderboard --preset psychometry-ablation --out "$WORK/psychometry-ablation" \
     --doc docs/benchmarks/psychometry-ablation.md
+$BR bench leaderboard --preset convergence --out "$WORK/convergence" --doc docs/benchmarks/convergence.md
 $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
 $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
 $PY benchmarks/bench_ridge.py --workdir "$WORK/ridge" --threads 2 --json "$WORK/ridge.json"
 $PY benchmarks/bench_train.py --parts params,sim,nsd,scaling --threads 2 --json "$WORK/train.json"
 $PY benchmarks/bench_train.py --parts e2e --store "$WORK/leaderboard/store" --threads 2 --workdir "$WORK/e2e"
+$PY benchmarks/bench_train.py --parts nsd --kinds mindeye2 --kernels for-loop,auto --precisions no,bf16 --threads 2 \
+    --nsd-seconds 30 --json "$WORK/train-bf16.json"
 $PY benchmarks/bench_memory.py --workdir "$WORK/memory"
 $PY benchmarks/bench_nsd_prepare.py --workdir "$WORK/nsd"
 $PY benchmarks/bench_simulate.py --config default --out "$WORK/world"

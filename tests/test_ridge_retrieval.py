@@ -203,7 +203,9 @@ def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alp
     assert 0 < reader.widest <= 7  # never the whole target array
     assert torch.equal(blocked.alpha, whole.alpha)
     for key, scores in whole.cv_scores.items():
-        np.testing.assert_allclose(blocked.cv_scores[key], scores, rtol=1e-8)  # as exact as the traces are
+        # as exact as the traces are: they subtract terms much larger than the error, so summing the targets in
+        # blocks moves the last digits (1.3e-8 relative on one CPU); the alphas' errors differ by percents
+        np.testing.assert_allclose(blocked.cv_scores[key], scores, rtol=1e-7)
     for name in ("weight", "y_mean", "y_var", "oof_mean", "oof_var"):
         np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)
 
