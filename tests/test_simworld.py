@@ -323,3 +323,50 @@ def test_another_vision_model_makes_another_world(tmp_path, tiny_config):
     assert (tmp_path / "shipped" / betas).read_bytes() != (tmp_path / "changed" / betas).read_bytes()
     hashes = [open_store(tmp_path / n).source["vision_model"]["weights_sha256"] for n in ("shipped", "changed")]
     assert hashes[0] != hashes[1]
+
+
+def test_covariance_and_orthogonal_tunings_shape_the_directions(tiny_config):
+    """`vision_tuning: feature_covariance` draws mid and high tuning directions from the features' covariance:
+    they lean toward its main axes far more than isotropic draws, and each read-out has unit variance.
+    `orthogonal` makes the high-level directions orthonormal bases."""
+    from brainrecon.data.simworld.encoding import make_archetypes
+    from brainrecon.rng import derive_rng
+
+    rng = np.random.default_rng(0)
+    token_axes, pooled_axes = (np.linalg.qr(rng.normal(size=(d, d)))[0] for d in (24, 32))
+    spectra = [np.geomspace(8.0, 0.01, d) for d in (24, 32)]
+    covariance = tuple(axes * values @ axes.T for axes, values in zip((token_axes, pooled_axes), spectra))
+    config = tiny_config.model_copy(update={"archetypes": tiny_config.archetypes.model_copy(
+        update={"mid": 200, "high": 200})})
+    isotropic = make_archetypes(config, derive_rng(0, "archetypes"), (24, 32))
+    shaped = make_archetypes(config, derive_rng(0, "archetypes"), (24, 32), covariance)
+    for tuning, gain, cov, axes in (("mid_tuning", "mid_gain", covariance[0], token_axes),
+                                    ("high_weights", "high_gain", covariance[1], pooled_axes)):
+        top = lambda w: ((w @ axes[:, :3]) ** 2).sum(1).mean()  # noqa: E731  share on the 3 main axes
+        assert top(shaped[tuning]) > 4 * top(isotropic[tuning])
+        np.testing.assert_allclose(np.linalg.norm(shaped[tuning], axis=1), 1.0)
+        scaled = shaped[tuning] * shaped[gain][:, None]
+        np.testing.assert_allclose(np.einsum("kd,de,ke->k", scaled, cov, scaled), 1.0, rtol=1e-10)
+    assert "mid_gain" not in isotropic  # the isotropic world's draws and arrays are unchanged
+    # `orthogonal`: every run of 32 high-level directions is an orthonormal basis of the pooled space
+    orthogonal = make_archetypes(config.model_copy(update={"vision_tuning": "orthogonal"}),
+                                 derive_rng(0, "archetypes"), (24, 32))["high_weights"]
+    for start in range(0, 192, 32):
+        block = orthogonal[start:start + 32]
+        np.testing.assert_allclose(block @ block.T, np.eye(32), atol=1e-10)
+    assert np.abs(isotropic["high_weights"][:32] @ isotropic["high_weights"][:32].T - np.eye(32)).max() > 0.3
+
+
+def test_covariance_tuning_builds_a_world_and_needs_a_vision_model(tmp_path, tiny_config):
+    small = WorldConfig.model_validate({**tiny_config.model_dump(), "n_subjects": 1, "n_train_images": 40,
+                                        "n_test_images": 30, "calibration_images": 64, "code_dims": 16,
+                                        "voxels": {"min": 40, "max": 50}, "session": {"trials_per_session": 70}})
+    betas = "subjects/subj01/betas.npy"
+    simulate_world(small, tmp_path / "isotropic", progress=False)
+    shaped = small.model_copy(update={"vision_tuning": "feature_covariance"})
+    store = open_store(simulate_world(shaped, tmp_path / "shaped", progress=False))
+    assert (tmp_path / "isotropic" / betas).read_bytes() != (tmp_path / "shaped" / betas).read_bytes()
+    assert load_world_config(store).vision_tuning == "feature_covariance"
+    assert np.isfinite(store.subject("subj01").raw_betas).all()
+    with pytest.raises(ConfigError, match="vision_tuning: feature_covariance .* vision_model is null"):
+        validate_config(WorldConfig, {"vision_model": None, "vision_tuning": "feature_covariance"})

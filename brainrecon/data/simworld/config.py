@@ -89,6 +89,13 @@ class WorldConfig(StrictConfig):
         "whitened", description="whitened: every code component has unit variance; natural: components keep their "
                                 "share of the archetype population's variance (strong feature directions carry "
                                 "more signal than weak ones at the same code noise)")
+    vision_tuning: Literal["isotropic", "feature_covariance", "orthogonal"] = Field(
+        "isotropic", description="how archetypes' tuning directions in the vision model's spaces are drawn: "
+                                 "isotropic (uniform on the sphere); orthogonal (high-level directions in the "
+                                 "pooled embedding form orthonormal bases, tiling it evenly); feature_covariance "
+                                 "(mid and high directions drawn from the features' covariance over the "
+                                 "calibration scenes, so more units prefer the directions natural images vary "
+                                 "most along, each read-out scaled to unit variance)")
     voxel_layout: Literal["random", "cortical"] = Field(
         "random", description="voxel order and coordinates: random (no locality), or cortical (by kind, then "
                               "retinotopy or category patch, with i/j/k coordinates in voxels.csv)")
@@ -97,6 +104,9 @@ class WorldConfig(StrictConfig):
     def _vision_model_named(self):
         if self.vision_model is not None and not self.vision_model.strip():
             raise ValueError("vision_model must name a local CLIP directory or 'simworld' (or be null)")
+        if self.vision_model is None and self.vision_tuning != "isotropic":
+            raise ValueError(f"vision_tuning: {self.vision_tuning} shapes tunings in a vision model's feature "
+                             f"spaces, but vision_model is null; name a vision model or use isotropic")
         return self
     chunk_images: int = Field(512, ge=16, description="images rendered and encoded at a time (memory bound)")
 

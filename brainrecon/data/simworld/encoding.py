@@ -90,10 +90,42 @@ def image_features(images: np.ndarray, semantic: np.ndarray, grid: int, vision_m
 # -- archetypes ------------------------------------------------------------------------------------
 
 
-def make_archetypes(config: WorldConfig, rng: np.random.Generator,
-                    vision_dims: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+def feature_covariance(features: ImageFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """(token channels', pooled embedding's) covariance over the calibration scenes' normalised vision
+    features; the token channels' is over every patch position."""
+    tokens = features.patches.double().transpose(0, 1).flatten(1)  # (C, n * g * g)
+    return np.cov(tokens.numpy()), np.cov(features.pooled.double().numpy(), rowvar=False)
+
+
+def _directions(rng: np.random.Generator, k: int, width: int,
+                covariance: np.ndarray | None, orthogonal: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``k`` unit tuning directions, and (with a covariance) each one's gain.
+
+    Isotropic: uniform on the sphere. Orthogonal: each run of ``width`` directions is an orthonormal basis
+    (a random rotation), so the units tile the space evenly instead of crowding some directions by chance.
+    From a covariance C: z C^(1/2) with z standard normal, so units prefer the directions the features vary
+    most along, each scaled by a gain that gives its read-out unit variance over the calibration scenes
+    (as a random unit direction has on average)."""
+    directions = rng.normal(size=(k, width))
+    if orthogonal:  # the same draws, rotated onto orthonormal rows (signs fixed so the rotation is unique)
+        for start in range(0, k, width):
+            q, r = np.linalg.qr(directions[start:start + width].T)
+            directions[start:start + width] = (q * np.sign(np.diag(r))).T
+    if covariance is not None:
+        values, vectors = np.linalg.eigh(covariance)
+        directions = directions @ (vectors * np.sqrt(values.clip(0))) @ vectors.T
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    if covariance is None:
+        return directions, None
+    return directions, 1.0 / np.sqrt(np.einsum("kd,de,ke->k", directions, covariance, directions))
+
+
+def make_archetypes(config: WorldConfig, rng: np.random.Generator, vision_dims: tuple[int, int] | None = None,
+                    covariance: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Shared tuning archetypes. ``vision_dims`` = (token width, pooled width) of the vision model the
-    mid/high archetypes read; None draws the hand-crafted control world's archetypes."""
+    mid/high archetypes read; None draws the hand-crafted control world's archetypes. ``covariance``
+    (token channels', pooled embedding's; ``vision_tuning: feature_covariance``) shapes the mid and high
+    tuning directions: their archetypes then also carry each direction's gain (``mid_gain``, ``high_gain``)."""
     k_low, k_mid, k_high = config.archetypes.low, config.archetypes.mid, config.archetypes.high
     centre_low = rng.uniform(0.08, 0.92, size=(k_low, 2))
     eccentricity = np.linalg.norm(centre_low - 0.5, axis=1)
@@ -110,18 +142,19 @@ def make_archetypes(config: WorldConfig, rng: np.random.Generator,
 
     centre_mid = rng.uniform(0.1, 0.9, size=(k_mid, 2))
     size_mid = rng.uniform(0.12, 0.3, k_mid)
-    tuning_mid = rng.normal(size=(k_mid, N_MID if vision_dims is None else vision_dims[0]))
-    tuning_mid /= np.linalg.norm(tuning_mid, axis=1, keepdims=True)
+    token_cov, pooled_cov = covariance if covariance is not None else (None, None)
+    tuning_mid, mid_gain = _directions(rng, k_mid, N_MID if vision_dims is None else vision_dims[0], token_cov)
     low = {"low_centre": centre_low, "low_size": size_low, "low_tuning": tuning_low,
            "mid_centre": centre_mid, "mid_size": size_mid, "mid_tuning": tuning_mid}
     if vision_dims is not None:
-        # a random unit direction in the pooled embedding: features are normalised by one global sd,
-        # so its response to a scene has about unit variance, and the softplus rectifies it around
-        # a threshold drawn per archetype
-        weights_high = rng.normal(size=(k_high, vision_dims[1]))
-        weights_high /= np.linalg.norm(weights_high, axis=1, keepdims=True)
-        return low | {"high_weights": weights_high, "high_bias": rng.normal(-0.5, 0.3, k_high),
-                      "reads_vision_model": np.ones(1)}
+        # a unit direction in the pooled embedding: features are normalised by one global sd, so a random
+        # one's response to a scene has about unit variance (a covariance-shaped one gets a gain that
+        # gives it exactly that), and the softplus rectifies it around a threshold drawn per archetype
+        weights_high, high_gain = _directions(rng, k_high, vision_dims[1], pooled_cov,
+                                              config.vision_tuning == "orthogonal")
+        gains = {} if covariance is None else {"mid_gain": mid_gain, "high_gain": high_gain}
+        return low | gains | {"high_weights": weights_high, "high_bias": rng.normal(-0.5, 0.3, k_high),
+                              "reads_vision_model": np.ones(1)}
 
     weights_high = rng.normal(0, 0.3, size=(k_high, N_SEMANTIC))
     for k in range(k_high):  # each high-level archetype prefers one or two categories
@@ -239,11 +272,12 @@ def session_position(index_in_session: np.ndarray, trials_per_session: int) -> n
 
 
 def subject_archetypes(config: WorldConfig, index: int, shared: dict[str, np.ndarray],
-                       vision_dims: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+                       vision_dims: tuple[int, int] | None = None,
+                       covariance: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The world's archetypes, or (in a control world without commonality) the subject's own."""
     if config.shared_archetypes:
         return shared
-    return make_archetypes(config, derive_rng(config.seed, "archetypes", "subject", index), vision_dims)
+    return make_archetypes(config, derive_rng(config.seed, "archetypes", "subject", index), vision_dims, covariance)
 
 
 def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarray]) -> SubjectModel:
@@ -287,6 +321,9 @@ def make_subject(config: WorldConfig, index: int, archetypes: dict[str, np.ndarr
     tuning_mid[mid] = t / np.linalg.norm(t, axis=1, keepdims=True)
     weights_high[high] = archetypes["high_weights"][arch[high]] + rng.normal(0, 0.5 * dev * high_spread,
                                                                              (n_high, high_width))
+    if "mid_gain" in archetypes:  # covariance-shaped directions: the voxel keeps its archetype's gain
+        tuning_mid[mid] *= archetypes["mid_gain"][arch[mid], None]
+        weights_high[high] *= archetypes["high_gain"][arch[high], None]
     bias_high[high] = archetypes["high_bias"][arch[high]] + rng.normal(0, 0.3 * dev, n_high)
 
     noise = config.noise
@@ -374,6 +411,9 @@ def archetype_units(archetypes: dict[str, np.ndarray]) -> SubjectModel:
     weights_high, bias_high = np.zeros((n, archetypes["high_weights"].shape[1])), np.zeros(n)
     tuning_low[low], tuning_mid[mid] = archetypes["low_tuning"], archetypes["mid_tuning"]
     weights_high[high], bias_high[high] = archetypes["high_weights"], archetypes["high_bias"]
+    if "mid_gain" in archetypes:
+        tuning_mid[mid] *= archetypes["mid_gain"][:, None]
+        weights_high[high] *= archetypes["high_gain"][:, None]
     zeros = np.zeros(n)
     return SubjectModel(kind=kind, archetype=np.concatenate([np.arange(c) for c in counts]), centre=centre,
                         size=size, tuning_low=tuning_low, tuning_mid=tuning_mid, weights_high=weights_high,

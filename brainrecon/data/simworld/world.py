@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.config import WorldConfig
-from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode, SubjectModel, fit_readout,
-                                               image_features, make_archetypes, make_subject, session_position,
-                                               set_ncsnr, subject_archetypes, voxel_coordinates)
+from brainrecon.data.simworld.encoding import (KINDS, ImageFeatures, SharedCode, SubjectModel, feature_covariance,
+                                               fit_readout, image_features, make_archetypes, make_subject,
+                                               session_position, set_ncsnr, subject_archetypes,
+                                               voxel_coordinates)
 from brainrecon.data.simworld.vision_model import VisionModel
 from brainrecon.data.store import Store, is_store
 from brainrecon.data.tables import StimulusTable, TrialTable, VoxelTable, repeat_index
@@ -128,10 +129,11 @@ def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False
             save_file({k: np.ascontiguousarray(v) for k, v in vision.normaliser.arrays().items()},
                       str(extra / "vision-normaliser.safetensors"))
         calib_features = image_features(calib_images, calib_semantic, config.feature_grid, vision, calib_vision)
-        shared = make_archetypes(config, derive_rng(config.seed, "archetypes"), vision_dims)
+        covariance = feature_covariance(calib_features) if config.vision_tuning == "feature_covariance" else None
+        shared = make_archetypes(config, derive_rng(config.seed, "archetypes"), vision_dims, covariance)
         codes: dict[str, tuple[SharedCode, np.ndarray]] = {}  # one code per archetype set
         for s in bar(range(config.n_subjects), "subjects"):
-            archetypes = subject_archetypes(config, s, shared, vision_dims)
+            archetypes = subject_archetypes(config, s, shared, vision_dims, covariance)
             code_files[subject_name(s)] = code_name = "code.safetensors" if config.shared_archetypes \
                 else f"code-{subject_name(s)}.safetensors"
             if code_name not in codes:
