@@ -23,7 +23,13 @@ $BR bench leaderboard --preset psychometry-ablation --out "$WORK/psychometry-abl
 $BR bench leaderboard --preset convergence --out "$WORK/convergence" --doc docs/benchmarks/convergence.md
 $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
 $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"
+$BR bench leaderboard --preset convergence-mindeye --out "$WORK/convergence-mindeye" \
+    --doc docs/benchmarks/convergence-mindeye.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
+mkdir -p "$WORK/worlds"
+for world in benchmarks/worlds/*.yaml; do  # the ceiling frontier (docs/simulated-world.md)
+    $BR simulate --config "$world" --out "$WORK/worlds/$(basename "$world" .yaml)" --overwrite --no-progress
+done
 $PY benchmarks/bench_ridge.py --workdir "$WORK/ridge" --threads 2 --json "$WORK/ridge.json"
 $PY benchmarks/bench_train.py --parts params,sim,nsd,scaling --threads 2 --json "$WORK/train.json"
 $PY benchmarks/bench_train.py --parts e2e --store "$WORK/leaderboard/store" --threads 2 --workdir "$WORK/e2e"

@@ -165,8 +165,17 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
                planned_rows(equal) if model != "ridge"]
     # 512 steps, or 4 epochs (MindBridge-style and Psychometry: 128 steps an epoch on the default world)
     assert all(c.get("steps") == 512 or (c.get("steps") is None and c["epochs"] == 4) for c in budgets)
-    for preset in ("default", "smoke", "psychometry-ablation", "equal-budget"):
-        assert load_config(LeaderboardConfig, preset, "bench").seeds  # every bench preset's rows validate
+    from brainrecon.config import preset_names
+
+    presets = preset_names("bench")
+    assert {"default", "equal-budget", "convergence", "convergence-mindeye"} <= set(presets)
+    for preset in presets:  # every bench preset validates (a leaderboard's rows with their training configs)
+        load_config(EfficiencyConfig if preset.startswith("efficiency") else LeaderboardConfig, preset, "bench")
+    mindeye = planned_rows(load_config(LeaderboardConfig, "convergence-mindeye", "bench"))
+    assert [(r[0], r[2]) for r in mindeye] == [("mindeye2-512-steps", {"steps": 512}),
+                                               ("mindeye2-2048-steps", {"steps": 2048}),
+                                               ("mindeye1-512-steps", {"steps": 512}),
+                                               ("mindeye1-2048-steps", {"steps": 2048})]
     base = {"world": "tiny", "models": ["psychometry"]}
     with pytest.raises(ConfigError, match="unknown model"):
         validate_config(LeaderboardConfig, {**base, "models": ["mindeye3"]})
