@@ -101,7 +101,9 @@ def time_parts() -> dict:
              (ridge.Ridge, "_centred", "targets read and centred"),
              (ridge._TraceStatistics, "add", "P P', Y_v Y_v', Y_v P'"),
              (ridge._TraceStatistics, "errors", "per-alpha traces"), (ridge._Spectrum, "weights", "weights"),
-             (ridge._OutOfFold, "add", "out-of-fold moments"))
+             (ridge._OutOfFold, "add", "out-of-fold moments"),
+             (ridge._TraceStatistics, "out_of_fold", "out-of-fold squares from the traces"),
+             (ridge._GroupMoments, "add", "out-of-fold means"))
     for owner, name, label in steps:
         def timed(*a, _step=getattr(owner, name), _label=label, **k):
             started = time.perf_counter()
@@ -224,7 +226,8 @@ def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192) -> int:
     becomes the weights in place in the primal form (the dual needs p t more); the CV statistics (P P',
     m^2; Y_v P' over the folds, n m; Y_v Y_v', n v), or, with fewer targets than k, one fold's 13
     (I - H_vv)^-1 (13 v^2) while its residuals are formed block by block; per fold and alpha a few v x m
-    and v x v blocks; then the out-of-fold inverses (5 v^2), a block and its fold residuals (3 v b).
+    and v x v blocks; then, with ``oof_statistics: group`` (the default), one block read again (``read``),
+    or with ``target`` the out-of-fold inverses (5 v^2), a block and its fold residuals (3 v b).
     """
     m, v, b = min(n, p), n / 5, min(block, t)
     centred, read = n * p, 2 * n * b + (p + m) * b
@@ -233,7 +236,7 @@ def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192) -> int:
     statistics = m * m + n * m + n * v if t > m else 13 * v * v
     gather = m * t + statistics + max(read, 4 * v * m + 4 * v * v)
     weights = m * t + (p * t if n < p else 0) + m * b
-    moments = p * t + 5 * v * v + read + 3 * v * b
+    moments = p * t + read + (5 * v * v + 3 * v * b if t <= m else 0)
     return int(centred + m * m + max(5 * m * m, gather, weights, moments))
 
 
@@ -365,10 +368,11 @@ def main() -> None:
         v = 0.2 * n
         # per fold and alpha: L D M' (v^2 m), S (v^3), S L D (v^2 m), L D P P' (v m^2); once: P P' (m^2 t)
         cv_flop = 5 * 13 * 2 * (2 * v * v * m + 2 * v ** 3 + v * m * m) + 2 * m * m * t
-        oof_flop = 5 * 2 * (v * p * t + v * v * t)
+        oof_flop = 5 * 2 * (v * p * t + v * v * t)  # oof_statistics: target, every fold's predictions formed
+        group_flop = 5 * 2 * (2 * v * v * m + v ** 3) + 5 * 2 * 2 * n * t  # group: one alpha's traces, row sums
         print(f"   work: refit ~{refit_flop / 1e12:.0f} TFLOP + one eigh of {m:,} (~{9 * m ** 3 / 1e12:.0f} TFLOP); "
-              f"CV (no refits, no per-alpha predictions) ~{cv_flop / 1e12:.0f} TFLOP; out-of-fold "
-              f"moments ~{oof_flop / 1e12:.0f} TFLOP")
+              f"CV (no refits, no per-alpha predictions) ~{cv_flop / 1e12:.0f} TFLOP; out-of-fold statistics "
+              f"~{group_flop / 1e12:.1f} TFLOP by group (the default), ~{oof_flop / 1e12:.0f} TFLOP by target")
     print(f"\ntotal {time.perf_counter() - total:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"header": header, "results": results}, indent=1))

@@ -20,6 +20,8 @@ $BR bench leaderboard --preset default --out "$WORK/leaderboard" --doc docs/benc
 $BR bench leaderboard --preset equal-budget --out "$WORK/equal-budget" --doc docs/benchmarks/equal-budget.md
 $BR bench leaderboard --preset psychometry-ablation --out "$WORK/psychometry-ablation" \
     --doc docs/benchmarks/psychometry-ablation.md
+$BR bench leaderboard --preset psychometry-width --out "$WORK/psychometry-width" \
+    --doc docs/benchmarks/psychometry-width.md
 $BR bench leaderboard --preset convergence --out "$WORK/convergence" --doc docs/benchmarks/convergence.md
 $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
 $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"

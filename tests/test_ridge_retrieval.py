@@ -58,22 +58,30 @@ def refit_every_fold(model: Ridge, x, y, groups, target_groups):
     return errors, picked.mean(0), picked.var(0, unbiased=False)
 
 
-# primal and dual; few targets (residuals formed) and many (errors as traces)
+# primal and dual; few targets (residuals formed) and many (errors as traces); each target's out-of-fold
+# variance (the predictions formed) or each group's (from the traces, where they run)
+@pytest.mark.parametrize("statistics", ["target", "group"])
 @pytest.mark.parametrize("n,p,t", [(150, 40, 9), (60, 90, 9), (150, 12, 60), (40, 90, 200)])
-def test_cross_validation_equals_refitting_every_fold(n, p, t):
+def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics):
     """The leave-fold-out identity gives the per-fold refits' errors and predictions, without refitting."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3 + 1.0
     y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
     groups = np.repeat(np.arange(n // 2), 2)
     target_groups = [slice(0, 4), slice(4, t)]
-    model = Ridge(RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4)).fit(
+    model = Ridge(RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4, oof_statistics=statistics)).fit(
         x, y, groups=groups, target_groups=target_groups)
     errors, mean, var = refit_every_fold(model, x, y, groups, target_groups)
     for index, group in enumerate(target_groups):
         np.testing.assert_allclose(model.cv_scores[f"{group.start}:{group.stop}"], errors[:, index], rtol=1e-8)
     np.testing.assert_allclose(model.oof_mean, mean, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(model.oof_var, var, rtol=1e-8)
+    np.testing.assert_allclose(model.oof_group_var, [var[group].sum() for group in target_groups], rtol=1e-8)
+    if statistics == "target":
+        np.testing.assert_allclose(model.oof_var, var, rtol=1e-8)
+    else:
+        assert model.oof_var is None
+        with pytest.raises(ValueError, match="oof_statistics='target'"):
+            model.rescaling("per_target")
 
 
 @pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])
@@ -81,9 +89,9 @@ def test_one_alpha_is_a_cholesky_fit_with_the_same_out_of_fold_statistics(n, p):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(n, p))
     y = x @ rng.normal(size=(p, 5)) + rng.normal(size=(n, 5))
-    one = Ridge(RidgeConfig(alphas=(10.0,), folds=3)).fit(x, y)
+    one = Ridge(RidgeConfig(alphas=(10.0,), folds=3, oof_statistics="target")).fit(x, y)
     # the same alpha reached through the eigendecomposition path (an alpha the CV never picks beside it)
-    spectral = Ridge(RidgeConfig(alphas=(10.0, 1e12), folds=3)).fit(x, y)
+    spectral = Ridge(RidgeConfig(alphas=(10.0, 1e12), folds=3, oof_statistics="target")).fit(x, y)
     assert float(spectral.alpha[0]) == 10.0
     np.testing.assert_allclose(one.weight, spectral.weight, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(one.oof_mean, spectral.oof_mean, rtol=1e-8)
@@ -126,7 +134,7 @@ def test_rescaling_undoes_shrinkage_with_training_statistics_only():
     x = rng.normal(size=(400, 50))
     y = x[:, :5] @ rng.normal(size=(5, 6)) * 0.3 + rng.normal(size=(400, 6)) + 2.0
     train, held = slice(0, 300), slice(300, 400)
-    model = Ridge(RidgeConfig(alphas=(1e2, 1e3, 1e4))).fit(x[train], y[train])
+    model = Ridge(RidgeConfig(alphas=(1e2, 1e3, 1e4), oof_statistics="target")).fit(x[train], y[train])
     raw = model.predict(x[held]).numpy()
     spread = lambda p: ((p - p.mean(0)) ** 2).sum()  # noqa: E731
     assert spread(raw) < 0.5 * spread(y[held])  # the ridge shrinks toward the mean
@@ -206,7 +214,8 @@ def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alp
         # as exact as the traces are: they subtract terms much larger than the error, so summing the targets in
         # blocks moves the last digits (1.3e-8 relative on one CPU); the alphas' errors differ by percents
         np.testing.assert_allclose(blocked.cv_scores[key], scores, rtol=1e-7)
-    for name in ("weight", "y_mean", "y_var", "oof_mean", "oof_var"):
+    assert whole.oof_var is None and blocked.oof_var is None  # oof_statistics: group, the default
+    for name in ("weight", "y_mean", "y_var", "oof_mean", "oof_group_var"):
         np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)
 
 

@@ -12,8 +12,10 @@ the cross-validation costs about one eigendecomposition, not one per fold:
   ``y_v - yhat_{-v} = (I - H_vv)^{-1} (y_v - yhat_v)``, an n_v x n_v solve per fold and alpha.
 - With one alpha shared by a group of targets, the group's squared error is a trace of
   n_v x n_v and n_v x k matrices (the targets enter once, through P P^T and Y_v P^T), so
-  no alpha's predictions are formed. Out-of-fold predictions are formed once, at the
-  chosen alpha, for the rescaling statistics.
+  no alpha's predictions are formed. The rescaling statistics come from the same traces at the
+  chosen alpha (each group's out-of-fold variance) and one cheap pass over the targets (each
+  target's out-of-fold mean); each target's own variance, which only ``rescale: per_target``
+  needs, forms the out-of-fold predictions (``oof_statistics: target``).
 - With a single alpha there is nothing to choose: the fit is one Cholesky solve.
 - Targets are read in blocks of columns (``target_batch``), so memory beyond the inputs and the
   weights is bounded by n x target_batch, and targets held on disk (a memory map) stay there.
@@ -55,6 +57,11 @@ class RidgeConfig(StrictConfig):
     # number of targets (257 x 768 = 197,376 for CLIP ViT-L/14 tokens). The caller's targets are only
     # sliced, never copied whole, so a memory-mapped array stays on disk.
     target_batch: int = Field(8192, ge=1)
+    # the out-of-fold statistics kept for Ridge.rescaling: "group", each target's mean and each target
+    # group's summed variance (what rescale "global" needs), read off the CV's traces where they run;
+    # "target", each target's variance as well (rescale "per_target"), which forms every fold's out-of-fold
+    # predictions: about one more X W product (n p t), as much as the fit's X^T Y
+    oof_statistics: Literal["group", "target"] = "group"
 
 
 @dataclass
@@ -75,6 +82,8 @@ class _Spectrum:
 
     def project(self, y: torch.Tensor) -> torch.Tensor:
         """Right-hand factor shared by every alpha: Q^T X^T Y (primal) or Q^T Y (dual)."""
+        # not (X Q)^T Y: keeping X Q (n x p) would save the p x p x t rotation (about 9% of the CV's work at NSD
+        # scale) but hold 1.6 GB more at the fit's peak there in float32, past a 24 GB CPU machine's margin
         return self.vectors.T @ (self.x.T @ y if not self.dual else y)
 
     def hat_factors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,6 +183,28 @@ class _TraceStatistics:
                                      + (weighted * (scaled @ self.outer[g])).sum())
         return errors
 
+    def out_of_fold(self, spectrum: _Spectrum, alphas: torch.Tensor, errors: torch.Tensor,
+                    n: int) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """At each group's chosen alpha: its out-of-fold predictions' summed squares (centred), (groups,),
+        and each fold's row weights w = (I - H)^{-1} 1 (one per group), from which _GroupMoments sums them.
+
+        The out-of-fold predictions are Y_v - E, E = W (Y_v - L D P), W = (I - H)^{-1}, so their squares
+        sum to tr(Y_v Y_v^T) - 2 tr(Y_v^T E) + ||E||^2: ||E||^2 summed over the folds is the group's CV
+        error (``errors``), and tr(Y_v^T E) = tr(W Y_v Y_v^T) - tr(W L D P Y_v^T) is made of the statistics.
+        """
+        squares = errors.clone()
+        row_weights: list[list[torch.Tensor]] = []
+        for f, (_, val) in enumerate(self.folds):
+            left, right = spectrum.hat_factors(val)
+            row_weights.append([])
+            for g, alpha in enumerate(alphas):
+                scaled = left / (spectrum.values + alpha)
+                weight = _leave_out(scaled @ right.T, n)
+                own = self.own[f][g]
+                squares[g] += own.trace() - 2 * ((weight * own).sum() - ((weight @ scaled) * self.cross[f][g]).sum())
+                row_weights[f].append(weight.sum(1))
+        return squares, row_weights
+
 
 def _target_errors(spectrum: _Spectrum, projected: torch.Tensor, centred, folds, alphas: torch.Tensor,
                    blocks: list[slice], n: int) -> torch.Tensor:
@@ -208,7 +239,7 @@ class _OutOfFold:
         self.first = torch.zeros_like(alpha)
         self.second = torch.zeros_like(alpha)
 
-    def add(self, cols: slice, yc: torch.Tensor, weight: torch.Tensor) -> None:
+    def add(self, group: int, cols: slice, yc: torch.Tensor, weight: torch.Tensor) -> None:
         alpha = self.alpha[cols]
         for f, (_, val) in enumerate(self.folds):
             residual = yc[val] - self.xc[val] @ weight
@@ -221,9 +252,39 @@ class _OutOfFold:
                 self.first[cols][columns] += predicted.sum(0)
                 self.second[cols][columns] += predicted.pow(2).sum(0)
 
-    def result(self, y_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def result(self, y_mean: torch.Tensor, target_groups: list[slice]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each target's out-of-fold mean and variance, and each group's summed variance."""
         mean = self.first / len(self.xc)
-        return mean + y_mean, (self.second / len(self.xc) - mean ** 2).clamp_min(0)
+        variance = (self.second / len(self.xc) - mean ** 2).clamp_min(0)
+        return mean + y_mean, variance, torch.stack([variance[group].sum() for group in target_groups])
+
+
+class _GroupMoments:
+    """Each target's out-of-fold mean and each group's summed out-of-fold variance, without the predictions.
+
+    A fold's out-of-fold predictions Y_v - W (Y_v - X_v B) sum over its rows to 1^T Y_v - w^T Y_v +
+    (w^T X_v) B, with w = W 1 (W is symmetric) and B the all-rows weights: one weighted row sum per fold
+    and target, where forming the predictions costs n_v p per target. The groups' squares come from the
+    CV's traces (_TraceStatistics.out_of_fold).
+    """
+
+    def __init__(self, xc: torch.Tensor, folds, row_weights: list[list[torch.Tensor]], squares: torch.Tensor,
+                 t: int):
+        self.n, self.folds, self.row_weights, self.squares = len(xc), folds, row_weights, squares
+        self.row_features = [[w @ xc[val] for w in weights] for (_, val), weights in zip(folds, row_weights)]
+        self.first = torch.zeros(t, dtype=xc.dtype, device=xc.device)
+
+    def add(self, group: int, cols: slice, yc: torch.Tensor, weight: torch.Tensor) -> None:
+        for f, (_, val) in enumerate(self.folds):
+            observed = yc[val]
+            self.first[cols] += (observed.sum(0) - self.row_weights[f][group] @ observed
+                                 + self.row_features[f][group] @ weight)
+
+    def result(self, y_mean: torch.Tensor, target_groups: list[slice]) -> tuple[torch.Tensor, None, torch.Tensor]:
+        mean = self.first / self.n
+        variance = torch.stack([self.squares[g] / self.n - mean[group].pow(2).sum()
+                                for g, group in enumerate(target_groups)])
+        return mean + y_mean, None, variance.clamp_min(0)
 
 
 @dataclass
@@ -235,17 +296,20 @@ class Ridge:
     alpha: torch.Tensor | None = None  # (targets,) chosen alpha of each target
     cv_scores: dict = field(default_factory=dict)
     oof_mean: torch.Tensor | None = None  # (targets,) mean of the out-of-fold predictions at the chosen alpha
-    oof_var: torch.Tensor | None = None  # (targets,) their variance
+    oof_var: torch.Tensor | None = None  # (targets,) their variance (with oof_statistics: target)
+    oof_group_var: torch.Tensor | None = None  # (target groups,) their variance summed over each group's targets
+    target_groups: list[slice] | None = None  # groups of targets that share one alpha (and one "global" gain)
     y_var: torch.Tensor | None = None  # (targets,) variance of the training targets
 
-    def rescaling(self, mode: str, group_slices: list[slice] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rescaling(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain, bias) so that ``prediction * gain + bias`` undoes the ridge's shrinkage toward the mean.
 
         Brain-Diffuser (Ozcelik & VanRullen 2023) standardises each predicted feature with the *test*
         predictions' mean and sd and rescales it to the training targets'. Here the predictions'
         statistics come from out-of-fold predictions on training data, so no test statistic is used.
-        "per_target" rescales every target as Brain-Diffuser does; "global" uses one gain per group
-        of targets (default: all), which restores the predictions' spread without amplifying the
+        "per_target" rescales every target as Brain-Diffuser does (it needs a fit with
+        ``oof_statistics: target``); "global" uses one gain per group of targets that shared an alpha
+        in the fit (default: all), which restores the predictions' spread without amplifying the
         noise of targets the voxels barely predict; "none" is the identity.
         """
         if self.oof_mean is None:
@@ -253,11 +317,14 @@ class Ridge:
         if mode == "none":
             return torch.ones_like(self.oof_mean), torch.zeros_like(self.oof_mean)
         if mode == "per_target":
+            if self.oof_var is None:
+                raise ValueError("rescale 'per_target' needs each target's out-of-fold variance, which this fit "
+                                 "did not keep: fit with RidgeConfig(oof_statistics='target')")
             gain = torch.sqrt(self.y_var / self.oof_var.clamp_min(1e-12 * self.y_var.max()))
         elif mode == "global":
             gain = torch.empty_like(self.oof_mean)
-            for group in group_slices or [slice(0, len(gain))]:
-                gain[group] = torch.sqrt(self.y_var[group].sum() / self.oof_var[group].sum().clamp_min(1e-30))
+            for group, variance in zip(self.target_groups, self.oof_group_var):
+                gain[group] = torch.sqrt(self.y_var[group].sum() / variance.clamp_min(1e-30))
         else:
             raise ValueError(f"rescale must be 'none', 'global' or 'per_target', got {mode!r}")
         return gain, self.y_mean - self.oof_mean * gain
@@ -279,7 +346,7 @@ class Ridge:
                                   f"and {tuple(getattr(y, 'shape', ()))}")
         y = y.reshape(len(y), -1)
         n, t = y.shape
-        target_groups = [slice(*g.indices(t)[:2]) for g in target_groups or [slice(0, t)]]
+        self.target_groups = target_groups = [slice(*g.indices(t)[:2]) for g in target_groups or [slice(0, t)]]
         blocks = [(index, slice(start, min(group.stop, start + self.config.target_batch)))
                   for index, group in enumerate(target_groups)
                   for start in range(group.start, group.stop, self.config.target_batch)]
@@ -294,10 +361,10 @@ class Ridge:
             self.alpha = alphas.expand(t).clone()
             self.weight = torch.empty(x.shape[1], t, dtype=x.dtype, device=x.device)
             moments = _OutOfFold(xc, folds, cholesky.hat, self.alpha)
-            for _, cols in blocks:
+            for index, cols in blocks:
                 yc = self._centred(y, cols, first=True)
                 self.weight[:, cols] = cholesky.solve(yc)
-                moments.add(cols, yc, self.weight[:, cols])
+                moments.add(index, cols, yc, self.weight[:, cols])
             self.cv_scores = {f"{g.start}:{g.stop}": [float("nan")] for g in target_groups}
         else:
             spectrum = _Spectrum.of(xc)
@@ -319,18 +386,26 @@ class Ridge:
                 per_target = _target_errors(spectrum, projected, lambda cols: self._centred(y, cols), folds,
                                             alphas, [cols for _, cols in blocks], n)  # (alphas, t)
                 errors = torch.stack([per_target[:, group].sum(1) for group in target_groups], 1)
-            del statistics
             self.alpha = torch.empty(t, dtype=x.dtype, device=x.device)
+            chosen = errors.argmin(0)  # (groups,)
             for index, group in enumerate(target_groups):
                 self.cv_scores[f"{group.start}:{group.stop}"] = errors[:, index].tolist()
                 self.alpha[group] = (alphas[per_target[:, group].argmin(0)] if self.config.alpha_per == "target"
-                                     else alphas[int(torch.argmin(errors[:, index]))])
+                                     else alphas[chosen[index]])
+            if statistics is not None and self.config.oof_statistics == "group":
+                squares, row_weights = statistics.out_of_fold(spectrum, alphas[chosen],
+                                                              errors[chosen, torch.arange(len(chosen))], n)
+                moments = _GroupMoments(xc, folds, row_weights, squares, t)
+            else:
+                moments = _OutOfFold(xc, folds, lambda rows, alpha: _spectral_hat(spectrum, rows, alpha), self.alpha)
+            del statistics
             self.weight = spectrum.weights(projected, self.alpha, [cols for _, cols in blocks])
             del projected
-            moments = _OutOfFold(xc, folds, lambda rows, alpha: _spectral_hat(spectrum, rows, alpha), self.alpha)
-            for _, cols in blocks:  # the targets' second read
-                moments.add(cols, self._centred(y, cols), self.weight[:, cols])
-        self.oof_mean, self.oof_var = moments.result(self.y_mean)
+            for index, cols in blocks:  # the targets' second read
+                moments.add(index, cols, self._centred(y, cols), self.weight[:, cols])
+        self.oof_mean, self.oof_var, self.oof_group_var = moments.result(self.y_mean, target_groups)
+        if self.config.oof_statistics == "group":  # kept or not by the config, whichever path ran
+            self.oof_var = None
         return self
 
     def _centred(self, y, cols: slice, first: bool = False) -> torch.Tensor:
@@ -437,7 +512,8 @@ class RidgeDecoder(BrainModel):
         targets = targets[self.config.target]
         ridge = Ridge(RidgeConfig(alphas=self.config.alphas, folds=self.config.folds, alpha_per=self.config.alpha_per,
                                   dtype=self.config.dtype, device=self.config.device,
-                                  target_batch=self.config.target_batch))
+                                  target_batch=self.config.target_batch,
+                                  oof_statistics="target" if self.config.rescale == "per_target" else "group"))
         ridge.fit(betas, targets.reshape(len(targets), -1), groups=groups)
         weight = getattr(self, f"{subject}__weight")  # the fitted tensor itself, not a second copy of it
         self._buffers[f"{subject}__weight"] = ridge.weight.to(device=weight.device, dtype=weight.dtype)
