@@ -175,6 +175,27 @@ def test_the_dense_ablation_replaces_the_omni_moe_with_one_shared_feed_forward_b
     assert torch.isfinite(loss) and dense.image_decoder.moe_layer.moe.ff.linear2.weight.grad is not None
 
 
+def test_the_linear_decoder_ablation_reads_every_target_token_from_all_fmri_tokens_by_its_own_weights():
+    linear = make(decoder="linear")
+    assert linear.moe_layers() == []
+    assert not any("queries" in name or "attn" in name or ".moe" in name for name, _ in linear.named_parameters())
+    space, config = small_space(), linear.config
+    for decoder, name in ((linear.image_decoder, "image_tokens"), (linear.text_decoder, "text_tokens")):
+        assert decoder.proj.weight.shape == (space[name][0] * space[name][1], config.fmri_seq_len * config.d_model)
+    betas = {s: torch.randn(3, n) for s, n in SUBJECTS.items()}
+    out = linear.eval().predict(betas["subj01"], "subj01")
+    assert out["image_tokens"].shape == (3, *space["image_tokens"])
+    # token 0 alone changes when only its own rows of the map change: no token shares another's weights
+    with torch.no_grad():
+        linear.image_decoder.proj.bias[: space["image_tokens"][1]].add_(1.0)
+    moved = linear.predict(betas["subj01"], "subj01")["image_tokens"] - out["image_tokens"]
+    assert torch.allclose(moved[:, 0], torch.ones(())) and moved[:, 1:].abs().max() == 0
+    loss, _ = linear.train().training_loss(LinearTestbed(SUBJECTS, space).train_batches(0, 8), StepInfo(0, 10),
+                                           torch.Generator())
+    loss.backward()
+    assert torch.isfinite(loss) and linear.image_decoder.proj.weight.grad.abs().sum() > 0
+
+
 def test_learns_all_subjects_at_once():
     subjects = {"subj01": 40, "subj02": 56, "subj05": 72}
     bed = LinearTestbed(subjects, small_space())

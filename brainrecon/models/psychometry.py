@@ -57,6 +57,10 @@ class PsychometryConfig(StrictConfig):
     # "dense": the ablation of the Omni MoE, one feed-forward block (width ff) shared by every subject, no routing;
     # a single shared expert is `num_experts: 1` (it keeps the per-subject slots)
     moe: Literal["omni", "dense"] = "omni"
+    # "linear": the ablation of the query decoders. Every target token is read from all the fMRI tokens by its own
+    # linear map (the per-token heads of MindBridge and MindEye), with no queries, attention or MoE, so the moe,
+    # decoder_layers, heads and ff settings go unused
+    decoder: Literal["query", "linear"] = "query"
     num_experts: int = Field(16, gt=0)
     slots_per_expert: int = Field(4, gt=0)
     soft_clip_temperature: float = Field(0.005, gt=0.0)
@@ -210,6 +214,19 @@ class QueryDecoder(nn.Module):
         return self.proj(self.moe_layer(x, memory, subject))
 
 
+class LinearTokenHead(nn.Module):
+    """The query decoder's ablation (``decoder: linear``): one linear map from the flattened fMRI tokens to the
+    flattened target tokens, so each target token has weights of its own on every fMRI token."""
+
+    def __init__(self, n_tokens: int, out_dim: int, config: PsychometryConfig):
+        super().__init__()
+        self.shape = (n_tokens, out_dim)
+        self.proj = nn.Linear(config.fmri_seq_len * config.d_model, n_tokens * out_dim)
+
+    def forward(self, memory: torch.Tensor, subject: str) -> torch.Tensor:
+        return self.proj(memory.flatten(1)).view(memory.shape[0], *self.shape)
+
+
 class LowlevelHead(nn.Module):
     """Per-subject projection to a shared width, then a shared MLP to the flattened VAE latents."""
 
@@ -249,8 +266,11 @@ class Psychometry(BrainModel):
         names = [_module_key(s) for s in self.subjects]
         self.encoders = nn.ModuleDict()
         self.pos_embedding = nn.Parameter(torch.randn(config.fmri_seq_len, config.d_model) * 0.02)
-        self.image_decoder = QueryDecoder(*space["image_tokens"], config, names)
-        self.text_decoder = QueryDecoder(*space["text_tokens"], config, names) if config.predict_text else None
+        def decoder(shape: tuple[int, int]) -> nn.Module:  # the paper's query decoder, or its linear ablation
+            return QueryDecoder(*shape, config, names) if config.decoder == "query" else LinearTokenHead(*shape, config)
+
+        self.image_decoder = decoder(space["image_tokens"])
+        self.text_decoder = decoder(space["text_tokens"]) if config.predict_text else None
         self.lowlevel = (LowlevelHead({}, config.lowlevel_hidden, space["lowlevel"])
                          if config.lowlevel else None)
         for subject, n_voxels in self.subjects.items():
@@ -264,9 +284,9 @@ class Psychometry(BrainModel):
 
     def moe_layers(self) -> list[SoftMoE]:
         """The Soft-MoE blocks (one per decoder), each holding the shared experts and per-subject gates
-        (none in the dense ablation)."""
+        (none in the dense and linear-decoder ablations)."""
         return [d.moe_layer.moe for d in (self.image_decoder, self.text_decoder)
-                if d is not None and isinstance(d.moe_layer.moe, SoftMoE)]
+                if isinstance(d, QueryDecoder) and isinstance(d.moe_layer.moe, SoftMoE)]
 
     def _add_encoders(self, subject: str, n_voxels: int) -> None:
         """The subject's own modules: its voxel encoder(s); gate tensors are added by the caller or __init__."""
@@ -356,5 +376,5 @@ def count_parameters(config: PsychometryConfig | None = None, subjects: dict[str
             **{f"subject_{s}": n for s, n in per_subject.items()}}
 
 
-__all__ = ["PAPER_SPACE", "PAPER_SUBJECTS", "DenseFeedForward", "ExpertMLP", "FMRIEncoder", "MoEDecoderLayer", "Psychometry",
+__all__ = ["PAPER_SPACE", "PAPER_SUBJECTS", "DenseFeedForward", "ExpertMLP", "FMRIEncoder", "LinearTokenHead", "MoEDecoderLayer", "Psychometry",
            "PsychometryConfig", "QueryDecoder", "SoftMoE", "count_parameters"]
