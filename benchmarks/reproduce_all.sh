@@ -22,6 +22,8 @@ $BR bench leaderboard --preset psychometry-ablation --out "$WORK/psychometry-abl
     --doc docs/benchmarks/psychometry-ablation.md
 $BR bench leaderboard --preset psychometry-width --out "$WORK/psychometry-width" \
     --doc docs/benchmarks/psychometry-width.md
+$BR bench leaderboard --preset psychometry-decoder --out "$WORK/psychometry-decoder" \
+    --doc docs/benchmarks/psychometry-decoder.md
 $BR bench leaderboard --preset convergence --out "$WORK/convergence" --doc docs/benchmarks/convergence.md
 $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
 $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"

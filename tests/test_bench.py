@@ -206,6 +206,9 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
     assert "validation curves" not in leaderboard_markdown(result)  # no curve: no figure to link
     assert "Paired over training seeds" not in leaderboard_markdown(result)
     assert "the same 128 for every trained row" in leaderboard_markdown(result)  # one budget: said so
+    assert "this bench sets" not in leaderboard_markdown(result)
+    result["config"]["train_overrides"] = {"validation": {"select": "last"}}  # how weights are kept: said so
+    assert "this bench sets `validation: {'select': 'last'}` in every row" in leaderboard_markdown(result)
     result["rows"].append(row("Ridge", steps=None))  # a closed-form row has no budget to compare
     assert "the same 128 for every trained row" in leaderboard_markdown(result)
     result["rows"].append(row("Psychometry, 512 steps", steps=512))

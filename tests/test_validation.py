@@ -25,7 +25,9 @@ from brainrecon.models.losses import ContrastiveSchedule, normalized_mse
 from brainrecon.train.batches import training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.trainer import learning_rate, train
-from brainrecon.train.validation import better, split_validation
+from brainrecon.models.base import TargetSpace
+from brainrecon.train.targets import Targets
+from brainrecon.train.validation import ValidationSet, better, split_validation
 
 torch.set_num_threads(1)
 
@@ -98,15 +100,17 @@ def test_closed_form_models_refuse_a_validation_slice():
         validate_config(TrainConfig, {"model": {"kind": "ridge"}, "validation": {"fraction": 0.1}})
 
 
-def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, tmp_path):
+@pytest.mark.parametrize("metric", ["cosine", "centred_cosine"])
+def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, tmp_path, metric):
     config = small_config("mindeye2", keep_checkpoints=1, max_steps=16,
-                          validation={"fraction": 0.2, "every": 4, "select": "best"})
+                          validation={"fraction": 0.2, "every": 4, "select": "best", "metric": metric})
     run = train(config, train_world, tmp_path / "run", progress=False)
     record = json.loads((run / "validation.json").read_text())
     steps = [entry["step"] for entry in record["curve"]]
     assert steps == [4, 8, 12, 16]
-    best = max(record["curve"], key=lambda e: (e["cosine"], e["retrieval"]))  # the default metric: the cosine
-    assert record["chosen_step"] == best["step"] and record["metric"] == "cosine"
+    assert all(("centred_cosine" in e) == (metric == "centred_cosine") for e in record["curve"])
+    best = max(record["curve"], key=lambda e: (e[metric], e["retrieval"]))
+    assert record["chosen_step"] == best["step"] and record["metric"] == metric
     assert all(0 <= e["retrieval"] <= 1 and set(e["subjects"]) == set(record["stimuli"]) for e in record["curve"])
     # the chosen checkpoint survived the rotation (keep 1), and the final weights are its weights
     chosen = load_file(str(run / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"))
@@ -114,6 +118,7 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
     assert all(torch.equal(chosen[name], final[name]) for name in final)
     log = (run / "log.csv").read_text()
     assert f"{steps[0]},0,val_retrieval," in log and ",val_cosine," in log
+    assert (",val_centred_cosine," in log) == (metric == "centred_cosine")
     # the record keeps the slice apart from what trained
     saw = json.loads((run / "training_stimuli.json").read_text())
     store = open_store(train_world)
@@ -121,6 +126,47 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
         held_ids = set(store.subject(subject).trials.stimulus_id[held].tolist())
         assert held_ids and not held_ids & set(saw["subjects"][subject])
         assert len(held_ids) == record["stimuli"][subject]
+
+
+class _Lookup:
+    """A stand-in model whose 'betas' are row numbers and whose predictions are looked up by them."""
+
+    retrieval_target, training = "image_pooled", False
+
+    def __init__(self, predictions: np.ndarray):
+        self.predictions = torch.from_numpy(predictions)
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def predict(self, betas: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
+        return {"image_pooled": self.predictions[betas[:, 0].long()]}
+
+
+def test_the_centred_cosine_sees_through_a_prediction_of_the_training_mean(train_world):
+    store = open_store(train_world)
+    train_rows, held = split_validation(store, {"subj01": training_rows(store, "subj01", 0)}, 0.2, seed=0)
+    stimulus_id = store.subject("subj01").trials.stimulus_id
+    ids = np.unique(stimulus_id)
+    # targets that share a large common part, as CLIP embeddings do
+    values = 3.0 + np.random.default_rng(0).standard_normal((len(ids), 20))
+    targets = Targets(TargetSpace({"image_pooled": (20,)}), ids, {"image_pooled": values.astype(np.float32)})
+    slice_ = ValidationSet(store, held, targets, "image_pooled", training_rows=train_rows)
+    training_mean = targets.get("image_pooled", np.unique(stimulus_id[train_rows["subj01"]])).mean(0)
+    assert np.allclose(slice_.centres["subj01"].numpy(), training_mean, atol=1e-6)
+    truth = targets.get("image_pooled", slice_.stimulus_ids["subj01"])
+    slice_.betas["subj01"] = torch.arange(len(truth), dtype=torch.float32)[:, None]
+    noise = 0.1 * np.random.default_rng(1).standard_normal(truth.shape).astype(np.float32)
+    near_mean = _Lookup(training_mean + noise)  # says nothing about the stimulus
+    informative = _Lookup(training_mean + 10 * (truth - training_mean))  # the truth's deviations, exaggerated
+    uninformed, informed = slice_.score(near_mean, "cpu"), slice_.score(informative, "cpu")
+    assert uninformed["cosine"] > 0.9 > 0.7 > informed["cosine"]  # the plain cosine prefers the mean ...
+    assert abs(uninformed["centred_cosine"]) < 0.2 and informed["centred_cosine"] > 0.99  # ... the centred one not
+    assert better(uninformed, informed, "cosine") and better(informed, uninformed, "centred_cosine")
+    assert "centred_cosine" not in ValidationSet(store, held, targets, "image_pooled").score(informative, "cpu")
 
 
 def test_best_means_the_chosen_metric_with_the_other_breaking_ties():

@@ -331,6 +331,12 @@ LABELS = {"ridge": "Ridge (Brain-Diffuser-style)", "mindeye1": "MindEye1-style",
           "mindbridge": "MindBridge-style", "mindreader": "Mind Reader-style", "psychometry": "Psychometry"}
 
 
+def _validation_override(config: dict) -> str:
+    """The page's words for a bench-wide change to how runs validate and choose their weights (none: empty)."""
+    override = config.get("train_overrides", {}).get("validation")
+    return f"; this bench sets `validation: {override}` in every row" if override else ""
+
+
 def merged_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """``extra`` over ``base``, mappings merged one level deep (as `sim_train_config` merges into a preset)."""
     merged = dict(base)
@@ -543,7 +549,7 @@ def leaderboard_markdown(result: dict) -> str:
         f"half: the first seed's validation retrieval (top-1 among its held-out *training* stimuli, in points) at "
         f"the last step minus at the middle step; far above 0, the run was still learning. The final weights are "
         f"those the preset's `validation.select` keeps (the sim presets: the checkpoint with the best validation "
-        f"cosine).",
+        f"cosine){_validation_override(config)}.",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "

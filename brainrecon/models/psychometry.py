@@ -9,6 +9,10 @@ layers followed by one MoE decoder layer whose feed-forward block is a Soft MoE
 common, while the routing ("slot") tensor Phi_s is per subject, so each subject
 decides how its tokens are mixed into the experts' slots and back. All experts
 are always active (soft routing, no top-k), so every step trains every expert.
+Two ablations, neither the paper's model: ``moe: dense`` puts one shared feed-forward
+block in the MoE's place, and ``decoder: linear`` replaces both query decoders with one
+linear map from the flattened fMRI tokens to the flattened target tokens
+(docs/benchmarks/psychometry-ablation.md and psychometry-decoder.md measure them).
 
 Training sums, over subjects, SoftCLIP (fixed temperature) plus mse_mult times the
 MSE between L2-normalised flattened vectors, for image and text tokens alike, as

@@ -192,7 +192,9 @@ def _validation_note(record: dict | None) -> str:
     stimuli = ", ".join(f"{s} {n}" for s, n in record["stimuli"].items())
     rule = "last step" if record["select"] == "last" else f"best val_{record.get('metric', 'retrieval')}"
     kept = (f"The final weights are those of step {chosen} ({rule}: val_retrieval "
-            f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}; dashed line)." if chosen is not None
+            f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}"
+            + (f", val_centred_cosine {entry['centred_cosine']:.3f}" if "centred_cosine" in entry else "")
+            + "; dashed line)." if chosen is not None
             else "Training did not finish, so no weights were chosen yet.")
     return (f'<p id="validation">Validation: {100 * record["fraction"]:.0f}% of the training stimuli held out '
             f'by stimulus ({html.escape(stimuli)} stimuli), scored at {len(record["curve"])} steps: top-1 '
