@@ -29,6 +29,7 @@ $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc 
 $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"
 $BR bench leaderboard --preset convergence-mindeye --out "$WORK/convergence-mindeye" \
     --doc docs/benchmarks/convergence-mindeye.md
+$BR bench leaderboard --preset pooled-space --out "$WORK/pooled-space" --doc docs/benchmarks/pooled-space.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
 mkdir -p "$WORK/worlds"
 for world in benchmarks/worlds/*.yaml; do  # the ceiling frontier (docs/simulated-world.md)
