@@ -218,6 +218,24 @@ def test_mindeye2_pooled_target_without_prior():
     assert torch.isfinite(loss) and "loss_prior" not in log
 
 
+def test_mindeye2_prior_reads_a_pooled_target_at_its_own_scale():
+    """Image tokens are divided by the CLS norm (unit norm), so sqrt(dim) gives their elements unit variance; a
+    pooled CLIP embedding is not normalised, so its prior scales by 1 unless the config names a scale."""
+    import math
+
+    space = small_space(5, 16)
+    tokens = MindEye2(MindEye2Config(hidden=32, n_blocks=1, prior=PriorConfig(depth=1)), {"a": 20}, space)
+    pooled = MindEye2(MindEye2Config(hidden=32, n_blocks=1, prior=PriorConfig(depth=1), target="image_pooled"),
+                      {"a": 20}, space)
+    chosen = MindEye2(MindEye2Config(hidden=32, n_blocks=1, prior=PriorConfig(depth=1, embed_scale=3.0),
+                                     target="image_pooled"), {"a": 20}, space)
+    assert tokens.prior.scale == math.sqrt(16) and pooled.prior.scale == 1.0 and chosen.prior.scale == 3.0
+    assert pooled.config.prior.embed_scale is None  # the saved config stays the user's; the default is re-derived
+    bed = LinearTestbed({"a": 20}, space, n_train=64, n_test=16)
+    loss, log = pooled.training_loss(bed.train_batches(0, 8), _step_info(0), _gen(0))
+    assert torch.isfinite(loss) and "loss_prior" in log
+
+
 # ---------------------------------------------------------------- parameter counts (meta device: no memory)
 
 
