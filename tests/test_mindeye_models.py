@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -221,8 +222,6 @@ def test_mindeye2_pooled_target_without_prior():
 def test_mindeye2_prior_reads_a_pooled_target_at_its_own_scale():
     """Image tokens are divided by the CLS norm (unit norm), so sqrt(dim) gives their elements unit variance; a
     pooled CLIP embedding is not normalised, so its prior scales by 1 unless the config names a scale."""
-    import math
-
     space = small_space(5, 16)
     tokens = MindEye2(MindEye2Config(hidden=32, n_blocks=1, prior=PriorConfig(depth=1)), {"a": 20}, space)
     pooled = MindEye2(MindEye2Config(hidden=32, n_blocks=1, prior=PriorConfig(depth=1), target="image_pooled"),
