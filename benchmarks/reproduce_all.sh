@@ -30,6 +30,7 @@ $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"
 $BR bench leaderboard --preset convergence-mindeye --out "$WORK/convergence-mindeye" \
     --doc docs/benchmarks/convergence-mindeye.md
 $BR bench leaderboard --preset pooled-space --out "$WORK/pooled-space" --doc docs/benchmarks/pooled-space.md
+$BR bench leaderboard --preset candidate-world --out "$WORK/candidate-world" --doc docs/benchmarks/candidate-world.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
 mkdir -p "$WORK/worlds"
 for world in benchmarks/worlds/*.yaml; do  # the ceiling frontier (docs/simulated-world.md)
