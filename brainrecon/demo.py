@@ -41,10 +41,27 @@ from brainrecon.train import TrainConfig, train
 from brainrecon.train.run import RunContext
 
 ROWS = 4  # grid rows per block: original, from true embedding, from brain, with Ecphory
-# The deep model the demo trains beside the ridge: MindBridge-style, the best method of the equal-budget
-# leaderboard (docs/benchmarks/equal-budget.md), for as many optimiser steps as keep the whole demo under five
-# minutes on 2 CPU cores (its preset ships with 512).
-DEEP_PRESET, DEEP_LABEL, DEEP_STEPS = "sim-mindbridge", "MindBridge-style", 128
+
+
+@dataclass(frozen=True)
+class DeepChoice:
+    """A deep model the demo can train: a train preset, its label, and the optimiser steps that fit the demo's
+    budget (about 20 s of training and scoring on 2 CPU cores)."""
+
+    preset: str
+    label: str
+    steps: int
+
+
+# The deep models the demo chooses between, at budgets that fit it. benchmarks/choose_demo_model.py trains each
+# over three seeds and reads only held-out *training* stimuli (validation retrieval at the kept weights, and the
+# wall time); docs/benchmarks/demo-model.md records the choice. MindBridge-style is the best method of the
+# equal-budget token-space leaderboard (docs/benchmarks/equal-budget.md); MindEye2-style into the pooled
+# embedding trains one 128-d token, so it takes 4x the steps in less time.
+DEEP_CANDIDATES = (DeepChoice("sim-mindeye2-pooled", "MindEye2-style, pooled", 512),
+                   DeepChoice("sim-mindbridge", "MindBridge-style", 128))
+DEEP = DEEP_CANDIDATES[0]  # the choice recorded in docs/benchmarks/demo-model.md
+DEEP_STEPS = DEEP.steps
 
 
 @dataclass(frozen=True)
@@ -88,22 +105,31 @@ def cpu_computes_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def train_deep_model(store: Store, ceilings: list, out: Path, steps: int = DEEP_STEPS, way: int = 300,
-                     draws: int = 30, seed: int = 42) -> DeepModel:
-    """`brainrecon train --config sim-mindbridge` with ``steps`` optimiser steps, then its held-out evaluation.
+def deep_model_config(choice: DeepChoice, steps: int | None = None, way: int = 300, draws: int = 30,
+                      seed: int = 42, training_seed: int | None = None) -> TrainConfig:
+    """``choice``'s preset with the demo's budget (``steps``, default the choice's own).
 
     The run keeps its preset's validation slice (training stimuli) and weight choice; only the budget changes,
-    and on a CPU with bf16 instructions the precision: bf16 autocast trains MindBridge-style as well as float32
-    in about half the time there (docs/benchmarks/convergence.md). Each subject's retrieval is read beside that
-    subject's row of the ceiling table.
+    and on a CPU with bf16 instructions the precision: bf16 autocast trains as well as float32 in about half
+    the time there (docs/benchmarks/convergence.md). It is scored with the ceiling table's protocol (300-way,
+    30 draws, seed 42), so its rows compare like with like. ``training_seed``: the run's seed (default the
+    preset's).
     """
-    started = time.perf_counter()
-    preset = load_config(TrainConfig, DEEP_PRESET, "train").model_dump(mode="json")
+    preset = load_config(TrainConfig, choice.preset, "train").model_dump(mode="json")
     precision = "bf16" if not torch.cuda.is_available() and cpu_computes_bf16() else preset["mixed_precision"]
-    # scored with the ceiling table's protocol (300-way, 30 draws, seed 42), so the rows compare like with like
-    config = validate_config(TrainConfig, {**preset, "steps": steps, "mixed_precision": precision,
-                                           "eval": {**preset["eval"], "way": way, "draws": draws, "seed": seed}},
-                             source=f"the demo's {DEEP_PRESET} run")
+    overrides = {"steps": choice.steps if steps is None else steps, "mixed_precision": precision,
+                 "eval": {**preset["eval"], "way": way, "draws": draws, "seed": seed}}
+    if training_seed is not None:
+        overrides["seed"] = training_seed
+    return validate_config(TrainConfig, {**preset, **overrides}, source=f"the demo's {choice.preset} run")
+
+
+def train_deep_model(store: Store, ceilings: list, out: Path, steps: int = DEEP_STEPS, way: int = 300,
+                     draws: int = 30, seed: int = 42, choice: DeepChoice = DEEP) -> DeepModel:
+    """`brainrecon train --config <choice's preset>` with ``steps`` optimiser steps, then its held-out
+    evaluation, each subject's retrieval read beside that subject's row of the ceiling table."""
+    started = time.perf_counter()
+    config = deep_model_config(choice, steps, way, draws, seed)
     run = train(config, store.root, out, progress=False, overwrite=True)
     final_evaluation(run)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -117,7 +143,7 @@ def train_deep_model(store: Store, ceilings: list, out: Path, steps: int = DEEP_
                          "oracle": table.oracle.image_top1 if table.oracle else None,
                          "ceiling": spaces.ceiling.image_top1 if spaces.ceiling else None,
                          "ridge": spaces.ridge.image_top1}
-    return DeepModel(DEEP_PRESET, DEEP_LABEL, steps, config.mixed_precision, space, way,
+    return DeepModel(choice.preset, choice.label, steps, config.mixed_precision, space, way,
                      time.perf_counter() - started, rows)
 
 

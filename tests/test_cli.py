@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +30,13 @@ def test_demo_runs_end_to_end(tmp_path):
         assert subject["oracle"]["image_top1"] > pooled["ridge"]["image_top1"] > 3 * pooled["ridge"]["chance"]
     # a deep model beside the ridge, read against the same subject's oracle, space ceiling and ridge
     deep = results["deep_model"]
-    assert (deep["preset"], deep["steps"], deep["space"]) == ("sim-mindbridge", 4, "clip_tokens")
+    assert (deep["preset"], deep["steps"], deep["space"]) == ("sim-mindeye2-pooled", 4, "clip_pooled")
     for subject in results["subjects"]:
         row = deep["subjects"][subject["subject"]]
         assert row["oracle"] == subject["oracle"]["image_top1"]
-        assert row["ceiling"] == subject["spaces"]["clip_tokens"]["ceiling"]["image_top1"]
-        assert row["ridge"] == subject["spaces"]["clip_tokens"]["ridge"]["image_top1"] and 0 <= row["image"] <= 1
-    assert "3/4 trained MindBridge-style (preset sim-mindbridge, 4 optimiser steps" in result.stdout
+        assert row["ceiling"] == subject["spaces"]["clip_pooled"]["ceiling"]["image_top1"]
+        assert row["ridge"] == subject["spaces"]["clip_pooled"]["ridge"]["image_top1"] and 0 <= row["image"] <= 1
+    assert "3/4 trained MindEye2-style, pooled (preset sim-mindeye2-pooled, 4 optimiser steps" in result.stdout
     assert "÷ ceiling |" in result.stdout and "## A deep model" in (out / "report.md").read_text()
     assert json.loads((out / "store" / "ceilings.json").read_text())["subjects"] == results["subjects"]
     assert (out / "retrieval.md").read_text().startswith("# brainrecon demo")
@@ -158,3 +159,17 @@ def test_the_demo_trains_in_bf16_only_where_the_cpu_has_bf16_instructions(tmp_pa
     info.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n")  # avx512 without bf16: emulated
     assert not cpu_computes_bf16(info)
     assert not cpu_computes_bf16(tmp_path / "missing")  # no /proc/cpuinfo (not Linux): float32
+
+
+def test_the_demo_trains_the_deep_model_its_choice_benchmark_recorded():
+    """demo.DEEP is the candidate docs/benchmarks/demo-model.json chose on held-out training stimuli, and the
+    demo trains it from its preset with only the budget changed."""
+    from brainrecon.demo import DEEP, DEEP_CANDIDATES, deep_model_config
+
+    recorded = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "demo-model.json").read_text())
+    assert DEEP in DEEP_CANDIDATES
+    assert recorded["chosen"] == DEEP.preset
+    assert {row["preset"] for row in recorded["rows"]} == {choice.preset for choice in DEEP_CANDIDATES}
+    config = deep_model_config(DEEP, training_seed=3)
+    assert (config.steps, config.seed, config.eval.way) == (DEEP.steps, 3, 300)
+    assert config.model["kind"] == "mindeye2" and config.model["target"] == "image_pooled"
