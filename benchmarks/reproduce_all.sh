@@ -31,6 +31,10 @@ $BR bench leaderboard --preset convergence-mindeye --out "$WORK/convergence-mind
     --doc docs/benchmarks/convergence-mindeye.md
 $BR bench leaderboard --preset pooled-space --out "$WORK/pooled-space" --doc docs/benchmarks/pooled-space.md
 $BR bench leaderboard --preset candidate-world --out "$WORK/candidate-world" --doc docs/benchmarks/candidate-world.md
+$BR bench leaderboard --preset convergence-mindeye1-long --out "$WORK/convergence-mindeye1-long" \
+    --doc docs/benchmarks/convergence-mindeye1-long.md
+$PY benchmarks/choose_demo_model.py --store "$WORK/leaderboard/store" --workdir "$WORK/demo-model" \
+    --doc docs/benchmarks/demo-model.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
 mkdir -p "$WORK/worlds"
 for world in benchmarks/worlds/*.yaml; do  # the ceiling frontier (docs/simulated-world.md)
