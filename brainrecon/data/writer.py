@@ -16,7 +16,6 @@ in a single run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
