@@ -33,6 +33,8 @@ $BR bench leaderboard --preset pooled-space --out "$WORK/pooled-space" --doc doc
 $BR bench leaderboard --preset candidate-world --out "$WORK/candidate-world" --doc docs/benchmarks/candidate-world.md
 $BR bench leaderboard --preset convergence-mindeye1-long --out "$WORK/convergence-mindeye1-long" \
     --doc docs/benchmarks/convergence-mindeye1-long.md
+$BR bench leaderboard --preset convergence-mindreader-long --out "$WORK/convergence-mindreader-long" \
+    --doc docs/benchmarks/convergence-mindreader-long.md
 $PY benchmarks/choose_demo_model.py --store "$WORK/leaderboard/store" --workdir "$WORK/demo-model" \
     --doc docs/benchmarks/demo-model.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"
