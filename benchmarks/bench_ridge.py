@@ -108,6 +108,8 @@ def time_parts() -> dict:
         def timed(*a, _step=getattr(owner, name), _label=label, **k):
             started = time.perf_counter()
             out = _step(*a, **k)
+            if k.get("dtype") is not None:  # the traces' float32 screen, apart from their exact passes
+                _label += f" ({str(k['dtype']).removeprefix('torch.')} screen)"
             parts[_label] = parts.get(_label, 0.0) + time.perf_counter() - started
             return out
         setattr(owner, name, timed)
@@ -163,6 +165,7 @@ def child(args) -> None:
             ridge = Ridge(RidgeConfig(dtype=dtype, **grid)).fit(x, y)
             info["alpha"] = float(ridge.alpha[0])
             info["cv_errors"] = next(iter(ridge.cv_scores.values()))
+            info["cv_screen"] = getattr(ridge, "cv_screen", None)  # None from code before the screen (--before)
         elif args.method == "ours-chol":  # one alpha, one Cholesky solve, nothing else (the CV's yardstick)
             from brainrecon.models.ridge import _CholeskyFit
 
@@ -214,7 +217,7 @@ def run_child(method: str, data: Path, alpha: float, threads: int, pred: Path, b
     return result
 
 
-def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192) -> int:
+def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192, screened: bool = False) -> int:
     """Elements ``Ridge.fit`` holds at its peak on top of its inputs X (n, p) and Y (n, t), from reading ridge.py.
 
     m = min(n, p), v = n / 5 rows per fold, b = min(block, t) target columns read at a time.
@@ -228,13 +231,16 @@ def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192) -> int:
     (I - H_vv)^-1 (13 v^2) while its residuals are formed block by block; per fold and alpha a few v x m
     and v x v blocks; then, with ``oof_statistics: group`` (the default), one block read again (``read``),
     or with ``target`` the out-of-fold inverses (5 v^2), a block and its fold residuals (3 v b).
+    ``screened``: a float64 fit's float32 screen of the traces, while it runs, holds P P' (m^2), a fold's
+    statistics and factors (3 v m + v^2) and its per-alpha blocks (4 v m + 4 v^2) at half the element size.
     """
     m, v, b = min(n, p), n / 5, min(block, t)
     centred, read = n * p, 2 * n * b + (p + m) * b
     if not cv:
         return int(centred + 3 * m * m + p * t + 5 * v * v + read)
     statistics = m * m + n * m + n * v if t > m else 13 * v * v
-    gather = m * t + statistics + max(read, 4 * v * m + 4 * v * v)
+    screen = (m * m + 7 * v * m + 5 * v * v) / 2 if screened else 0
+    gather = m * t + statistics + max(read, 4 * v * m + 4 * v * v, screen)
     weights = m * t + (p * t if n < p else 0) + m * b
     moments = p * t + read + (5 * v * v + 3 * v * b if t <= m else 0)
     return int(centred + m * m + max(5 * m * m, gather, weights, moments))
@@ -246,7 +252,7 @@ def predicted_extra_mb(n: int, p: int, t: int, method: str, block: int = 8192) -
         return None
     itemsize = 4 if method.endswith("f32") else 8
     copies = n * p if itemsize == 4 else 0  # the float64 X converted to a float32 tensor (Y is read in blocks)
-    return (copies + working_set(n, p, t, cv=True, block=block)) * itemsize / 2**20
+    return (copies + working_set(n, p, t, cv=True, block=block, screened=itemsize == 8)) * itemsize / 2**20
 
 
 def compare(pred: np.ndarray, ref: np.ndarray) -> dict:
@@ -269,6 +275,10 @@ def main() -> None:
                                                                    "(ours-cv2): the CV's cost split into what every "
                                                                    "alpha shares and what each alpha adds")
     parser.add_argument("--parts", action="store_true", help="time the steps of ours-cv (and ours-cv2) in the child")
+    parser.add_argument("--pairs", type=int, default=0, help="on the CV sizes, also time this many more pairs of "
+                                                             "fits in turn (CV, one Cholesky fit, CV, ...), each in a "
+                                                             "fresh child, and print the ratio pair by pair: a ratio "
+                                                             "that holds while this VM's speed drifts")
     parser.add_argument("--himalaya", action="store_true", help="also time himalaya's RidgeCV on the CV sizes "
                                                                  "(pip install himalaya; not a dependency)")
     # child mode
@@ -317,6 +327,10 @@ def main() -> None:
                 continue
             rows[method]["alpha_used"] = alpha
             r = rows[method]
+            if r.get("cv_screen"):
+                print(f"{method:12s} float32 screen: alphas computed again in float64 {r['cv_screen']['recomputed']}, "
+                      f"its largest relative error seen {r['cv_screen']['drift']:.1e}, every alpha exact "
+                      f"{r['cv_screen']['every_alpha_exact']}", flush=True)
             r["predicted_extra_mb"] = predicted_extra_mb(n, p, t, method)
             print(f"{method:12s} fit {r['fit_s']:7.2f} s  peak RSS {r['peak_mb']:7.0f} MB  "
                   f"(baseline {r['baseline_mb']:6.0f} MB, +{r['peak_mb'] - r['baseline_mb']:6.0f} MB; "
@@ -337,6 +351,13 @@ def main() -> None:
             print(f"ours-cv / ours-chol (13 alphas x 5 folds vs one Cholesky fit): {ratio:.1f}x"
                   + (f"; before this change {rows['ours-cv-before']['fit_s'] / rows['ours-chol']['fit_s']:.1f}x"
                      if "ours-cv-before" in rows else ""))
+        if args.pairs and size in cv_sizes:
+            ratios = [run_child("ours-cv", data, alpha, args.threads, data / "pred-pair.npy")["fit_s"]
+                      / run_child("ours-chol", data, alpha, args.threads, data / "pred-pair.npy")["fit_s"]
+                      for _ in range(args.pairs)]
+            rows["pairs"] = ratios
+            print(f"ours-cv / ours-chol over {args.pairs} more pairs, fitted in turn: median {np.median(ratios):.1f}x "
+                  f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x)", flush=True)
         for method in ("ours-cv", "ours-cv2"):
             if "parts" in rows.get(method, {}):
                 print(f"{method} steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[method]["parts"].items())
@@ -359,7 +380,7 @@ def main() -> None:
         form = "primal (p x p Gram)" if n >= p else "dual (n x n Gram)"
         print(f"n = {n:,} ({label}): {form}")
         for itemsize, name in ((8, "float64"), (4, "float32")):
-            x_bytes, fit = n * p * itemsize / 1e9, working_set(n, p, t, True) * itemsize / 1e9
+            x_bytes, fit = n * p * itemsize / 1e9, working_set(n, p, t, True, screened=itemsize == 8) * itemsize / 1e9
             print(f"   {name}: X {x_bytes:.1f} GB + fit {fit:.1f} GB = {x_bytes + fit:.1f} GB on the fit's device "
                   f"(weights alone, p x t: {p * t * itemsize / 1e9:.1f} GB); targets {n * t * 2 / 1e9:.1f} GB "
                   f"in host memory, or none with a memory map")

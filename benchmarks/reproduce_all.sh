@@ -35,6 +35,8 @@ $BR bench leaderboard --preset convergence-mindeye1-long --out "$WORK/convergenc
     --doc docs/benchmarks/convergence-mindeye1-long.md
 $BR bench leaderboard --preset convergence-mindreader-long --out "$WORK/convergence-mindreader-long" \
     --doc docs/benchmarks/convergence-mindreader-long.md
+$BR bench leaderboard --preset convergence-psychometry --out "$WORK/convergence-psychometry" \
+    --doc docs/benchmarks/convergence-psychometry.md
 $PY benchmarks/choose_demo_model.py --store "$WORK/leaderboard/store" --workdir "$WORK/demo-model" \
     --doc docs/benchmarks/demo-model.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"

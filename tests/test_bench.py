@@ -156,8 +156,9 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
     rows = planned_rows(ablation)
     assert [r[0] for r in rows] == ["mindbridge", "psychometry-moe", "psychometry-dense", "psychometry-one-expert",
                                     "psychometry-512-steps", "psychometry-dense-512-steps"]
-    assert rows[2][2] == {"model": {"moe": "dense"}} and rows[4][2] == {"epochs": 4}
-    assert rows[5][2] == {"epochs": 4, "model": {"moe": "dense"}}
+    pinned = {"steps": None, "validation": {"every": 25}}  # the budget its page ran with (see PAGE_BUDGETS)
+    assert rows[2][2] == {**pinned, "epochs": 1, "model": {"moe": "dense"}} and rows[4][2] == {**pinned, "epochs": 4}
+    assert rows[5][2] == {**pinned, "epochs": 4, "model": {"moe": "dense"}}
     assert ablation.variants["psychometry-dense-512-steps"].against == "psychometry-512-steps"
     assert not any(r[4] for r in rows)  # no Ecphory row: the ablation compares decoders
     equal = load_config(LeaderboardConfig, "equal-budget", "bench")
@@ -172,10 +173,11 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
     for preset in presets:  # every bench preset validates (a leaderboard's rows with their training configs)
         load_config(EfficiencyConfig if preset.startswith("efficiency") else LeaderboardConfig, preset, "bench")
     mindeye = planned_rows(load_config(LeaderboardConfig, "convergence-mindeye", "bench"))
+    every25 = {"validation": {"every": 25}}
     assert [(r[0], r[2]) for r in mindeye] == [("mindeye2-512-steps", {"steps": 512}),
                                                ("mindeye2-2048-steps", {"steps": 2048}),
-                                               ("mindeye1-512-steps", {"steps": 512}),
-                                               ("mindeye1-2048-steps", {"steps": 2048})]
+                                               ("mindeye1-512-steps", {"steps": 512, **every25}),
+                                               ("mindeye1-2048-steps", {"steps": 2048, **every25})]
     base = {"world": "tiny", "models": ["psychometry"]}
     with pytest.raises(ConfigError, match="unknown model"):
         validate_config(LeaderboardConfig, {**base, "models": ["mindeye3"]})
@@ -184,6 +186,33 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
             "model": "psychometry", "label": "x", "train_overrides": {"model": {"moee": "dense"}}}}})
     with pytest.raises(ConfigError, match="repeat a seed"):
         validate_config(LeaderboardConfig, {**base, "seeds": [0, 0]})
+
+
+# (bench preset, row) -> (steps, epochs, validation every) of the runs its page reports; Psychometry: 128 steps an
+# epoch on the default world
+PAGE_BUDGETS = {("psychometry-ablation", "psychometry-moe"): (None, 1, 25),
+                ("psychometry-ablation", "psychometry-dense-512-steps"): (None, 4, 25),
+                ("psychometry-width", "psychometry-wide-512-steps"): (None, 4, 25),
+                ("psychometry-decoder", "psychometry-linear-512-steps"): (None, 4, 25),
+                ("equal-budget", "psychometry-512-steps"): (None, 4, 25),
+                ("equal-budget", "mindeye1-512-steps"): (512, None, 25),
+                ("convergence-mindeye", "mindeye1-2048-steps"): (2048, None, 25),
+                ("convergence-psychometry", "psychometry-2048-steps"): (2048, None, 64)}
+
+
+@pytest.mark.parametrize("preset,row", sorted(PAGE_BUDGETS))
+def test_bench_rows_keep_their_pages_budget_when_a_train_preset_changes(preset, row):
+    """A page's runs are reproduced by its bench preset: a row pins the budget and validation cadence it ran with,
+    so a train preset trained longer since (sim-psychometry and sim-mindeye1 on 2026-12-04) does not change it."""
+    from brainrecon.bench.leaderboard import planned_rows, sim_train_config
+
+    planned = {name: (model, overrides) for name, model, overrides, _, _ in
+               planned_rows(load_config(LeaderboardConfig, preset, "bench"))}
+    config = sim_train_config(*planned[row], 300, 30, 42, seed=0)
+    steps, epochs, every = PAGE_BUDGETS[preset, row]
+    assert config.get("steps") == steps and config["validation"]["every"] == every
+    if epochs is not None:
+        assert config["epochs"] == epochs
 
 
 def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():

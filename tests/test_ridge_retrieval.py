@@ -59,21 +59,27 @@ def refit_every_fold(model: Ridge, x, y, groups, target_groups):
 
 
 # primal and dual; few targets (residuals formed) and many (errors as traces); each target's out-of-fold
-# variance (the predictions formed) or each group's (from the traces, where they run)
+# variance (the predictions formed) or each group's (from the traces, where they run); the traces screened in
+# float32 (the default) or every alpha's computed in float64
+@pytest.mark.parametrize("screen", ["float32", None])
 @pytest.mark.parametrize("statistics", ["target", "group"])
 @pytest.mark.parametrize("n,p,t", [(150, 40, 9), (60, 90, 9), (150, 12, 60), (40, 90, 200)])
-def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics):
+def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics, screen):
     """The leave-fold-out identity gives the per-fold refits' errors and predictions, without refitting."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3 + 1.0
     y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
     groups = np.repeat(np.arange(n // 2), 2)
     target_groups = [slice(0, 4), slice(4, t)]
-    model = Ridge(RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4, oof_statistics=statistics)).fit(
-        x, y, groups=groups, target_groups=target_groups)
+    config = RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4, oof_statistics=statistics, screen_dtype=screen)
+    model = Ridge(config).fit(x, y, groups=groups, target_groups=target_groups)
     errors, mean, var = refit_every_fold(model, x, y, groups, target_groups)
     for index, group in enumerate(target_groups):
-        np.testing.assert_allclose(model.cv_scores[f"{group.start}:{group.stop}"], errors[:, index], rtol=1e-8)
+        scores = model.cv_scores[f"{group.start}:{group.stop}"]
+        # a screened alpha's error is good to the screen's checked drift (a tenth of the tolerance); the chosen
+        # alpha's, and every alpha's without a screen, are exact
+        np.testing.assert_allclose(scores, errors[:, index], rtol=1e-8 if screen is None else config.screen_tolerance / 10)
+        assert scores[int(errors[:, index].argmin())] == pytest.approx(float(errors[:, index].min()), rel=1e-8)
     np.testing.assert_allclose(model.oof_mean, mean, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(model.oof_group_var, [var[group].sum() for group in target_groups], rtol=1e-8)
     if statistics == "target":
@@ -204,10 +210,12 @@ def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alp
     x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3
     y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
     groups, target_groups = np.repeat(np.arange(n // 2), 2), [slice(0, 4), slice(4, t)]
-    whole = Ridge(RidgeConfig(alphas=alphas, folds=4)).fit(x, y, groups=groups, target_groups=target_groups)
+    # every alpha's error exact (no float32 screen), so that the blocks' rounding is all that differs
+    whole = Ridge(RidgeConfig(alphas=alphas, folds=4, screen_dtype=None)).fit(x, y, groups=groups,
+                                                                              target_groups=target_groups)
     reader = ColumnReader(y)
-    blocked = Ridge(RidgeConfig(alphas=alphas, folds=4, target_batch=7)).fit(x, reader, groups=groups,
-                                                                             target_groups=target_groups)
+    blocked = Ridge(RidgeConfig(alphas=alphas, folds=4, target_batch=7, screen_dtype=None)).fit(
+        x, reader, groups=groups, target_groups=target_groups)
     assert 0 < reader.widest <= 7  # never the whole target array
     assert torch.equal(blocked.alpha, whole.alpha)
     for key, scores in whole.cv_scores.items():
@@ -217,6 +225,50 @@ def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alp
     assert whole.oof_var is None and blocked.oof_var is None  # oof_statistics: group, the default
     for name in ("weight", "y_mean", "y_var", "oof_mean", "oof_group_var"):
         np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)
+
+
+def exact_alphas_of_a_fit(monkeypatch, config: RidgeConfig, x, y) -> tuple[Ridge, list[float]]:
+    """Fit, and list the alphas whose errors were computed in the fit's own dtype over every fold."""
+    from brainrecon.models import ridge
+
+    exact: list[float] = []
+    errors = ridge._TraceStatistics.errors
+
+    def spy(self, spectrum, alphas, n, dtype=None, folds=None):
+        if dtype is None and folds is None:
+            exact.extend(alphas.tolist())
+        return errors(self, spectrum, alphas, n, dtype, folds)
+
+    monkeypatch.setattr(ridge._TraceStatistics, "errors", spy)
+    return Ridge(config).fit(x, y), sorted(exact)
+
+
+def assert_same_fit(screened: Ridge, exact: Ridge) -> None:
+    assert torch.equal(screened.alpha, exact.alpha)
+    for name in ("weight", "oof_mean", "oof_group_var"):
+        np.testing.assert_allclose(getattr(screened, name), getattr(exact, name), rtol=1e-12, atol=1e-14)
+
+
+# primal (samples > features), where the float32 screen is good to about 1e-6 and dual with a near-singular
+# smallest alpha, where it is not
+@pytest.mark.parametrize("n,p,screen_holds", [(200, 60, True), (60, 400, False)])
+def test_a_float32_screen_chooses_the_alpha_of_the_exact_search(monkeypatch, n, p, screen_holds):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(n, p))
+    y = x[:, :5] @ rng.normal(size=(5, 600)) + rng.normal(size=(n, 600))
+    config = RidgeConfig(alphas=(1e-4, 1e-2, 1.0, 100.0, 1e4), folds=4)
+    screened, recomputed = exact_alphas_of_a_fit(monkeypatch, config, x, y)
+    exact, everything = exact_alphas_of_a_fit(monkeypatch, config.model_copy(update={"screen_dtype": None}), x, y)
+    assert everything == list(config.alphas)
+    assert_same_fit(screened, exact)
+    assert exact.cv_screen is None and screened.cv_screen["every_alpha_exact"] is not screen_holds
+    if screen_holds:  # only the alphas near the screened minimum are computed again
+        assert float(screened.alpha[0]) in recomputed and len(recomputed) < len(config.alphas)
+        assert recomputed == sorted(screened.cv_screen["recomputed"])
+        assert screened.cv_screen["drift"] <= config.screen_tolerance / 10
+    else:  # the probe at the smallest alpha shows the screen's error: every alpha is computed exactly
+        assert recomputed == everything
+        np.testing.assert_allclose(screened.cv_scores["0:600"], exact.cv_scores["0:600"], rtol=1e-12)
 
 
 def test_a_target_batch_below_one_is_refused():
