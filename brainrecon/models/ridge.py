@@ -234,9 +234,9 @@ class _TraceStatistics:
         near = ~finite | (errors <= best * (1 + tolerance)).any(1)
         exact = self.errors(spectrum, alphas[near], n)
         smallest = alphas[alphas.argmin()].reshape(1)
-        probe = self.errors(spectrum, smallest, n, dtype=screen, folds=[0]).to(exact_dtype)
-        screened, truth = torch.cat([errors[near & finite], probe]), torch.cat([exact[finite[near]],
-                                                                              self.errors(spectrum, smallest, n, folds=[0])])
+        screened = torch.cat([errors[near & finite],
+                              self.errors(spectrum, smallest, n, dtype=screen, folds=[0]).to(exact_dtype)])
+        truth = torch.cat([exact[finite[near]], self.errors(spectrum, smallest, n, folds=[0])])
         drift = ((screened - truth).abs() / truth.abs().clamp_min(torch.finfo(exact_dtype).tiny)).nan_to_num(torch.inf)
         errors[near] = exact
         fallback = bool(drift.max() > tolerance / 10)
