@@ -67,11 +67,12 @@ class RidgeConfig(StrictConfig):
     # predictions: about one more X W product (n p t), as much as the fit's X^T Y
     oof_statistics: Literal["group", "target"] = "group"
     # a group's CV errors are first computed for every alpha in this lower precision (float32 matrix products run
-    # about 1.7-2x faster on a CPU), then again in ``dtype`` for every alpha whose screened error lies within
+    # faster on a CPU), then again in ``dtype`` for every alpha whose screened error lies within
     # ``screen_tolerance`` (relative) of the screened minimum, or whose screen failed; the choice is made on those
     # exact errors, so the chosen alpha, weights and rescaling are those of an exact search. If the screened and
-    # exact errors of the re-computed alphas differ by more than a tenth of the tolerance, every alpha is computed
-    # exactly. None, or a ``dtype`` no wider than the screen, computes every alpha exactly
+    # exact errors differ by more than a tenth of the tolerance, on the re-computed alphas or on one fold at the
+    # smallest alpha (the worst-conditioned), every alpha is computed exactly. None, or a ``dtype`` no wider than
+    # the screen, computes every alpha exactly
     screen_dtype: Literal["float32"] | None = "float32"
     screen_tolerance: float = Field(1e-3, gt=0, lt=1)
 
@@ -415,6 +416,7 @@ class Ridge:
         y = y.reshape(len(y), -1)
         n, t = y.shape
         self.target_groups = target_groups = [slice(*g.indices(t)[:2]) for g in target_groups or [slice(0, t)]]
+        self.cv_screen = None  # set below where the CV's traces run
         blocks = [(index, slice(start, min(group.stop, start + self.config.target_batch)))
                   for index, group in enumerate(target_groups)
                   for start in range(group.start, group.stop, self.config.target_batch)]
