@@ -233,6 +233,7 @@ def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192, screened: b
     or with ``target`` the out-of-fold inverses (5 v^2), a block and its fold residuals (3 v b).
     ``screened``: a float64 fit's float32 screen of the traces, while it runs, holds P P' (m^2), a fold's
     statistics and factors (3 v m + v^2) and its per-alpha blocks (4 v m + 4 v^2) at half the element size.
+    In the primal form, where m <= b, the CV keeps X Q (n m) from the eigendecomposition to the end.
     """
     m, v, b = min(n, p), n / 5, min(block, t)
     centred, read = n * p, 2 * n * b + (p + m) * b
@@ -243,7 +244,8 @@ def working_set(n: int, p: int, t: int, cv: bool, block: int = 8192, screened: b
     gather = m * t + statistics + max(read, 4 * v * m + 4 * v * v, screen)
     weights = m * t + (p * t if n < p else 0) + m * b
     moments = p * t + read + (5 * v * v + 3 * v * b if t <= m else 0)
-    return int(centred + m * m + max(5 * m * m, gather, weights, moments))
+    rotated = n * m if n >= p and m <= b else 0
+    return int(centred + m * m + max(5 * m * m, rotated + max(gather, weights, moments)))
 
 
 def predicted_extra_mb(n: int, p: int, t: int, method: str, block: int = 8192) -> float | None:
@@ -278,7 +280,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=0, help="on the CV sizes, also time this many more pairs of "
                                                              "fits in turn (CV, one Cholesky fit, CV, ...), each in a "
                                                              "fresh child, and print the ratio pair by pair: a ratio "
-                                                             "that holds while this VM's speed drifts")
+                                                             "that holds while this VM's speed drifts; with --before, "
+                                                             "each turn fits the earlier code's CV too")
     parser.add_argument("--himalaya", action="store_true", help="also time himalaya's RidgeCV on the CV sizes "
                                                                  "(pip install himalaya; not a dependency)")
     # child mode
@@ -352,12 +355,20 @@ def main() -> None:
                   + (f"; before this change {rows['ours-cv-before']['fit_s'] / rows['ours-chol']['fit_s']:.1f}x"
                      if "ours-cv-before" in rows else ""))
         if args.pairs and size in cv_sizes:
-            ratios = [run_child("ours-cv", data, alpha, args.threads, data / "pred-pair.npy")["fit_s"]
-                      / run_child("ours-chol", data, alpha, args.threads, data / "pred-pair.npy")["fit_s"]
-                      for _ in range(args.pairs)]
-            rows["pairs"] = ratios
+            ratios, changes = [], []
+            for _ in range(args.pairs):
+                fit = {method: run_child(method, data, alpha, args.threads, data / "pred-pair.npy", args.before)["fit_s"]
+                       for method in ["ours-cv", "ours-chol"] + (["ours-cv-before"] if args.before else [])}
+                ratios.append(fit["ours-cv"] / fit["ours-chol"])
+                if args.before:
+                    changes.append(fit["ours-cv"] - fit["ours-cv-before"])
+            rows["pairs"], rows["pairs_minus_before_s"] = ratios, changes
             print(f"ours-cv / ours-chol over {args.pairs} more pairs, fitted in turn: median {np.median(ratios):.1f}x "
                   f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x)", flush=True)
+            if changes:
+                print(f"ours-cv - ours-cv-before in the same turns: median {np.median(changes):+.2f} s (min "
+                      f"{min(changes):+.2f} s, max {max(changes):+.2f} s; faster in {sum(c < 0 for c in changes)} of "
+                      f"{len(changes)})", flush=True)
         for method in ("ours-cv", "ours-cv2"):
             if "parts" in rows.get(method, {}):
                 print(f"{method} steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[method]["parts"].items())

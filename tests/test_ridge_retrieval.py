@@ -60,18 +60,21 @@ def refit_every_fold(model: Ridge, x, y, groups, target_groups):
 
 # primal and dual; few targets (residuals formed) and many (errors as traces); each target's out-of-fold
 # variance (the predictions formed) or each group's (from the traces, where they run); the traces screened in
-# float32 (the default) or every alpha's computed in float64
+# float32 (the default) or every alpha's computed in float64; targets read whole, or in blocks of 8 columns, fewer
+# than the primal form's 12 features, so that X Q is formed again wherever it is needed rather than kept
+@pytest.mark.parametrize("target_batch", [8192, 8])
 @pytest.mark.parametrize("screen", ["float32", None])
 @pytest.mark.parametrize("statistics", ["target", "group"])
 @pytest.mark.parametrize("n,p,t", [(150, 40, 9), (60, 90, 9), (150, 12, 60), (40, 90, 200)])
-def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics, screen):
+def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics, screen, target_batch):
     """The leave-fold-out identity gives the per-fold refits' errors and predictions, without refitting."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3 + 1.0
     y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
     groups = np.repeat(np.arange(n // 2), 2)
     target_groups = [slice(0, 4), slice(4, t)]
-    config = RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4, oof_statistics=statistics, screen_dtype=screen)
+    config = RidgeConfig(alphas=(0.1, 1.0, 10.0, 100.0, 1e3), folds=4, oof_statistics=statistics, screen_dtype=screen,
+                         target_batch=target_batch)
     model = Ridge(config).fit(x, y, groups=groups, target_groups=target_groups)
     errors, mean, var = refit_every_fold(model, x, y, groups, target_groups)
     for index, group in enumerate(target_groups):

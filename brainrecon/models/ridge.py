@@ -22,7 +22,8 @@ the cross-validation costs about one eigendecomposition, not one per fold:
   choice, the weights and the rescaling are the exact search's, at about half the traces' float64 cost.
 - With a single alpha there is nothing to choose: the fit is one Cholesky solve.
 - Targets are read in blocks of columns (``target_batch``), so memory beyond the inputs and the
-  weights is bounded by n x target_batch, and targets held on disk (a memory map) stay there.
+  weights is bounded by a few n x target_batch, and targets held on disk (a memory map) stay there.
+  The data in the eigenbasis, X Q, is kept only where it fits that bound.
 
 Written in torch so the same code runs on a GPU.
 """
@@ -59,7 +60,9 @@ class RidgeConfig(StrictConfig):
     # targets are read, centred, projected and solved this many columns at a time: beyond the weights
     # (features x targets) and a few k x k blocks, the fit's memory is n x target_batch, whatever the
     # number of targets (257 x 768 = 197,376 for CLIP ViT-L/14 tokens). The caller's targets are only
-    # sliced, never copied whole, so a memory-mapped array stays on disk.
+    # sliced, never copied whole, so a memory-mapped array stays on disk. A fit with several alphas also keeps
+    # the data in the eigenbasis, X Q (n x k, k = min(n, features)), where k <= target_batch, so raising it past
+    # the number of voxels trades n x k memory for the CV's re-forming X Q up to four times
     target_batch: int = Field(8192, ge=1)
     # the out-of-fold statistics kept for Ridge.rescaling: "group", each target's mean and each target
     # group's summed variance (what rescale "global" needs), read off the CV's traces where they run;
@@ -85,25 +88,29 @@ class _Spectrum:
     vectors: torch.Tensor
     x: torch.Tensor
     dual: bool
+    rotated: torch.Tensor | None = None  # X Q (n x k) in the primal form, where it is kept
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> _Spectrum:
+    def of(cls, x: torch.Tensor, keep_rotated: bool = False) -> _Spectrum:
+        """``keep_rotated``: in the primal form, keep X Q, from which P and every fold's hat factors are read
+        instead of formed again (the CV forms a fold's X_v Q three to four times, n p^2 work each pass)."""
         dual = x.shape[0] < x.shape[1]
         gram = x @ x.T if dual else x.T @ x
         values, vectors = torch.linalg.eigh(gram)
-        return cls(values.clamp_min(0), vectors, x, dual)
+        rotated = x @ vectors if keep_rotated and not dual else None
+        return cls(values.clamp_min(0), vectors, x, dual, rotated)
 
     def project(self, y: torch.Tensor) -> torch.Tensor:
         """Right-hand factor shared by every alpha: Q^T X^T Y (primal) or Q^T Y (dual)."""
-        # not (X Q)^T Y: keeping X Q (n x p) would save the p x p x t rotation (about 9% of the CV's work at NSD
-        # scale) but hold 1.6 GB more at the fit's peak there in float32, past a 24 GB CPU machine's margin
-        return self.vectors.T @ (self.x.T @ y if not self.dual else y)
+        if self.dual:
+            return self.vectors.T @ y
+        return self.rotated.T @ y if self.rotated is not None else self.vectors.T @ (self.x.T @ y)
 
     def hat_factors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, M) for training rows: their fit is L diag(d) P and their hat block L diag(d) M^T, d = 1/(λ+α)."""
         if self.dual:  # X_v X^T Q = Q_v Λ
             return self.vectors[rows] * self.values, self.vectors[rows]
-        left = self.x[rows] @ self.vectors
+        left = self.rotated[rows] if self.rotated is not None else self.x[rows] @ self.vectors
         return left, left
 
     def weights(self, projected: torch.Tensor, alpha: torch.Tensor, blocks: list[slice]) -> torch.Tensor:
@@ -437,8 +444,11 @@ class Ridge:
                 moments.add(index, cols, yc, self.weight[:, cols])
             self.cv_scores = {f"{g.start}:{g.stop}": [float("nan")] for g in target_groups}
         else:
-            spectrum = _Spectrum.of(xc)
-            k = len(spectrum.values)
+            # X Q (n x k) is kept where it is no larger than a block of targets read (n x target_batch), so the
+            # fit's memory stays within its bound; at NSD scale (k = 15,724 voxels) it is not kept: that costs the
+            # p x p x t rotation and the folds' X_v Q again, but keeps 1.6 GB (float32) off a 24 GB machine's peak
+            k = min(x.shape)
+            spectrum = _Spectrum.of(xc, keep_rotated=k <= min(self.config.target_batch, t))
             projected = torch.empty(k, t, dtype=x.dtype, device=x.device)
             # per fold and alpha a group's traces cost about k n_v k, forming the out-of-fold residuals
             # k n_v t: with few targets (e.g. PCA-reduced spaces, t < k) those are the cheaper of the two
