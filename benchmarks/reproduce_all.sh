@@ -37,6 +37,13 @@ $BR bench leaderboard --preset convergence-mindreader-long --out "$WORK/converge
     --doc docs/benchmarks/convergence-mindreader-long.md
 $BR bench leaderboard --preset convergence-psychometry --out "$WORK/convergence-psychometry" \
     --doc docs/benchmarks/convergence-psychometry.md
+$BR simulate --out "$WORK/lowlevel-store" --no-score --no-progress --overwrite  # convergence-lowlevel.md
+$BR train --config sim-mindeye2-lowlevel --data "$WORK/lowlevel-store" --out "$WORK/lowlevel-6" --overwrite --no-progress
+sed 's/^epochs: 6$/epochs: 24/' brainrecon/configs/train/sim-mindeye2-lowlevel.yaml > "$WORK/lowlevel-24.yaml"
+$BR train --config "$WORK/lowlevel-24.yaml" --data "$WORK/lowlevel-store" --out "$WORK/lowlevel-24" --overwrite --no-progress
+$PY benchmarks/validation_curves.py "$WORK/lowlevel-6" "$WORK/lowlevel-24" --label "6 epochs (the preset)" \
+    --label "24 epochs" --png docs/benchmarks/convergence-lowlevel.png
+$BR bench lowlevel --run "$WORK/lowlevel-6" --n-images 100 --out "$WORK/lowlevel" --doc docs/benchmarks/lowlevel.md
 $PY benchmarks/choose_demo_model.py --store "$WORK/leaderboard/store" --workdir "$WORK/demo-model" \
     --doc docs/benchmarks/demo-model.md
 $PY benchmarks/bench_ceiling_readouts.py --workdir "$WORK/readouts"

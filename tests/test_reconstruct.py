@@ -97,6 +97,10 @@ def test_ecphory_is_chosen_on_the_validation_slice_and_used_by_default(validated
 
 def test_the_lowlevel_path_starts_from_the_predicted_blurry_image_at_a_chosen_strength(validated_run, ridge_run,
                                                                                        tmp_path):
+    # the run's validation curve scored the low-level head on its latents too, and logged it
+    curve = json.loads((validated_run / "validation.json").read_text())["curve"]
+    assert all(e["lowlevel_l1"] > 0 and -1 <= e["lowlevel_corr"] <= 1 for e in curve)
+    assert ",val_lowlevel_corr," in (validated_run / "log.csv").read_text()
     grid = LowLevelGrid(strengths=(0.75, 0.5), max_stimuli=6)
     config = ReconstructConfig(steps=4, batch_size=16, ecphory=False, lowlevel=True, lowlevel_grid=grid,
                                n_images=3, samples=1)

@@ -169,6 +169,39 @@ def test_the_centred_cosine_sees_through_a_prediction_of_the_training_mean(train
     assert "centred_cosine" not in ValidationSet(store, held, targets, "image_pooled").score(informative, "cpu")
 
 
+class _LookupWithLatents(_Lookup):
+    def __init__(self, predictions: np.ndarray, latents: np.ndarray):
+        super().__init__(predictions)
+        self.latents = torch.from_numpy(latents)
+
+    def predict(self, betas: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
+        return {**super().predict(betas, subject), "lowlevel": self.latents[betas[:, 0].long()]}
+
+
+def test_a_low_level_head_is_scored_on_its_latents(train_world):
+    store = open_store(train_world)
+    _, held = split_validation(store, {"subj01": training_rows(store, "subj01", 0)}, 0.2, seed=0)
+    ids = np.unique(store.subject("subj01").trials.stimulus_id)
+    rng = np.random.default_rng(2)
+    values = {"image_pooled": rng.standard_normal((len(ids), 20)).astype(np.float32),
+              "lowlevel": rng.standard_normal((len(ids), 4, 3, 3)).astype(np.float32)}
+    targets = Targets(TargetSpace({"image_pooled": (20,), "lowlevel": (4, 3, 3)}), ids, values)
+    slice_ = ValidationSet(store, held, targets, "image_pooled", lowlevel=True)
+    pooled, latents = (targets.get(name, slice_.stimulus_ids["subj01"]) for name in ("image_pooled", "lowlevel"))
+    slice_.betas["subj01"] = torch.arange(len(pooled), dtype=torch.float32)[:, None]
+    exact = slice_.score(_LookupWithLatents(pooled, latents), "cpu")
+    assert exact["lowlevel_l1"] == pytest.approx(0.0, abs=1e-7) and exact["lowlevel_corr"] == pytest.approx(1.0)
+    # an affine copy per stimulus correlates perfectly and is off by |0.5 x + 1| on average
+    affine = slice_.score(_LookupWithLatents(pooled, 0.5 * latents + 1.0), "cpu")
+    assert affine["lowlevel_corr"] == pytest.approx(1.0, abs=1e-6)
+    assert affine["lowlevel_l1"] == pytest.approx(float(np.abs(0.5 * latents + 1.0 - latents).mean()), rel=1e-5)
+    shuffled = slice_.score(_LookupWithLatents(pooled, latents[::-1].copy()), "cpu")
+    assert abs(shuffled["lowlevel_corr"]) < 0.2 and shuffled["subjects"]["subj01"]["lowlevel_l1"] > 1.0
+    assert "lowlevel_l1" not in ValidationSet(store, held, targets, "image_pooled").score(_Lookup(pooled), "cpu")
+    with pytest.raises(ConfigError, match="lowlevel prediction has shape"):
+        slice_.score(_LookupWithLatents(pooled, latents[:, :2]), "cpu")
+
+
 def test_best_means_the_chosen_metric_with_the_other_breaking_ties():
     a, b = {"retrieval": 0.5, "cosine": 0.10}, {"retrieval": 0.4, "cosine": 0.12}
     assert better(b, a) and not better(a, b)  # by cosine

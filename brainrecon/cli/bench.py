@@ -86,7 +86,8 @@ def lowlevel(run: Path = typer.Option(..., "--run", help="A run with a low-level
              n_images: int = typer.Option(30, "--n-images", min=2, help="subj01's first N test images."),
              out: Path = typer.Option(Path("brainrecon-lowlevel"), "--out", help="Working folder; resumes what "
                                                                                  "it finds."),
-             doc: Path | None = typer.Option(None, "--doc", help="Also copy lowlevel.md and lowlevel.json here.")
+             doc: Path | None = typer.Option(None, "--doc", help="Also copy lowlevel.md here and lowlevel.json "
+                                                                 "beside it, e.g. docs/benchmarks/lowlevel.md.")
              ) -> None:
     """MindEye's low-level img2img path against the same reconstruction without it, per image."""
     from brainrecon.bench.lowlevel import run_lowlevel_bench

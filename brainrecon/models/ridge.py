@@ -58,7 +58,7 @@ class RidgeConfig(StrictConfig):
     dtype: str = "float64"
     device: str = "cpu"
     # targets are read, centred, projected and solved this many columns at a time: beyond the weights
-    # (features x targets) and a few k x k blocks, the fit's memory is n x target_batch, whatever the
+    # (features x targets) and a few k x k blocks, the fit's memory is a few n x target_batch, whatever the
     # number of targets (257 x 768 = 197,376 for CLIP ViT-L/14 tokens). The caller's targets are only
     # sliced, never copied whole, so a memory-mapped array stays on disk. A fit with several alphas also keeps
     # the data in the eigenbasis, X Q (n x k, k = min(n, features)), where k <= target_batch, so raising it past

@@ -194,6 +194,7 @@ def _validation_note(record: dict | None) -> str:
     kept = (f"The final weights are those of step {chosen} ({rule}: val_retrieval "
             f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}"
             + (f", val_centred_cosine {entry['centred_cosine']:.3f}" if "centred_cosine" in entry else "")
+            + (f", val_lowlevel_corr {entry['lowlevel_corr']:.3f}" if "lowlevel_corr" in entry else "")
             + "; dashed line)." if chosen is not None
             else "Training did not finish, so no weights were chosen yet.")
     return (f'<p id="validation">Validation: {100 * record["fraction"]:.0f}% of the training stimuli held out '

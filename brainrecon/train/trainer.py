@@ -259,7 +259,8 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[
     validation = record = None
     if held_out and main:  # scored on the main process only, at checkpoints (every process has the same weights)
         validation = ValidationSet(store, held_out, targets, model.retrieval_target,
-                                   training_rows=rows if config.validation.metric == "centred_cosine" else None)
+                                   training_rows=rows if config.validation.metric == "centred_cosine" else None,
+                                   lowlevel="lowlevel" in model.required_targets)
         record = ValidationRecord(run.path, config.validation, validation.stimuli(), start_step)
 
     bar = tqdm(total=last_step, initial=start_step, desc=f"train {config.model_kind}", unit="step",
@@ -313,8 +314,9 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[
             if record is not None:
                 score = validation.score(unwrapped, accelerator.device)
                 record.add(done, score)
-                log.write(done, epoch, {f"val_{name}": score[name]
-                                        for name in ("retrieval", "cosine", "centred_cosine") if name in score})
+                log.write(done, epoch, {f"val_{name}": score[name] for name in
+                                        ("retrieval", "cosine", "centred_cosine", "lowlevel_l1", "lowlevel_corr")
+                                        if name in score})
             if main:
                 best = record.best if record is not None else None
                 run.save_checkpoint(done, unwrapped, optimizer.optimizer, {"epoch": epoch}, config.keep_checkpoints,

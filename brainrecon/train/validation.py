@@ -13,7 +13,10 @@ checkpoint is kept out of the rotation. The scores go to RUN/log.csv (``val_retr
 
 The score is MindEye's test protocol on the slice: repeats averaged at the input, the model's
 retrieval prediction compared by cosine with every held-out stimulus's target, top-1 over all of
-them (not 300-way: the slice is smaller), and the mean cosine to the true target.
+them (not 300-way: the slice is smaller), and the mean cosine to the true target. A model with a
+low-level head (MindEye's VAE-latent path) is also scored on its latents: their mean absolute error
+(the head's training loss, MindEye2 §2.3) and their mean Pearson correlation with the true latents,
+so the curve shows whether that head, which the retrieval score never sees, has stopped learning.
 """
 
 from __future__ import annotations
@@ -87,10 +90,12 @@ class ValidationSet:
     """The held-out stimuli of each subject: repeat-averaged normalised betas, scored against their targets."""
 
     def __init__(self, store: Store, rows: dict[str, np.ndarray], targets: Targets, target_name: str,
-                 batch_size: int = 256, training_rows: dict[str, np.ndarray] | None = None):
+                 batch_size: int = 256, training_rows: dict[str, np.ndarray] | None = None,
+                 lowlevel: bool = False):
         """``training_rows``: each subject's training rows, whose stimuli's mean target centres the
-        ``centred_cosine`` score (none given: that score is not taken)."""
-        self.targets, self.target_name, self.batch_size = targets, target_name, batch_size
+        ``centred_cosine`` score (none given: that score is not taken). ``lowlevel``: also score the model's
+        ``lowlevel`` prediction against the ``lowlevel`` target (VAE latents)."""
+        self.targets, self.target_name, self.batch_size, self.lowlevel = targets, target_name, batch_size, lowlevel
         self.betas: dict[str, torch.Tensor] = {}
         self.stimulus_ids: dict[str, np.ndarray] = {}
         self.centres: dict[str, torch.Tensor] = {}
@@ -127,9 +132,9 @@ class ValidationSet:
         model.eval()
         per_subject = {}
         for subject, betas in self.betas.items():
-            predicted = torch.cat([model.predict(betas[i:i + self.batch_size].to(device), subject)
-                                   [model.retrieval_target].float().flatten(1).cpu()
-                                   for i in range(0, len(betas), self.batch_size)])
+            outputs = [model.predict(betas[i:i + self.batch_size].to(device), subject)
+                       for i in range(0, len(betas), self.batch_size)]
+            predicted = torch.cat([out[model.retrieval_target].float().flatten(1).cpu() for out in outputs])
             # read from the targets cache at each score rather than held: at NSD size a slice's token targets
             # are about 0.7 GB per subject in float32
             truth = torch.from_numpy(np.asarray(self.targets.get(self.target_name, self.stimulus_ids[subject]),
@@ -142,10 +147,28 @@ class ValidationSet:
                 centre = self.centres[subject]
                 centred = F.cosine_similarity(predicted - centre, truth - centre, dim=1)
                 per_subject[subject]["centred_cosine"] = float(centred.double().mean())
+            if self.lowlevel:
+                latents = torch.cat([out["lowlevel"].float().flatten(1).cpu() for out in outputs])
+                per_subject[subject].update(self._lowlevel_scores(latents, self.stimulus_ids[subject]))
         model.train(was_training)
-        names = ["retrieval", "cosine"] + (["centred_cosine"] if self.centres else [])
+        names = (["retrieval", "cosine"] + (["centred_cosine"] if self.centres else [])
+                 + (["lowlevel_l1", "lowlevel_corr"] if self.lowlevel else []))
         return {**{name: float(np.mean([v[name] for v in per_subject.values()])) for name in names},
                 "subjects": per_subject}
+
+
+    def _lowlevel_scores(self, predicted: torch.Tensor, stimuli: np.ndarray) -> dict[str, float]:
+        """Mean absolute error of the predicted VAE latents, and their mean per-stimulus Pearson correlation."""
+        truth = torch.from_numpy(np.asarray(self.targets.get("lowlevel", stimuli), np.float32)).flatten(1)
+        if truth.shape != predicted.shape:
+            raise ConfigError(f"the model's lowlevel prediction has shape {tuple(predicted.shape[1:])} per stimulus "
+                              f"but the lowlevel target {tuple(truth.shape[1:])}: train with the VAE the targets "
+                              f"were made with")
+        centred_p = predicted - predicted.mean(1, keepdim=True)
+        centred_t = truth - truth.mean(1, keepdim=True)
+        correlation = F.cosine_similarity(centred_p, centred_t, dim=1)
+        return {"lowlevel_l1": float((predicted - truth).abs().double().mean()),
+                "lowlevel_corr": float(correlation.double().mean())}
 
 
 def better(score: dict, best: dict | None, metric: str = "cosine") -> bool:
@@ -184,5 +207,7 @@ class ValidationRecord:
                                       "metric": self.config.metric, "stimuli": self.stimuli,
                                       "scores": "retrieval: top-1 among the slice; cosine: mean cosine to the truth; "
                                                 "centred_cosine (with that metric): the same, both centred with "
-                                                "the subject's training stimuli's mean target",
+                                                "the subject's training stimuli's mean target; lowlevel_l1 and "
+                                                "lowlevel_corr (with a low-level head): the predicted VAE latents' "
+                                                "mean absolute error and mean correlation with the truth",
                                       "chosen_step": chosen_step, "curve": self.curve})
