@@ -132,9 +132,12 @@ class ValidationSet:
         model.eval()
         per_subject = {}
         for subject, betas in self.betas.items():
-            outputs = [model.predict(betas[i:i + self.batch_size].to(device), subject)
-                       for i in range(0, len(betas), self.batch_size)]
-            predicted = torch.cat([out[model.retrieval_target].float().flatten(1).cpu() for out in outputs])
+            # only the scored outputs are kept from each batch (at NSD size MindEye2's backbone is ~1.7 MB a stimulus)
+            wanted = (model.retrieval_target,) + (("lowlevel",) if self.lowlevel else ())
+            outputs = [{name: out[name].float().flatten(1).cpu() for name in wanted}
+                       for out in (model.predict(betas[i:i + self.batch_size].to(device), subject)
+                                   for i in range(0, len(betas), self.batch_size))]
+            predicted = torch.cat([out[model.retrieval_target] for out in outputs])
             # read from the targets cache at each score rather than held: at NSD size a slice's token targets
             # are about 0.7 GB per subject in float32
             truth = torch.from_numpy(np.asarray(self.targets.get(self.target_name, self.stimulus_ids[subject]),
@@ -148,7 +151,7 @@ class ValidationSet:
                 centred = F.cosine_similarity(predicted - centre, truth - centre, dim=1)
                 per_subject[subject]["centred_cosine"] = float(centred.double().mean())
             if self.lowlevel:
-                latents = torch.cat([out["lowlevel"].float().flatten(1).cpu() for out in outputs])
+                latents = torch.cat([out["lowlevel"] for out in outputs])
                 per_subject[subject].update(self._lowlevel_scores(latents, self.stimulus_ids[subject]))
         model.train(was_training)
         names = (["retrieval", "cosine"] + (["centred_cosine"] if self.centres else [])
