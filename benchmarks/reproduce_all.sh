@@ -41,8 +41,14 @@ $BR simulate --out "$WORK/lowlevel-store" --no-score --no-progress --overwrite  
 $BR train --config sim-mindeye2-lowlevel --data "$WORK/lowlevel-store" --out "$WORK/lowlevel-6" --overwrite --no-progress
 sed 's/^epochs: 6$/epochs: 24/' brainrecon/configs/train/sim-mindeye2-lowlevel.yaml > "$WORK/lowlevel-24.yaml"
 $BR train --config "$WORK/lowlevel-24.yaml" --data "$WORK/lowlevel-store" --out "$WORK/lowlevel-24" --overwrite --no-progress
-$PY benchmarks/validation_curves.py "$WORK/lowlevel-6" "$WORK/lowlevel-24" --label "6 epochs (the preset)" \
-    --label "24 epochs" --png docs/benchmarks/convergence-lowlevel.png
+(cat brainrecon/configs/train/sim-mindeye2-lowlevel.yaml; echo "seed: 1") > "$WORK/lowlevel-6s1.yaml"
+(cat "$WORK/lowlevel-24.yaml"; echo "seed: 1") > "$WORK/lowlevel-24s1.yaml"
+for run in 6s1 24s1; do
+    $BR train --config "$WORK/lowlevel-$run.yaml" --data "$WORK/lowlevel-store" --out "$WORK/lowlevel-$run" --overwrite --no-progress
+done
+$PY benchmarks/validation_curves.py "$WORK/lowlevel-6" "$WORK/lowlevel-24" "$WORK/lowlevel-6s1" "$WORK/lowlevel-24s1" \
+    --label "6 epochs (the preset), seed 0" --label "24 epochs, seed 0" --label "6 epochs (the preset), seed 1" \
+    --label "24 epochs, seed 1" --png docs/benchmarks/convergence-lowlevel.png
 $BR bench lowlevel --run "$WORK/lowlevel-6" --n-images 100 --out "$WORK/lowlevel" --doc docs/benchmarks/lowlevel.md
 $PY benchmarks/choose_demo_model.py --store "$WORK/leaderboard/store" --workdir "$WORK/demo-model" \
     --doc docs/benchmarks/demo-model.md
