@@ -33,7 +33,7 @@ from brainrecon.evaluate.feature_nets import AlexNet
 from brainrecon.evaluate.leakage import LeakageError, check_leakage
 from brainrecon.evaluate.metrics import pixcorr, ssim
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
-from brainrecon.reconstruct import ReconstructConfig, reconstruct
+from brainrecon.reconstruct import ReconstructConfig, memory_dir, reconstruct
 from brainrecon.train.run import RunContext
 from brainrecon.train.config import TrainConfig
 from brainrecon.train.trainer import train
@@ -81,6 +81,9 @@ def test_metrics_json_schema_and_values_match_direct_computation(two_subject_run
     assert metrics["selection"] == {"mode": "brain", "label": "brain-predicted (honest)", "oracle": False}
     assert set(metrics["versions"]) >= {"brainrecon", "torch", "python"}
     assert metrics["leakage"]["held_out"] and len(metrics["leakage"]["checks"]) >= 3
+    # the Ecphory memories the reconstructions were made with were read, where `reconstruct` saved them
+    memory_checks = [c for c in metrics["leakage"]["checks"] if "Ecphory memory" in c]
+    assert [c.split(":")[0] for c in memory_checks] == ["subj01", "subj02"], memory_checks
 
     store = open_store(metrics["store"])
     for subject in ("subj01", "subj02"):
@@ -206,10 +209,17 @@ def test_refuses_memories_or_reconstructions_holding_a_test_stimulus(two_subject
     test_ids = {"subj01": np.array([5, 6, 7])}
     record = {"subj01": [1, 2, 3]}
     run = tmp_path / "run"
-    (run / "memory" / "subj01").mkdir(parents=True)
-    save_file({"stimulus_ids": np.array([1, 2, 7])}, str(run / "memory" / "subj01" / "keys.safetensors"))
-    with pytest.raises(LeakageError, match="in the Ecphory memory"):
-        check_leakage(run, test_ids, record, {"subj01": "none"})
+    for keys in ("prediction", "brain"):  # where `brainrecon memory build` saves each kind of memory
+        folder = memory_dir(run, "subj01", keys)
+        folder.mkdir(parents=True)
+        save_file({"stimulus_ids": np.array([1, 2, 7])}, str(folder / "keys.safetensors"))
+        with pytest.raises(LeakageError, match=f"in the Ecphory memory {folder}"):
+            check_leakage(run, test_ids, record, {"subj01": "none"})
+        save_file({"stimulus_ids": np.array([1, 2, 3])}, str(folder / "keys.safetensors"))
+    checks = check_leakage(run, test_ids, record, {"subj01": "none"}).checks
+    assert [c for c in checks if "Ecphory memory" in c] == [
+        "subj01: no test stimulus in the Ecphory memory with prediction keys (3 entries)",
+        "subj01: no test stimulus in the Ecphory memory with brain keys (3 entries)"]
     shutil.rmtree(run / "memory")
     manifest = {"images": [{"subject": "subj01", "file": "subj01/5.png", "retrieved_stimuli": [1, 6]}]}
     with pytest.raises(LeakageError, match="subj01/5.png was built from"):

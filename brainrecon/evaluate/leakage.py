@@ -5,7 +5,8 @@ Three ways a test image can reach a model before it is scored, each checked by i
 1. training: the run's record of every stimulus it trained on (``RUN/training_stimuli.json``,
    an ``init_from`` run's included), for *any* of its subjects, since a multi-subject model
    that saw a test image through another subject's brain has still seen it;
-2. Ecphory memories: the stimulus ids stored in ``RUN/memory/<subject>/keys.safetensors``;
+2. Ecphory memories: the stimulus ids stored in ``RUN/memory/<keys>/<subject>/keys.safetensors``, for
+   every kind of memory key;
 3. reconstructions: the memories each reconstruction was built from (``retrieved_stimuli``
    in the reconstruction manifest).
 
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from brainrecon.errors import EvaluationError
+from brainrecon.memory.choice import KeyKind
+from brainrecon.reconstruct import memory_dir
 
 LEAKY_NORMALIZATION = "session-zscore-all"
 
@@ -83,14 +87,18 @@ def check_leakage(run: str | Path, test_ids: dict[str, np.ndarray], training_sti
                     f"among the training trials of run {run} (subject {trained})", subject, leaked,
                     "Train on a split whose training trials exclude every test image, or evaluate on a store "
                     "whose test split is disjoint from this run's training data."))
-        memory = memory_stimulus_ids(run / "memory" / subject)
-        if memory is not None:
+        for keys in get_args(KeyKind):
+            folder = memory_dir(run, subject, keys)
+            memory = memory_stimulus_ids(folder)
+            if memory is None:
+                continue
             leaked = np.intersect1d(ids, memory)
             if leaked.size:
                 raise LeakageError(_overlap_message(
-                    f"in the Ecphory memory {run / 'memory' / subject}", subject, leaked,
+                    f"in the Ecphory memory {folder}", subject, leaked,
                     "Rebuild it with `brainrecon memory build` (memories hold training trials only)."))
-            report.checks.append(f"{subject}: no test stimulus in the Ecphory memory ({memory.size} entries)")
+            report.checks.append(f"{subject}: no test stimulus in the Ecphory memory with {keys} keys "
+                                 f"({memory.size} entries)")
         normalization = normalizations.get(subject, "none")
         if normalization == LEAKY_NORMALIZATION:
             message = (f"{subject}: betas were normalised with statistics that include the test trials "
