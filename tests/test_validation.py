@@ -94,6 +94,15 @@ def test_validation_holds_out_whole_stimuli_for_every_subject_with_a_seed(train_
     with pytest.raises(ConfigError, match="validation.fraction 0.1 leaves subject subj01"):
         split_validation(store, few, 0.1, seed=0)
 
+    # stimuli a starting model (init_from) trained on stay in training: a score on them would be a training score
+    seen = np.asarray(sorted(union))[::2]
+    train, held = split_validation(store, rows, 0.2, seed=0, seen=seen)
+    held_ids = set().union(*(stimuli(s, r) for s, r in held.items()))
+    assert held_ids and not held_ids & set(seen.tolist())
+    assert len(held_ids) == round(0.2 * (len(union) - len(seen)))
+    with pytest.raises(ConfigError, match="every training stimulus .* was trained on by the init_from run"):
+        split_validation(store, rows, 0.2, seed=0, seen=np.asarray(sorted(union)))
+
 
 def test_closed_form_models_refuse_a_validation_slice():
     with pytest.raises(ConfigError, match="cross-validation on every training stimulus"):

@@ -27,12 +27,13 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from brainrecon.data.store import Store, open_store
 from brainrecon.errors import ConfigError, DivergenceError
-from brainrecon.io import atomic_write_json, exclusive_lock
+from brainrecon.io import atomic_write_json, atomic_write_text, exclusive_lock
 from brainrecon.models import build_model
 from brainrecon.models.base import (
     BrainModel,
@@ -158,9 +159,9 @@ class CsvLog:
             rows = [r for r in csv.reader(path.open()) if r and (r[0] == "step" or int(r[0]) <= resume_step)]
             buffer = io.StringIO()
             csv.writer(buffer).writerows(rows)
-            path.write_text(buffer.getvalue())
+            atomic_write_text(path, buffer.getvalue())  # a kill here must not lose the logged history
         elif not path.is_file() or not resume_step:
-            path.write_text("step,epoch,metric,value\n")
+            atomic_write_text(path, "step,epoch,metric,value\n")
 
     def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
         with self.path.open("a", newline="") as handle:
@@ -211,29 +212,41 @@ def train(config: TrainConfig, store_path: str | Path, out: str | Path, resume: 
     # the caller its own state back
     with contextlib.ExitStack() as held, torch.random.fork_rng(devices=_cuda_devices()):
         model, _ = initial_model(config, subjects, targets)
+        rows, held_out = _training_and_validation_rows(config, store, list(subjects))
         if main:
             held.enter_context(exclusive_lock(run.path))  # one writer per run: a second `--resume` is refused
             run.start(config, resume, overwrite, store)
         accelerator.wait_for_everyone()
-        return _train(config, store, model, list(subjects), targets, run, resume, progress, accelerator)
+        return _train(config, store, model, rows, held_out, targets, run, resume, progress, accelerator)
+
+
+def _training_and_validation_rows(config: TrainConfig, store: Store, subjects: list[str]):
+    """The one place a run's training trials are chosen (the run records them for everyone after it), and its
+    validation slice: stimuli an ``init_from`` run trained on are never held out, since that model has seen them."""
+    rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
+    if not config.validation.enabled:
+        return rows, {}
+    seen = None
+    if config.init_from:
+        seen = np.unique(np.concatenate([np.asarray(ids, np.int64) for ids in
+                                         training_stimuli(config.init_from).values()] or [np.zeros(0, np.int64)]))
+    return split_validation(store, rows, config.validation.fraction, config.seed, seen=seen)
 
 
 def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def _train(config: TrainConfig, store: Store, model: BrainModel, subjects: list[str], targets: Targets,
-           run: RunDir, resume: bool, progress: bool, accelerator) -> Path:
-    """``subjects``: the config's subjects, the ones trained on. The model may hold more (an ``init_from``
-    run's subjects): they stay in it, but none of their trials is drawn."""
+def _train(config: TrainConfig, store: Store, model: BrainModel, rows: dict[str, np.ndarray],
+           held_out: dict[str, np.ndarray], targets: Targets, run: RunDir, resume: bool, progress: bool,
+           accelerator) -> Path:
+    """``rows``: the training rows of the config's subjects, the ones trained on (``held_out``: their validation
+    rows). The model may hold more subjects (an ``init_from`` run's): they stay in it, but none of their trials
+    is drawn."""
+    subjects = list(rows)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space,
                    str(store.root.resolve()), store.manifest_sha256)
-    # the one place a run's training trials are chosen; the run records them for everyone after it
-    rows = {s: training_rows(store, s, config.seed, config.sessions_for(s), config.max_trials) for s in subjects}
-    held_out = {}
-    if config.validation.enabled:
-        rows, held_out = split_validation(store, rows, config.validation.fraction, config.seed)
     if main:
         run.write_info(info)
         run.write_training_stimuli(store, rows, training_stimuli(config.init_from) if config.init_from else None,

@@ -62,16 +62,23 @@ class ValidationConfig(StrictConfig):
         return self.fraction > 0
 
 
-def split_validation(store: Store, rows: dict[str, np.ndarray], fraction: float,
-                     seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def split_validation(store: Store, rows: dict[str, np.ndarray], fraction: float, seed: int,
+                     seen: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each subject's training rows split into (training, validation) by stimulus.
 
-    ``round(fraction * n)`` of the n distinct stimuli in ``rows`` (all subjects together) are held
-    out, in a seeded order; a subject's validation rows are its trials of those stimuli.
+    ``round(fraction * n)`` of the n distinct stimuli in ``rows`` (all subjects together) that are not in
+    ``seen`` are held out, in a seeded order; a subject's validation rows are its trials of those stimuli.
+    ``seen``: stimuli the starting model already trained on (an ``init_from`` run's), which would make a
+    validation score on them a training score; they always stay in training.
     """
     ids = {s: store.subject(s).trials.stimulus_id[r] for s, r in rows.items()}
     union = np.unique(np.concatenate(list(ids.values())))
-    held = derive_rng(seed, "validation").permutation(union)[:round(fraction * len(union))]
+    unseen = union if seen is None else np.setdiff1d(union, seen)
+    if fraction > 0 and unseen.size == 0:
+        raise ConfigError(f"validation.fraction {fraction}: every training stimulus of {sorted(rows)} was trained on "
+                          f"by the init_from run, so none can validate it; set validation.fraction to 0, or train "
+                          f"on sessions the init_from run did not")
+    held = derive_rng(seed, "validation").permutation(unseen)[:round(fraction * len(unseen))]
     train, validation = {}, {}
     for subject, subject_rows in rows.items():
         out = np.isin(ids[subject], held)
@@ -80,9 +87,10 @@ def split_validation(store: Store, rows: dict[str, np.ndarray], fraction: float,
         if fraction > 0 and (stimuli < MIN_STIMULI or not (~out).any()):
             raise ConfigError(f"validation.fraction {fraction} leaves subject {subject} {stimuli} validation "
                               f"stimuli and {int((~out).sum())} training trials (it has "
-                              f"{len(np.unique(ids[subject]))} training stimuli); a validation slice needs at "
-                              f"least {MIN_STIMULI} stimuli and training at least one trial: change "
-                              f"validation.fraction, or set it to 0")
+                              f"{len(np.unique(ids[subject]))} training stimuli"
+                              + ("; stimuli the init_from run trained on are never held out" if seen is not None else "")
+                              + f"); a validation slice needs at least {MIN_STIMULI} stimuli and training at least "
+                              f"one trial: change validation.fraction, or set it to 0")
     return train, validation
 
 
