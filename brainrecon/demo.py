@@ -31,7 +31,7 @@ from brainrecon.evaluate.evaluation import evaluate_run, final_evaluation, metri
 from brainrecon.evaluate.metrics import two_way_identification
 from brainrecon.generate.base import GenerationRequest, quiet_model_loading
 from brainrecon.generate.unclip import UnclipGenerator
-from brainrecon.io import atomic_write_json, atomic_write_text, check_output_dir, exclusive_lock
+from brainrecon.io import atomic_save_image, atomic_write_json, atomic_write_text, check_output_dir, exclusive_lock
 from brainrecon.pretrained import SIMWORLD_ASSETS
 from brainrecon.memory.choice import EcphorySetting
 from brainrecon.reconstruct import ReconstructConfig
@@ -236,8 +236,7 @@ def save_reconstruction_grid(rec: Reconstructions, path: Path, columns: int = 10
         for row, images in enumerate((rec.originals, rec.from_truth, rec.from_brain, rec.from_ecphory)):
             tile = Image.fromarray(images[i]).resize((size, size), Image.NEAREST)
             canvas.paste(tile, (gap + col * (size + gap), gap + block * (ROWS * size + (ROWS + 1) * gap) + row * (size + gap)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic_save_image(path, canvas)
 
 
 def run_demo(out: Path, config: str = "default", progress: bool = True, echo=print, n_images: int = 30,
@@ -246,17 +245,18 @@ def run_demo(out: Path, config: str = "default", progress: bool = True, echo=pri
     ``deep_steps``: the deep model's optimiser steps (0: no deep model)."""
     if deep_steps < 0:
         raise ValueError(f"deep_steps must be 0 (no deep model) or more, got {deep_steps}")
+    world = load_config(WorldConfig, config, "worlds")  # a bad config is refused before anything is written
     marker = out / "demo.json"
     check_output_dir(out, "an earlier `brainrecon demo`", lambda path: (path / "demo.json").is_file(), overwrite=True)
     with exclusive_lock(out):
         out.mkdir(parents=True, exist_ok=True)
         # claimed first, so that a demo killed half-way is still recognised (and replaced) by the next one
         atomic_write_json(marker, {"brainrecon_version": __version__, "config": config, "finished": False})
-        return _run_demo(out, marker, config, progress, echo, n_images, deep_steps)
+        return _run_demo(out, marker, config, world, progress, echo, n_images, deep_steps)
 
 
-def _run_demo(out: Path, marker: Path, config: str, progress: bool, echo, n_images: int, deep_steps: int) -> dict:
-    world = load_config(WorldConfig, config, "worlds")
+def _run_demo(out: Path, marker: Path, config: str, world: WorldConfig, progress: bool, echo, n_images: int,
+              deep_steps: int) -> dict:
     started = time.perf_counter()
     simulate_world(world, out / "store", overwrite=True, progress=progress)
     seconds = {"simulate": time.perf_counter() - started}

@@ -95,6 +95,18 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     _atomic_write(Path(path), lambda f: np.save(f, array, allow_pickle=False), "wb")
 
 
+def atomic_save_image(path: str | Path, image, format: str = "PNG") -> None:
+    """Save a PIL image (or anything with PIL's ``save(fp, format=...)``) without a half-written file."""
+    with atomic_path(path) as temporary:
+        image.save(temporary, format=format)
+
+
+def atomic_copy(source: str | Path, destination: str | Path) -> None:
+    """Copy a file's bytes to ``destination``, which only ever holds the old file or the whole new one."""
+    with atomic_path(destination) as temporary:
+        shutil.copyfile(source, temporary)
+
+
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -158,6 +170,15 @@ def check_output_dir(path: str | Path, what: str, is_own, overwrite: bool, flag:
         raise OutputError(f"{flag} {path} already holds {what}; pass --overwrite to replace it, or choose "
                           f"another {flag}")
     return True
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output file path that is a folder, before the work that would end in writing it."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give the path of a file to write")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"{flag} {path}: {path.parent} is a file, not a folder; choose another {flag}")
 
 
 def partial_dir(path: str | Path) -> Path:

@@ -22,7 +22,7 @@ from brainrecon.cli import main
 from brainrecon.config import load_config
 from brainrecon.data.simworld import WorldConfig
 from brainrecon.errors import ConfigError, OutputError
-from brainrecon.io import exclusive_lock
+from brainrecon.io import atomic_copy, atomic_save_image, exclusive_lock
 from brainrecon.reconstruct import ReconstructConfig, reconstruct
 
 torch.set_num_threads(1)
@@ -61,12 +61,17 @@ def places(tiny_world, train_world, ridge_run, tmp_path_factory) -> dict[str, Pa
             "subjects": ["subj01"], "eval": {"way": 50, "draws": 2}}
     configs = {"bad-lr": {**good, "model": {"kind": "mindeye2"}, "optim": {"lr": -1.0}},
                "typo": {**good, "model": {"kind": "mindeye2", "hiden": 64}},
-               "stranger": {**good, "subjects": ["subj09"]}, "good": good}
+               "stranger": {**good, "subjects": ["subj09"]}, "good": good,
+               "no-sessions": {**good, "sessions": [99]}}
     for name, values in configs.items():
         (root / f"{name}.yaml").write_text(json.dumps(values))  # JSON is YAML
+    benches = {"lb-nowhere": {"world": "nowhere", "models": ["ridge"]},
+               "eff-stranger": {"world": "tiny", "target": "subj09", "session_counts": [1], "steps": 2}}
+    for name, values in benches.items():
+        (root / f"{name}.yaml").write_text(json.dumps(values))
     return {"root": root, "store": tiny_world, "train_store": train_world, "run": run, "recons": recons,
             "tampered": tampered, "mine": mine, "file": root / "a-file", "new": root / "new",
-            "absent": root / "absent", **{name: root / f"{name}.yaml" for name in configs},
+            "absent": root / "absent", **{name: root / f"{name}.yaml" for name in [*configs, *benches]},
             "empty": root / "empty.yaml", "list": root / "list.yaml", "noext": root / "tiny"}
 
 
@@ -88,6 +93,7 @@ CASES = [
     ("train: negative learning rate", [*TRAIN, "{bad-lr}"], 2, "optim.lr", "new"),
     ("train: model option typo", [*TRAIN, "{typo}"], 2, "hiden", "new"),
     ("train: unknown subject", [*TRAIN, "{stranger}"], 2, "subj09", "new"),
+    ("train: sessions the store lacks", [*TRAIN, "{no-sessions}"], 2, "no training trials", "new"),
     ("train: missing store", ["train", "--config", "{good}", "--data", "{absent}", "--out", "{new}"], 2,
      "no brainrecon store", "new"),
     ("train: --max-steps 0", [*TRAIN, "{good}", "--max-steps", "0"], 2, "max_steps", "new"),
@@ -134,6 +140,29 @@ CASES = [
                                                      "--out", "{new}", "--sessions", "many"], 2, "'available'",
      "new"),
     ("store info: no store", ["store", "info", "{absent}"], 2, "no brainrecon store at", "absent"),
+    ("store import-bdata: --image-size 0", ["store", "import-bdata", "--file", "{absent}", "--images", "{mine}",
+                                            "--out", "{new}", "--image-size", "0"], 2, "positive number of pixels",
+     "mine"),
+    ("evaluate: --recons is a store", ["evaluate", "--run", "{run}", "--recons", "{store}"], 2,
+     "is not a folder written by `brainrecon reconstruct`", "run"),
+    ("evaluate: --out is a folder", ["evaluate", "--run", "{run}", "--out", "{mine}"], 2, "is a folder", "run"),
+    ("report: --metrics that is not a metrics file", ["report", "--run", "{run}", "--metrics", "{run}/model.json"],
+     2, "is not a metrics file written by `brainrecon evaluate`", "run"),
+    ("bank search: --out is a folder", ["bank", "search", "--bank", "{absent}", "--run", "{run}", "--out",
+                                        "{mine}"], 2, "is a folder", "mine"),
+    ("bank build: --out is someone's folder", ["bank", "build", "--images", "{recons}/subj01", "--clip",
+                                               "simworld", "--out", "{mine}"], 2, "not an image bank", "mine"),
+    ("bench leaderboard: --doc that is not a page", ["bench", "leaderboard", "--preset", "smoke", "--out", "{new}",
+                                                     "--doc", "{mine}"], 2, "is not a .md page", "mine"),
+    ("bench leaderboard: a world that does not exist", ["bench", "leaderboard", "--preset", "{lb-nowhere}",
+                                                        "--out", "{new}"], 2, "no worlds preset named 'nowhere'",
+     "new"),
+    ("bench efficiency: a target the world lacks", ["bench", "efficiency", "--preset", "{eff-stranger}", "--out",
+                                                    "{new}"], 2, "'subj09' is not a subject", "new"),
+    ("demo: a world that does not exist", ["demo", "--config", "nowhere", "--out", "{new}"], 2,
+     "no worlds preset named 'nowhere'", "new"),
+    ("assets check: --n 1", ["assets", "check", "{absent}", "--n", "1"], 2, "--n", "absent"),
+    ("assets train: --out is a file", ["assets", "train", "--out", "{file}", "--quick"], 2, "is a file", "file"),
 ]
 
 
@@ -189,3 +218,22 @@ def test_a_held_lock_refuses_a_second_writer(tmp_path):
         except OutputError:
             assert time.time() < deadline
             time.sleep(0.1)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    page, source = tmp_path / "page.md", tmp_path / "new.md"
+    page.write_text("old")
+
+    class HalfWritten:  # a PNG writer that dies half-way
+        def save(self, fp, format):
+            Path(fp).write_bytes(b"half a png")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save_image(page, HalfWritten())
+    with pytest.raises(FileNotFoundError):
+        atomic_copy(source, page)
+    assert page.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["page.md"]
+    source.write_text("new")
+    atomic_copy(source, page)
+    assert page.read_text() == "new"

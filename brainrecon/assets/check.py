@@ -20,6 +20,7 @@ from brainrecon.embed.clip import ClipImageEmbedder, ClipTextEmbedder
 from brainrecon.evaluate.metrics import two_way_identification
 from brainrecon.generate.base import GenerationRequest
 from brainrecon.generate.unclip import UnclipGenerator
+from brainrecon.io import atomic_save_image
 
 
 def load_set(folder: Path):
@@ -103,5 +104,4 @@ def save_grid(originals: np.ndarray, decoded: np.ndarray, path: Path, columns: i
         x, y = gap + col * (size + gap), gap + block * (2 * size + 3 * gap)
         canvas.paste(Image.fromarray(orig).resize((size, size), Image.NEAREST), (x, y))
         canvas.paste(Image.fromarray(dec).resize((size, size), Image.NEAREST), (x, y + size + gap))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic_save_image(path, canvas)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from brainrecon.io import atomic_write_text
+
 DEFAULT_GUIDANCE = 3.0  # what `check` uses when the set records no guidance chosen on validation scenes
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
-    (Path(out) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(out: Path) -> dict:

@@ -53,6 +53,7 @@ from brainrecon.assets.scenes import (
     render_scenes,
 )
 from brainrecon.embed.clip import CLIP_MEAN, CLIP_STD, byte_level_tokenizer
+from brainrecon.io import check_output_dir, partial_dir, publish_dir
 from brainrecon.train.config import OptimConfig
 from brainrecon.train.run import optimizer_from_safetensors, optimizer_to_safetensors
 from brainrecon.train.trainer import learning_rate
@@ -417,20 +418,18 @@ def save_decoder_checkpoint(folder: Path, step: int, plan: TrainPlan, unet, opti
     """Everything needed to continue bit-for-bit: weights, EMA, optimizer and both random streams."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in unet.state_dict().items()}, str(partial / "unet.safetensors"))
-    if ema is not None:
-        save_file(ema, str(partial / "ema.safetensors"))
-    tensors, meta = optimizer_to_safetensors(optimizer.state_dict())
-    tensors["noise_generator_state"] = noise_gen.get_state()
-    save_file(tensors, str(partial / "optimizer.safetensors"))
-    (partial / "state.json").write_text(json.dumps({"step": step, "plan": asdict(plan), "optimizer": meta,
-                                                    "numpy_rng": rng.bit_generator.state}))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    def write(partial: Path) -> None:
+        weights = {k: v.detach().contiguous() for k, v in unet.state_dict().items()}
+        save_file(weights, str(partial / "unet.safetensors"))
+        if ema is not None:
+            save_file(ema, str(partial / "ema.safetensors"))
+        tensors, meta = optimizer_to_safetensors(optimizer.state_dict())
+        tensors["noise_generator_state"] = noise_gen.get_state()
+        save_file(tensors, str(partial / "optimizer.safetensors"))
+        (partial / "state.json").write_text(json.dumps({"step": step, "plan": asdict(plan), "optimizer": meta,
+                                                        "numpy_rng": rng.bit_generator.state}))
+
+    save_folder_atomic(Path(folder), write)
 
 
 def load_decoder_checkpoint(folder: Path, plan: TrainPlan, unet, optimizer, ema, rng, noise_gen) -> int:
@@ -492,6 +491,8 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
     so an interrupted run continues where it stopped when started again with the same arguments.
     """
     out = Path(out)
+    # a model set's own folder is resumed (or its decoder retrained); a file or someone else's folder is refused
+    check_output_dir(out, "a brainrecon model set", _is_model_set, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     plan = TrainPlan.quick() if quick else TrainPlan.full()
     command = command or (f"brainrecon assets train --out {out} --seed {seed}" + (" --quick" if quick else "")
@@ -512,7 +513,7 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
         started = time.perf_counter()
         clip_model = train_clip(plan, images, caption_lists, tokenizer, seed, log)
         seconds["clip"] = time.perf_counter() - started
-        save_clip(clip_model, tokenizer, out / "clip")
+        save_folder_atomic(out / "clip", lambda path: save_clip(clip_model, tokenizer, path))
         started = time.perf_counter()
         vae = train_vae(plan, images, seed, log)
         seconds["vae"] = time.perf_counter() - started
@@ -569,6 +570,11 @@ def train_assets(out: Path, seed: int = 0, quick: bool = False, command: str | N
     return manifest
 
 
+def _is_model_set(folder: Path) -> bool:
+    """Whether a folder holds (part of) a model set: what `train_assets` writes or resumes from."""
+    return any((folder / name).exists() for name in ("manifest.json", "clip", "decoder", "decoder-checkpoint"))
+
+
 def _previous_stage(out: Path, seed: int, quick: bool) -> dict:
     """The manifest of the run whose CLIP and VAE a --decoder-only run reuses (checked to match)."""
     needed = [out / "manifest.json", out / "clip" / "config.json", out / "decoder" / "vae" / "config.json"]
@@ -605,13 +611,15 @@ def load_clip_and_vae(out: Path):
     return clip_model, vae
 
 
-def save_pipeline_atomic(pipe, folder: Path) -> None:
-    """Write next to `folder`, then swap, so a crash never leaves half a decoder."""
-    partial = folder.with_name(folder.name + ".partial")
+def save_folder_atomic(folder: Path, write) -> None:
+    """``write(path)`` fills a folder assembled next to ``folder``, which then takes its place by renames, so a
+    crash never leaves half a model (or no model where one was)."""
+    partial = partial_dir(folder)
     shutil.rmtree(partial, ignore_errors=True)
-    save_pipeline(pipe, partial)
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    partial.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write(partial)
+    publish_dir(partial, folder)
+
+
+def save_pipeline_atomic(pipe, folder: Path) -> None:
+    save_folder_atomic(folder, lambda path: save_pipeline(pipe, path))

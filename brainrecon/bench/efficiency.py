@@ -20,13 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import model_validator
+
 from brainrecon.bench.leaderboard import (bench_world, claim_workdir, git_commit, machine, sim_train_config,
                                           train_in_child)
-from brainrecon.config import StrictConfig
+from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
-from brainrecon.data.simworld import SIMULATED_NOTE
+from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, subject_name
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.report.figures import pyplot, save_figure
+from brainrecon.train.config import TrainConfig
 
 
 class EfficiencyConfig(StrictConfig):
@@ -40,11 +43,24 @@ class EfficiencyConfig(StrictConfig):
     draws: int = 30
     seed: int = 42
 
+    @model_validator(mode="after")
+    def _world_model_and_target_exist(self) -> EfficiencyConfig:
+        # checked before the bench folder is claimed and the world simulated, so a typo costs a second
+        world = load_config(WorldConfig, self.world, "worlds")
+        subjects = [subject_name(i) for i in range(world.n_subjects)]
+        if self.target not in subjects:
+            raise ValueError(f"target {self.target!r} is not a subject of world {self.world!r}; choose one of "
+                             f"{subjects}")
+        if world.n_subjects < 2:
+            raise ValueError(f"world {self.world!r} has one subject; multi-subject training needs two or more")
+        validate_config(TrainConfig, sim_train_config(self.model, self.train_overrides, self.way, self.draws,
+                                                      self.seed, seed=0, steps=self.steps),
+                        source=f"the efficiency bench's {self.model!r} training config")
+        return self
+
 
 def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int], runs: Path) -> list[dict]:
     """The runs to train, in order (the adaptation needs its pretraining first)."""
-    if config.target not in subjects:
-        raise ValueError(f"target {config.target} is not in the world (subjects: {subjects})")
     others = [s for s in subjects if s != config.target]
     counts = [c for c in sorted(set(config.session_counts)) if c < len(sessions)] + [len(sessions)]
     base = sim_train_config(config.model, config.train_overrides, config.way, config.draws, config.seed, seed=0,

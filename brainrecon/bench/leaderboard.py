@@ -93,6 +93,7 @@ class LeaderboardConfig(StrictConfig):
             earlier.append(name)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed; list each training seed once")
+        load_config(WorldConfig, self.world, "worlds")  # a bad world is refused before the bench folder is claimed
         for name, model, overrides, _, _ in planned_rows(self):
             validate_config(TrainConfig, sim_train_config(model, overrides, self.way, self.draws, self.seed, seed=0),
                             source=f"the {name!r} row's training config")

@@ -51,8 +51,9 @@ def train(out: Path = typer.Option(..., "--out", help="Directory for clip/, deco
 
 @app.command("check")
 def check_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
-                  n: int = typer.Option(200, "--n", help="Held-out scenes (the default world's shared test images)."),
-                  steps: int = typer.Option(25, "--steps", help="DDIM steps."),
+                  n: int = typer.Option(200, "--n", min=2,
+                                        help="Held-out scenes (the default world's shared test images)."),
+                  steps: int = typer.Option(25, "--steps", min=1, help="DDIM steps."),
                   guidance: Optional[float] = typer.Option(
                       None, "--guidance", help="Classifier-free guidance scale (default: the one `brainrecon assets "
                                                "tune` chose on validation scenes, else 3.0)."),
@@ -76,8 +77,9 @@ def check_command(folder: Path = typer.Argument(..., help="A directory written b
 def tune_command(folder: Path = typer.Argument(..., help="A directory written by `brainrecon assets train`."),
                  guidance: Optional[list[float]] = typer.Option(
                      None, "--guidance", help="Scales to try (repeat the option; default 1.5, 3, 5 and 8)."),
-                 n: int = typer.Option(200, "--n", help="Validation scenes (never trained on, not the held-out set)."),
-                 steps: int = typer.Option(25, "--steps", help="DDIM steps."),
+                 n: int = typer.Option(200, "--n", min=2,
+                                       help="Validation scenes (never trained on, not the held-out set)."),
+                 steps: int = typer.Option(25, "--steps", min=1, help="DDIM steps."),
                  seed: int = typer.Option(0, "--seed", help="Sampling seed."),
                  threads: int = typer.Option(2, "--threads", min=1, help=THREADS_HELP)) -> None:
     """Choose the guidance scale on validation scenes; `check` then uses it by default."""

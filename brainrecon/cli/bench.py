@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
 
+from brainrecon.errors import OutputError
+from brainrecon.io import atomic_copy
+
 app = typer.Typer(help="Benchmarks: the leaderboard against the oracle, data efficiency.", no_args_is_help=True)
+
+
+def check_doc(doc: Path | None) -> None:
+    """Refuse a --doc that cannot take the page before the bench runs (hours, for some), not after."""
+    if doc is None:
+        return
+    if doc.suffix != ".md":
+        raise OutputError(f"--doc {doc} is not a .md page; give the page's path, e.g. docs/benchmarks/leaderboard.md "
+                          f"(its .json is written beside it)")
+    for path in (doc, doc.with_suffix(".json")):
+        if path.is_dir():
+            raise OutputError(f"--doc: {path} is a folder; give the path of the page to write, "
+                              f"e.g. docs/benchmarks/leaderboard.md")
 
 
 def show_and_copy(out: Path, name: str, doc: Path | None) -> None:
     """Print OUT/NAME.md and, with --doc, copy it and NAME.json beside DOC."""
     typer.echo("\n" + (out / f"{name}.md").read_text())
     if doc is not None:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / f"{name}.md", doc)
-        shutil.copyfile(out / f"{name}.json", doc.with_suffix(".json"))
+        atomic_copy(out / f"{name}.md", doc)
+        atomic_copy(out / f"{name}.json", doc.with_suffix(".json"))
         typer.echo(f"Copied to {doc} and {doc.with_suffix('.json')}")
 
 
@@ -30,11 +44,12 @@ def leaderboard(preset: str = typer.Option("default", "--preset", help="A bench 
     from brainrecon.bench.leaderboard import LeaderboardConfig, run_leaderboard
     from brainrecon.config import load_config
 
+    check_doc(doc)
     config = load_config(LeaderboardConfig, preset, "bench")
     result = run_leaderboard(config, out, echo=typer.echo, preset=preset)
     show_and_copy(out, "leaderboard", doc)
     if doc is not None and result.get("curves_figure"):  # the page links it by this name
-        shutil.copyfile(out / result["curves_figure"], doc.parent / result["curves_figure"])
+        atomic_copy(out / result["curves_figure"], doc.parent / result["curves_figure"])
     best = max(result["rows"], key=lambda r: r["image_top1"])
     typer.echo(f"Best: {best['label']}, {best['ratio_to_oracle']:.2f} of the oracle's image retrieval")
 
@@ -50,11 +65,12 @@ def efficiency(preset: str = typer.Option("efficiency-default", "--preset",
     from brainrecon.bench.efficiency import EfficiencyConfig, run_efficiency
     from brainrecon.config import load_config
 
+    check_doc(doc)
     config = load_config(EfficiencyConfig, preset, "bench")
     run_efficiency(config, out, echo=typer.echo, preset=preset)
     show_and_copy(out, "efficiency", doc)
     if doc is not None:
-        shutil.copyfile(out / "efficiency.png", doc.parent / "efficiency.png")  # the page links it by this name
+        atomic_copy(out / "efficiency.png", doc.parent / "efficiency.png")  # the page links it by this name
 
 
 @app.command("ecphory")
@@ -72,6 +88,7 @@ def ecphory(runs: Path = typer.Option(..., "--runs", help="Folder of trained run
     from brainrecon.bench.ecphory import EcphoryBenchConfig, run_ecphory_bench
     from brainrecon.config import validate_config
 
+    check_doc(doc)
     config = validate_config(EcphoryBenchConfig, {"models": [m.strip() for m in models.split(",") if m.strip()],
                                                   "samples": samples, "n_images": n_images},
                              "bench ecphory options", as_flags=True)
@@ -92,5 +109,6 @@ def lowlevel(run: Path = typer.Option(..., "--run", help="A run with a low-level
     """MindEye's low-level img2img path against the same reconstruction without it, per image."""
     from brainrecon.bench.lowlevel import run_lowlevel_bench
 
+    check_doc(doc)
     run_lowlevel_bench(run, out, samples=samples, n_images=n_images, echo=typer.echo)
     show_and_copy(out, "lowlevel", doc)

@@ -152,9 +152,10 @@ def bank_search(bank: Path = typer.Option(..., "--bank", help="A bank from `brai
                 subjects: str | None = typer.Option(None, "--subjects"),
                 k: int = typer.Option(16, "--k", min=1)) -> None:
     """The bank images nearest to each test trial's predicted embedding."""
-    from brainrecon.io import atomic_write_json
+    from brainrecon.io import atomic_write_json, check_output_file
     from brainrecon.reconstruct import search_bank
     from brainrecon.train.run import RunContext
 
+    check_output_file(out)
     atomic_write_json(out, search_bank(bank, RunContext.open(run, data), _subjects(subjects), k))
     typer.echo(f"Wrote {out}")

@@ -103,6 +103,9 @@ def _load_image(path: Path, size: int) -> np.ndarray:
 def read_bdata(path: str | Path, images: str | Path, *, subject: str = "subj01", roi: str = "ROI_VC",
                image_size: int = 256, block_rows: int = 512) -> SourceData:
     """Plan a store from one BData file: everything is checked here, data is read lazily in blocks."""
+    if image_size < 1:
+        raise StoreError(f"image_size must be a positive number of pixels (the stored images' side, --image-size; "
+                         f"default 256), got {image_size}")
     data, images = BData(Path(path)), Path(images)
     if not images.is_dir():
         raise StoreError(f"image folder {images} does not exist; pass the folder of GOD stimulus images.")

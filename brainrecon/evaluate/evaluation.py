@@ -52,7 +52,7 @@ from brainrecon.evaluate.metrics import (
     ssim,
 )
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
-from brainrecon.io import atomic_write_json, sha256_file
+from brainrecon.io import atomic_write_json, check_output_file, sha256_file
 from brainrecon.generate.base import quiet_model_loading
 from brainrecon.models.base import BrainModel, predict_in_batches
 from brainrecon.pretrained import SIMWORLD, resolve_model_dir
@@ -281,7 +281,15 @@ def read_manifest(recons: str | Path) -> dict:
     path = Path(recons) / "manifest.json"
     if not path.is_file():
         raise EvaluationError(f"{path} not found: --recons must be a folder written by `brainrecon reconstruct`")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{path} is not valid JSON ({exc}); re-run `brainrecon reconstruct`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("images"), list):
+        # a store and a model set have a manifest.json too, without the list of reconstructed images
+        raise EvaluationError(f"{recons} is not a folder written by `brainrecon reconstruct` (its manifest lists no "
+                              f"images); pass the --out of `brainrecon reconstruct` as --recons")
+    return manifest
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -310,6 +318,8 @@ def evaluate_run(run: str | Path, recons: str | Path | None = None, data: str | 
     """Evaluate a run (and optionally its reconstructions); write metrics.json (default RUN/metrics.json)."""
     config = config or EvaluateConfig()
     run = Path(run)
+    if out is not None:
+        check_output_file(out)
     context = RunContext.open(run, data, config.device)
     manifest = read_manifest(recons) if recons is not None else None
     subjects = list(context.model.subjects)

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from brainrecon.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from brainrecon.io import atomic_save_npy, atomic_write_json, atomic_write_text, check_output_dir
 from brainrecon.memory._arrays import l2_normalize, to_numpy
 from brainrecon.memory._files import read_faiss_index, write_faiss_index
 from brainrecon.memory._index import (
@@ -149,6 +149,9 @@ def build_bank(image_dir: str | Path, embedder, out_dir: str | Path, batch_size:
         raise BankError(f"image folder {image_dir} does not exist")
     if batch_size < 1 or shard_size < 1:
         raise BankError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be positive")
+    # a file, or a folder of something else, is refused; a bank's own folder is resumed or started over below
+    check_output_dir(out_dir, "an image bank", lambda path: (path / "bank.json").is_file(), overwrite=True,
+                     flag="out_dir")
     paths = list_images(image_dir)
     if not paths:
         raise BankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {image_dir}; point build_bank at a "

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from brainrecon.io import atomic_path
+from brainrecon.io import atomic_path, atomic_save_image
 
 
 def pyplot():
@@ -49,8 +49,7 @@ def truth_and_reconstruction_grid(truth: np.ndarray, recons: np.ndarray, path: P
         top = gap + block * (2 * tile + 3 * gap)
         for row, image in enumerate((truth[i], recons[i])):
             canvas.paste(Image.fromarray(image).resize((tile, tile), Image.NEAREST), (left, top + row * (tile + gap)))
-    with atomic_path(path) as temporary:
-        canvas.save(temporary, format="PNG")
+    atomic_save_image(path, canvas)
 
 
 def read_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

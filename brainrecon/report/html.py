@@ -21,8 +21,8 @@ from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, load_cei
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE
 from brainrecon.errors import BrainreconError, EvaluationError
-from brainrecon.evaluate.evaluation import (METRIC_COLUMNS, format_cell, is_available, read_manifest,
-                                            read_reconstructions)
+from brainrecon.evaluate.evaluation import (METRIC_COLUMNS, METRICS_FORMAT, format_cell, is_available,
+                                            read_manifest, read_reconstructions)
 from brainrecon.evaluate.published import PUBLISHED_CAVEAT, PUBLISHED_NSD
 from brainrecon.io import atomic_write_text, sha256_file
 from brainrecon.reconstruct import ECPHORY_CHOICE
@@ -260,7 +260,15 @@ def build_report(run: str | Path, out: str | Path | None = None, metrics_path: s
     metrics_path = Path(metrics_path) if metrics_path else run / "metrics.json"
     if not metrics_path.is_file():
         raise EvaluationError(f"{metrics_path} not found: run `brainrecon evaluate --run {run}` first")
-    metrics = json.loads(metrics_path.read_text())
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{metrics_path} is not valid JSON ({exc}); run `brainrecon evaluate --run {run}` "
+                              f"again") from None
+    if not isinstance(metrics, dict) or metrics.get("format") != METRICS_FORMAT:
+        raise EvaluationError(f"{metrics_path} is not a metrics file written by `brainrecon evaluate` (format "
+                              f"{metrics.get('format') if isinstance(metrics, dict) else None!r}, expected "
+                              f"{METRICS_FORMAT!r}); pass the metrics.json that `brainrecon evaluate` wrote")
     out = Path(out) if out else run / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     title = f"brainrecon report: {metrics['model']} run"
