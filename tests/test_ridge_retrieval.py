@@ -6,7 +6,7 @@ import torch
 from sklearn.linear_model import Ridge as SkRidge
 
 from brainrecon.evaluate.retrieval import cosine_scores, retrieval_top1
-from brainrecon.models import Ridge, RidgeConfig
+from brainrecon.models import Ridge, RidgeConfig, ridge
 
 
 @pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])  # primal and dual solvers
@@ -78,11 +78,20 @@ def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics, scree
     model = Ridge(config).fit(x, y, groups=groups, target_groups=target_groups)
     errors, mean, var = refit_every_fold(model, x, y, groups, target_groups)
     for index, group in enumerate(target_groups):
-        scores = model.cv_scores[f"{group.start}:{group.stop}"]
+        scores = np.array(model.cv_scores[f"{group.start}:{group.stop}"])
         # a screened alpha's error is good to the screen's checked drift (a tenth of the tolerance); the chosen
         # alpha's, and every alpha's without a screen, are exact
-        np.testing.assert_allclose(scores, errors[:, index], rtol=1e-8 if screen is None else config.screen_tolerance / 10)
+        computed = ~np.isnan(scores)
+        np.testing.assert_allclose(scores[computed], errors[computed, index],
+                                   rtol=1e-8 if screen is None else config.screen_tolerance / 10)
         assert scores[int(errors[:, index].argmin())] == pytest.approx(float(errors[:, index].min()), rel=1e-8)
+        # the screen leaves unfinished only alphas whose refits' error is beyond its tolerance of every group's least
+        pruned = np.isin(config.alphas, (model.cv_screen or {}).get("pruned", []))
+        np.testing.assert_array_equal(~computed, pruned)
+        least = float(errors[:, index].min())
+        assert all(float(error) > least * (1 + config.screen_tolerance) for error in errors[pruned, index])
+    if screen is not None and (n, p, t) == (150, 12, 60):
+        assert len(model.cv_screen["pruned"]) == 2  # the case shows the bound at work (two of five alphas)
     np.testing.assert_allclose(model.oof_mean, mean, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(model.oof_group_var, [var[group].sum() for group in target_groups], rtol=1e-8)
     if statistics == "target":
@@ -91,6 +100,49 @@ def test_cross_validation_equals_refitting_every_fold(n, p, t, statistics, scree
         assert model.oof_var is None
         with pytest.raises(ValueError, match="oof_statistics='target'"):
             model.rescaling("per_target")
+
+
+@pytest.mark.parametrize("rows,inner", [(7, 5), (41, 9), (64, 3)])
+def test_a_gram_formed_by_blocks_equals_the_plain_product(monkeypatch, rows, inner):
+    """_rows_gram skips blocks, not terms: split down to 4 rows it equals a @ a.T."""
+    monkeypatch.setattr(ridge, "_BLOCK", 4)
+    a = torch.randn(rows, inner, dtype=torch.float64)
+    torch.testing.assert_close(ridge._rows_gram(a), a @ a.T, rtol=1e-12, atol=1e-12)
+
+
+# every Gram of the fit split into blocks, as they are at full size: the errors are still those of refitting
+@pytest.mark.parametrize("n,p,t", [(150, 12, 60), (40, 90, 200)])
+def test_cross_validation_with_grams_by_block(monkeypatch, n, p, t):
+    monkeypatch.setattr(ridge, "_BLOCK", 5)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3 + 1.0
+    y = x[:, :6] @ rng.normal(size=(6, t)) + rng.normal(size=(n, t)) * 3 + 5.0
+    groups = np.repeat(np.arange(n // 2), 2)
+    model = Ridge(RidgeConfig(alphas=(0.1, 10.0, 1e3), folds=4, screen_dtype=None)).fit(x, y, groups=groups)
+    errors, mean, _ = refit_every_fold(model, x, y, groups, [slice(0, t)])
+    np.testing.assert_allclose(model.cv_scores[f"0:{t}"], errors[:, 0], rtol=1e-8)
+    np.testing.assert_allclose(model.oof_mean, mean, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])  # primal and dual
+def test_the_screens_lower_bound_is_the_all_rows_fits_residual(n, p):
+    """The bound that lets the screen leave alphas unfinished: each alpha's all-rows residual sum of squares, read
+    off the spectrum, equals that of a ridge fitted to all rows; and no fold-refit error lies below it."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(n, p))
+    y = x[:, :3] @ rng.normal(size=(3, 7)) + rng.normal(size=(n, 7))
+    alphas = (0.1, 10.0, 1e3)
+    xc, yc = torch.as_tensor(x - x.mean(0)), torch.as_tensor(y - y.mean(0))
+    folds = list(Ridge(RidgeConfig(folds=3))._folds(n, None))
+    spectrum = ridge._Spectrum.of(xc, keep_rotated=True)
+    statistics = ridge._TraceStatistics(folds, 1)
+    statistics.add(0, yc, spectrum.project(yc))
+    residual, _ = statistics.all_rows_residual(spectrum, torch.tensor(alphas, dtype=torch.float64), n)
+    for a, alpha in enumerate(alphas):
+        fit = Ridge(RidgeConfig(alphas=(alpha,), folds=3)).fit(x, y)
+        assert float(residual[a, 0]) == pytest.approx(float(((fit.predict(x).numpy() - y) ** 2).sum()), rel=1e-9)
+    errors = statistics.errors(spectrum, torch.tensor(alphas, dtype=torch.float64), n)
+    assert (errors >= residual).all()
 
 
 @pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])
@@ -237,10 +289,10 @@ def exact_alphas_of_a_fit(monkeypatch, config: RidgeConfig, x, y) -> tuple[Ridge
     exact: list[float] = []
     errors = ridge._TraceStatistics.errors
 
-    def spy(self, spectrum, alphas, n, dtype=None, folds=None):
+    def spy(self, spectrum, alphas, n, dtype=None, folds=None, ceiling=None):
         if dtype is None and folds is None:
             exact.extend(alphas.tolist())
-        return errors(self, spectrum, alphas, n, dtype, folds)
+        return errors(self, spectrum, alphas, n, dtype, folds, ceiling)
 
     monkeypatch.setattr(ridge._TraceStatistics, "errors", spy)
     return Ridge(config).fit(x, y), sorted(exact)
@@ -265,9 +317,9 @@ def test_a_float32_screen_chooses_the_alpha_of_the_exact_search(monkeypatch, n, 
     assert everything == list(config.alphas)
     assert_same_fit(screened, exact)
     assert exact.cv_screen is None and screened.cv_screen["every_alpha_exact"] is not screen_holds
-    if screen_holds:  # only the alphas near the screened minimum are computed again
+    if screen_holds:  # only the alpha generalised CV favours and those near the screened minimum are exact
         assert float(screened.alpha[0]) in recomputed and len(recomputed) < len(config.alphas)
-        assert recomputed == sorted(screened.cv_screen["recomputed"])
+        assert recomputed == sorted(screened.cv_screen["exact"])
         assert screened.cv_screen["drift"] <= config.screen_tolerance / 10
     else:  # the probe at the smallest alpha shows the screen's error: every alpha is computed exactly
         assert recomputed == everything

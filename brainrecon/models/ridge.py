@@ -80,6 +80,29 @@ class RidgeConfig(StrictConfig):
     screen_tolerance: float = Field(1e-3, gt=0, lt=1)
 
 
+# below this many rows _rows_gram is a plain matrix product: splitting further saves little arithmetic and costs
+# the blocks' efficiency
+_BLOCK = 256
+
+
+def _rows_gram(a: torch.Tensor) -> torch.Tensor:
+    """a @ a.T, forming only the blocks on and below the diagonal and mirroring them.
+
+    torch has no symmetric rank-k update (BLAS syrk), so halving the rows recursively stands in for it: about 0.6
+    of a general product's arithmetic at two or three levels, on any device.
+    """
+    n = len(a)
+    if n <= _BLOCK:
+        return a @ a.T
+    half = n // 2
+    out = torch.empty(n, n, dtype=a.dtype, device=a.device)
+    out[:half, :half] = _rows_gram(a[:half])
+    out[half:, half:] = _rows_gram(a[half:])
+    out[half:, :half] = a[half:] @ a[:half].T
+    out[:half, half:] = out[half:, :half].T
+    return out
+
+
 @dataclass
 class _Spectrum:
     """Eigen-decomposition of the centred training data's Gram matrix, in primal or dual form."""
@@ -95,8 +118,7 @@ class _Spectrum:
         """``keep_rotated``: in the primal form, keep X Q, from which P and every fold's hat factors are read
         instead of formed again (the CV forms a fold's X_v Q three to four times, n p^2 work each pass)."""
         dual = x.shape[0] < x.shape[1]
-        gram = x @ x.T if dual else x.T @ x
-        values, vectors = torch.linalg.eigh(gram)
+        values, vectors = torch.linalg.eigh(_rows_gram(x if dual else x.T))
         rotated = x @ vectors if keep_rotated and not dual else None
         return cls(values.clamp_min(0), vectors, x, dual, rotated)
 
@@ -112,6 +134,12 @@ class _Spectrum:
             return self.vectors[rows] * self.values, self.vectors[rows]
         left = self.rotated[rows] if self.rotated is not None else self.x[rows] @ self.vectors
         return left, left
+
+    def hat(self, right: torch.Tensor, shrink: torch.Tensor) -> torch.Tensor:
+        """The hat block of a fold's rows (without the intercept's 1/n) from their right factor and the shrinkage
+        D = 1/(λ+α): right diag(d) right^T (primal) or right diag(d λ) right^T (dual), one symmetric product."""
+        scale = shrink * self.values.to(shrink.dtype) if self.dual else shrink
+        return _rows_gram(right * scale.sqrt())
 
     def weights(self, projected: torch.Tensor, alpha: torch.Tensor, blocks: list[slice]) -> torch.Tensor:
         """Coefficients (features x targets) for per-target alphas, a block of targets at a time.
@@ -138,8 +166,7 @@ def _leave_out(hat: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _spectral_hat(spectrum: _Spectrum, rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    left, right = spectrum.hat_factors(rows)
-    return (left / (spectrum.values + alpha)) @ right.T
+    return spectrum.hat(spectrum.hat_factors(rows)[1], 1 / (spectrum.values + alpha))
 
 
 class _CholeskyFit:
@@ -147,7 +174,7 @@ class _CholeskyFit:
 
     def __init__(self, xc: torch.Tensor, alpha: torch.Tensor):
         self.xc, self.primal = xc, len(xc) >= xc.shape[1]
-        gram = xc.T @ xc if self.primal else xc @ xc.T  # (X^T X + aI) W = X^T Y, or (X X^T + aI) D = Y, W = X^T D
+        gram = _rows_gram(xc.T if self.primal else xc)  # (X^T X + aI) W = X^T Y, or (X X^T + aI) D = Y, W = X^T D
         self.gram = None if self.primal else gram
         self.factor = torch.linalg.cholesky(gram + alpha * torch.eye(len(gram), dtype=xc.dtype, device=xc.device))
 
@@ -162,6 +189,47 @@ class _CholeskyFit:
             return self.xc[rows] @ torch.cholesky_solve(self.xc[rows].T, self.factor)
         eye = torch.eye(len(self.xc), dtype=self.xc.dtype, device=self.xc.device)
         return self.gram[rows] @ torch.cholesky_solve(eye[:, rows], self.factor)
+
+
+class _FoldTraces:
+    """The per-fold, per-alpha work of _TraceStatistics.errors: each (fold, alpha)'s out-of-fold error added to
+    ``errors`` (alphas, groups), and its rows' residual in the all-rows fit to ``residual`` (a free by-product,
+    which bounds the error from below)."""
+
+    def __init__(self, statistics: _TraceStatistics, spectrum: _Spectrum, alphas: torch.Tensor, n: int, exact: bool):
+        self.statistics, self.spectrum, self.alphas, self.n, self.exact = statistics, spectrum, alphas, n, exact
+        dtype = alphas.dtype
+        self.values = spectrum.values.to(dtype)
+        self.outer = [_cast(o, dtype) for o in statistics.outer]
+        shape = (len(alphas), statistics.n_groups)
+        self.errors = torch.zeros(shape, dtype=dtype, device=alphas.device)
+        self.residual = torch.zeros_like(self.errors)
+
+    def add(self, f: int, alphas) -> None:
+        if not len(alphas):
+            return
+        dtype, statistics = self.alphas.dtype, self.statistics
+        left, right = (factor.to(dtype) for factor in self.spectrum.hat_factors(statistics.folds[f][1]))
+        own = [_cast(o, dtype) for o in statistics.own[f]]
+        cross = [_cast(c, dtype) for c in statistics.cross[f]]
+        for a in alphas:  # one alpha at a time: memory stays a few n_v x k blocks
+            shrink = 1 / (self.values + self.alphas[a])  # D
+            try:
+                weight = _leave_out(self.spectrum.hat(right, shrink), self.n)
+            except torch.linalg.LinAlgError:
+                if self.exact:
+                    raise
+                self.errors[a] = float("nan")
+                continue
+            scaled = left * shrink  # L D
+            weight = _rows_gram(weight)  # S = (I - H)^{-2}; (I - H)^{-1} is symmetric
+            weighted = weight @ scaled  # S L D
+            for g in range(statistics.n_groups):
+                fitted = scaled @ self.outer[g]  # L D P P^T
+                self.errors[a, g] += ((weight * own[g]).sum() - 2 * (weighted * cross[g]).sum()
+                                      + (weighted * fitted).sum())
+                # ||Y_v - L D P||^2, from the same products
+                self.residual[a, g] += own[g].trace() - 2 * (scaled * cross[g]).sum() + (scaled * fitted).sum()
 
 
 class _TraceStatistics:
@@ -182,64 +250,85 @@ class _TraceStatistics:
         self.cross = [[0.0] * n_groups for _ in folds]  # Y_v,g P_g^T
 
     def add(self, group: int, yc: torch.Tensor, projected: torch.Tensor) -> None:
-        self.outer[group] = self.outer[group] + projected @ projected.T
+        self.outer[group] = self.outer[group] + _rows_gram(projected)
         for f, (_, val) in enumerate(self.folds):
             observed = yc[val]
-            self.own[f][group] = self.own[f][group] + observed @ observed.T
+            self.own[f][group] = self.own[f][group] + _rows_gram(observed)
             self.cross[f][group] = self.cross[f][group] + observed @ projected.T
 
     def errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int, dtype: torch.dtype | None = None,
-               folds: list[int] | None = None) -> torch.Tensor:
+               folds: list[int] | None = None, ceiling: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-validated squared error, (alphas, target groups), computed in ``dtype`` (default: the fit's),
         summed over ``folds`` (default: all).
 
         In a dtype narrower than the fit's, an alpha whose leave-out block fails to factor gets NaN errors
         (the caller computes it again exactly); in the fit's own dtype that failure is raised.
+
+        ``ceiling`` (groups,): an alpha is left unfinished, with +inf errors, once its error provably exceeds
+        the ceiling of every group. The bound: (I - H_vv)^{-1} has no eigenvalue below 1, so a fold's out-of-fold
+        error is at least its rows' residual in the all-rows fit, and an alpha's error is at least the errors of
+        the folds computed so far plus the all-rows residual sum of squares less those folds' share of it.
         """
         exact = dtype is None or dtype == spectrum.values.dtype
         dtype = spectrum.values.dtype if dtype is None else dtype
-        values, outer = spectrum.values.to(dtype), [_cast(o, dtype) for o in self.outer]
-        errors = torch.zeros(len(alphas), self.n_groups, dtype=dtype, device=spectrum.values.device)
+        fold = _FoldTraces(self, spectrum, alphas.to(dtype), n, exact)
+        residual = None if ceiling is None else self.all_rows_residual(spectrum, alphas, n)[0].to(dtype)
+        live = list(range(len(alphas)))
         for f in range(len(self.folds)) if folds is None else folds:
-            val = self.folds[f][1]
-            left, right = (factor.to(dtype) for factor in spectrum.hat_factors(val))
-            own, cross = [_cast(o, dtype) for o in self.own[f]], [_cast(c, dtype) for c in self.cross[f]]
-            for a, alpha in enumerate(alphas.to(dtype)):  # one alpha at a time: memory stays a few n_v x k blocks
-                scaled = left / (values + alpha)  # L D
-                try:
-                    weight = _leave_out(scaled @ right.T, n)
-                except torch.linalg.LinAlgError:
-                    if exact:
-                        raise
-                    errors[a] = float("nan")
-                    continue
-                weight = weight @ weight  # S = (I - H)^{-2}
-                weighted = weight @ scaled  # S L D
-                for g in range(self.n_groups):
-                    errors[a, g] += ((weight * own[g]).sum() - 2 * (weighted * cross[g]).sum()
-                                     + (weighted * (scaled @ outer[g])).sum())
-        return errors
+            if residual is not None:
+                bound = fold.errors + (residual - fold.residual).clamp_min(0)  # (alphas, groups)
+                live = [a for a in live if not (bound[a] > ceiling).all()]
+            fold.add(f, live)
+        if residual is not None:
+            failed = fold.errors.isnan().any(1)
+            fold.errors[[a for a in range(len(alphas)) if a not in live and not failed[a]]] = torch.inf
+        return fold.errors
+
+    def all_rows_residual(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The all-rows fit's residual sum of squares, (alphas, groups), and its generalised cross-validation score.
+
+        In the eigenbasis the fit is L D P (primal, L = X Q, L^T L = Λ) or Q Λ D P (dual, P = Q^T Y), so with
+        o = diag(P P^T) its residual is ||Y||^2 - sum(2 s o - s^2 g o), s = d (primal) or λ d (dual), g = λ or 1.
+        """
+        values = spectrum.values
+        shrink = 1 / (values[None, :] + alphas[:, None])  # (alphas, k)
+        scale = shrink * values if spectrum.dual else shrink
+        metric = torch.ones_like(values) if spectrum.dual else values
+        residual = torch.stack([sum(own[g].trace() for own in self.own)
+                                - ((2 * scale - scale ** 2 * metric) * self.outer[g].diagonal()).sum(1)
+                                for g in range(self.n_groups)], 1)
+        freedom = 1 + (values * shrink).sum(1, keepdim=True)  # the intercept and the hat's trace
+        return residual, residual / (1 - freedom / n) ** 2
 
     def screened_errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int, screen: torch.dtype | None,
                         tolerance: float) -> tuple[torch.Tensor, dict | None]:
         """``errors`` exact wherever the choice of alpha could depend on them, screened in ``screen`` elsewhere,
-        and what the screen did (None without one): the alphas computed again, its largest relative error seen,
-        and whether every alpha was computed exactly.
+        and what the screen did (None without one): the alphas computed exactly, those left unfinished, its
+        largest relative error seen, and whether every alpha was computed exactly.
 
-        Every alpha is screened; those within ``tolerance`` (relative) of a group's screened minimum, or whose
-        screen failed, are computed again exactly, and the choice is made among them. The screen's relative error
-        is measured on those alphas and on the first fold at the smallest alpha, the worst-conditioned screen
-        (the leave-out blocks I - H_vv, whose conditioning sets the screen's rounding error, grow more singular as
-        alpha falls). If it exceeds a tenth of the tolerance anywhere, every alpha is computed exactly: a screen
-        too coarse for the data costs one more pass, never another alpha.
+        The alpha that generalised cross-validation (cheap, from the spectrum) favours, one per group, is computed
+        exactly first. Every other alpha is screened, and left unfinished once its error provably exceeds that
+        least by more than ``tolerance`` (``errors``' bound, with a tenth of the tolerance left for the screen's
+        rounding): NaN in the result, never chosen. Those within ``tolerance`` (relative) of a group's least, or
+        whose screen failed, are computed again exactly, and the choice is made among the exact errors. The
+        screen's relative error is measured on those alphas and on the first fold at the smallest alpha, the
+        worst-conditioned screen (the leave-out blocks I - H_vv, whose conditioning sets the screen's rounding
+        error, grow more singular as alpha falls). If it exceeds a tenth of the tolerance anywhere, every alpha is
+        computed exactly: a screen too coarse for the data costs one more pass, never another alpha.
         """
         exact_dtype = spectrum.values.dtype
         if screen is None or screen.itemsize >= exact_dtype.itemsize:
             return self.errors(spectrum, alphas, n), None
-        errors = self.errors(spectrum, alphas, n, dtype=screen).to(exact_dtype)
-        finite = errors.isfinite().all(1)
+        first = torch.zeros(len(alphas), dtype=torch.bool, device=alphas.device)
+        first[self.all_rows_residual(spectrum, alphas, n)[1].argmin(0)] = True
+        errors = torch.empty(len(alphas), self.n_groups, dtype=exact_dtype, device=alphas.device)
+        errors[first] = self.errors(spectrum, alphas[first], n)
+        ceiling = (errors[first].min(0).values * (1 + tolerance) / (1 - tolerance / 10)).to(screen)
+        errors[~first] = self.errors(spectrum, alphas[~first], n, dtype=screen, ceiling=ceiling).to(exact_dtype)
+        finite = ~errors.isnan().any(1)  # +inf: left unfinished, provably far from the least
+        pruned = errors.isinf().all(1)
         best = torch.where(finite[:, None], errors, torch.inf).min(0).values
-        near = ~finite | (errors <= best * (1 + tolerance)).any(1)
+        near = ~first & (~finite | (errors <= best * (1 + tolerance)).any(1))
         exact = self.errors(spectrum, alphas[near], n)
         smallest = alphas[alphas.argmin()].reshape(1)
         screened = torch.cat([errors[near & finite],
@@ -249,9 +338,13 @@ class _TraceStatistics:
         errors[near] = exact
         fallback = bool(drift.max() > tolerance / 10)
         if fallback:
-            errors[~near] = self.errors(spectrum, alphas[~near], n)
-        return errors, {"dtype": str(screen).removeprefix("torch."), "recomputed": alphas[near].tolist(),
-                        "drift": float(drift.max()), "every_alpha_exact": fallback}
+            rest = ~near & ~first
+            errors[rest] = self.errors(spectrum, alphas[rest], n)
+        else:
+            errors[pruned] = float("nan")  # not computed: reported as unknown, never chosen
+        return errors, {"dtype": str(screen).removeprefix("torch."), "exact": alphas[first | near].tolist(),
+                        "pruned": [] if fallback else alphas[pruned].tolist(), "drift": float(drift.max()),
+                        "every_alpha_exact": fallback}
 
     def out_of_fold(self, spectrum: _Spectrum, alphas: torch.Tensor, errors: torch.Tensor,
                     n: int) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
@@ -269,7 +362,7 @@ class _TraceStatistics:
             row_weights.append([])
             for g, alpha in enumerate(alphas):
                 scaled = left / (spectrum.values + alpha)
-                weight = _leave_out(scaled @ right.T, n)
+                weight = _leave_out(spectrum.hat(right, 1 / (spectrum.values + alpha)), n)
                 own = self.own[f][g]
                 squares[g] += own.trace() - 2 * ((weight * own).sum() - ((weight @ scaled) * self.cross[f][g]).sum())
                 row_weights[f].append(weight.sum(1))
@@ -469,7 +562,7 @@ class Ridge:
                                             alphas, [cols for _, cols in blocks], n)  # (alphas, t)
                 errors = torch.stack([per_target[:, group].sum(1) for group in target_groups], 1)
             self.alpha = torch.empty(t, dtype=x.dtype, device=x.device)
-            chosen = errors.argmin(0)  # (groups,)
+            chosen = errors.nan_to_num(torch.inf).argmin(0)  # (groups,); NaN: an alpha the screen left unfinished
             for index, group in enumerate(target_groups):
                 self.cv_scores[f"{group.start}:{group.stop}"] = errors[:, index].tolist()
                 self.alpha[group] = (alphas[per_target[:, group].argmin(0)] if self.config.alpha_per == "target"
