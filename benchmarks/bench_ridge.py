@@ -335,7 +335,8 @@ def main() -> None:
                       f"{r['cv_screen'].get('exact', r['cv_screen'].get('recomputed'))}, "
                       f"its largest relative error seen {r['cv_screen']['drift']:.1e}, every alpha exact "
                       f"{r['cv_screen']['every_alpha_exact']}, left unfinished (provably far from the least) "
-                      f"{r['cv_screen'].get('pruned', [])}", flush=True)
+                      f"{r['cv_screen'].get('pruned', [])}; (fold, alpha) traces computed "
+                      f"{r['cv_screen'].get('traces', '-')} of {r['cv_screen'].get('of', '-')}", flush=True)
             r["predicted_extra_mb"] = predicted_extra_mb(n, p, t, method)
             print(f"{method:12s} fit {r['fit_s']:7.2f} s  peak RSS {r['peak_mb']:7.0f} MB  "
                   f"(baseline {r['baseline_mb']:6.0f} MB, +{r['peak_mb'] - r['baseline_mb']:6.0f} MB; "

@@ -320,6 +320,8 @@ def test_a_float32_screen_chooses_the_alpha_of_the_exact_search(monkeypatch, n, 
     if screen_holds:  # only the alpha generalised CV favours and those near the screened minimum are exact
         assert float(screened.alpha[0]) in recomputed and len(recomputed) < len(config.alphas)
         assert recomputed == sorted(screened.cv_screen["exact"])
+        # every exact alpha over the 4 folds, and the probe's fold in both dtypes
+        assert screened.cv_screen["traces"]["float64"] == 4 * len(recomputed) + 1
         assert screened.cv_screen["drift"] <= config.screen_tolerance / 10
     else:  # the probe at the smallest alpha shows the screen's error: every alpha is computed exactly
         assert recomputed == everything

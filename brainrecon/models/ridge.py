@@ -209,6 +209,8 @@ class _FoldTraces:
         if not len(alphas):
             return
         dtype, statistics = self.alphas.dtype, self.statistics
+        name = str(dtype).removeprefix("torch.")
+        statistics.traces[name] = statistics.traces.get(name, 0) + len(alphas)
         left, right = (factor.to(dtype) for factor in self.spectrum.hat_factors(statistics.folds[f][1]))
         own = [_cast(o, dtype) for o in statistics.own[f]]
         cross = [_cast(c, dtype) for c in statistics.cross[f]]
@@ -248,6 +250,7 @@ class _TraceStatistics:
         self.outer: list = [0.0] * n_groups  # P_g P_g^T
         self.own = [[0.0] * n_groups for _ in folds]  # Y_v,g Y_v,g^T
         self.cross = [[0.0] * n_groups for _ in folds]  # Y_v,g P_g^T
+        self.traces: dict[str, int] = {}  # (fold, alpha) traces computed, by dtype
 
     def add(self, group: int, yc: torch.Tensor, projected: torch.Tensor) -> None:
         self.outer[group] = self.outer[group] + _rows_gram(projected)
@@ -344,7 +347,8 @@ class _TraceStatistics:
             errors[pruned] = float("nan")  # not computed: reported as unknown, never chosen
         return errors, {"dtype": str(screen).removeprefix("torch."), "exact": alphas[first | near].tolist(),
                         "pruned": [] if fallback else alphas[pruned].tolist(), "drift": float(drift.max()),
-                        "every_alpha_exact": fallback}
+                        "every_alpha_exact": fallback, "traces": dict(self.traces),
+                        "of": len(alphas) * len(self.folds)}
 
     def out_of_fold(self, spectrum: _Spectrum, alphas: torch.Tensor, errors: torch.Tensor,
                     n: int) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
