@@ -16,10 +16,13 @@ the cross-validation costs about one eigendecomposition, not one per fold:
   chosen alpha (each group's out-of-fold variance) and one cheap pass over the targets (each
   target's out-of-fold mean); each target's own variance, which only ``rescale: per_target``
   needs, forms the out-of-fold predictions (``oof_statistics: target``).
-- The traces of every alpha are first screened in float32, then computed again in the fit's dtype for the
-  alphas within a relative tolerance of the screened minimum; the screen's own error is measured on those and
-  at the smallest alpha, and if it is not well under the tolerance every alpha is computed exactly. So the
-  choice, the weights and the rescaling are the exact search's, at about half the traces' float64 cost.
+- The alpha generalised cross-validation favours is computed first, in the fit's dtype; every other alpha's
+  traces are screened in float32, fold by fold, and left unfinished once a lower bound (a fold's out-of-fold
+  error is at least its rows' all-rows residual) puts it more than a relative tolerance above that least. The
+  alphas within the tolerance are computed again in the fit's dtype; the screen's own error is measured on
+  those and at the smallest alpha, and if it is not well under the tolerance every alpha is computed exactly.
+  So the choice, the weights and the rescaling are the exact search's, at about a third of the traces'
+  float64 cost where the CV curve is not flat.
 - With a single alpha there is nothing to choose: the fit is one Cholesky solve.
 - Targets are read in blocks of columns (``target_batch``), so memory beyond the inputs and the
   weights is bounded by a few n x target_batch, and targets held on disk (a memory map) stay there.
@@ -69,9 +72,11 @@ class RidgeConfig(StrictConfig):
     # "target", each target's variance as well (rescale "per_target"), which forms every fold's out-of-fold
     # predictions: about one more X W product (n p t), as much as the fit's X^T Y
     oof_statistics: Literal["group", "target"] = "group"
-    # a group's CV errors are first computed for every alpha in this lower precision (float32 matrix products run
-    # faster on a CPU), then again in ``dtype`` for every alpha whose screened error lies within
-    # ``screen_tolerance`` (relative) of the screened minimum, or whose screen failed; the choice is made on those
+    # a group's CV errors are first computed in ``dtype`` for the alpha generalised CV favours, then for every other
+    # alpha in this lower precision (float32 matrix products run faster on a CPU), fold by fold, until a lower
+    # bound shows it more than ``screen_tolerance`` above that least (it is then left unfinished: NaN in cv_scores);
+    # then again in ``dtype`` for every alpha whose screened error lies within
+    # ``screen_tolerance`` (relative) of the least, or whose screen failed; the choice is made on those
     # exact errors, so the chosen alpha, weights and rescaling are those of an exact search. If the screened and
     # exact errors differ by more than a tenth of the tolerance, on the re-computed alphas or on one fold at the
     # smallest alpha (the worst-conditioned), every alpha is computed exactly. None, or a ``dtype`` no wider than
