@@ -155,7 +155,7 @@ def child(args) -> None:
         started = time.perf_counter()
         pred = np.asarray(model.predict(x_test), dtype=np.float64)
     else:
-        dtype = "float32" if args.method.endswith("f32") else "float64"
+        dtype = "float32" if "-f32" in args.method else "float64"
         if args.method.startswith("ours-cv"):  # ours-cv-before: the same call, on the code before this change
             # ours-cv2: the same CV over two of the grid's alphas, to split the CV's cost into what every alpha
             # shares and what each alpha adds
@@ -282,6 +282,9 @@ def main() -> None:
                                                              "fresh child, and print the ratio pair by pair: a ratio "
                                                              "that holds while this VM's speed drifts; with --before, "
                                                              "each turn fits the earlier code's CV too")
+    parser.add_argument("--f32-cv", action="store_true", help="also run the CV in float32 on the CV sizes "
+                                                               "(ours-cv-f32, and ours-cv-f32-before with --before): "
+                                                               "the dtype of the NSD preset, where no screen runs")
     parser.add_argument("--himalaya", action="store_true", help="also time himalaya's RidgeCV on the CV sizes "
                                                                  "(pip install himalaya; not a dependency)")
     # child mode
@@ -316,6 +319,7 @@ def main() -> None:
         alpha = args.alpha
         rows = {}
         methods = ((["ours-cv"] + (["ours-cv2"] if args.alpha_cost else []) + (["ours-cv-before"] if args.before else [])
+                    + (["ours-cv-f32"] + (["ours-cv-f32-before"] if args.before else []) if args.f32_cv else [])
                     + (["himalaya-cv"] if args.himalaya else []) if size in cv_sizes else [])
                    + ["ours-chol", "ours-1a", "ours-1a-f32", "sklearn"])
         for method in methods:
@@ -331,7 +335,7 @@ def main() -> None:
             rows[method]["alpha_used"] = alpha
             r = rows[method]
             if r.get("cv_screen"):
-                print(f"{method:12s} float32 screen: alphas computed in float64 "
+                print(f"{method:12s} screen: alphas computed in the fit's dtype "
                       f"{r['cv_screen'].get('exact', r['cv_screen'].get('recomputed'))}, "
                       f"its largest relative error seen {r['cv_screen']['drift']:.1e}, every alpha exact "
                       f"{r['cv_screen']['every_alpha_exact']}, left unfinished (provably far from the least) "

@@ -328,6 +328,23 @@ def test_a_float32_screen_chooses_the_alpha_of_the_exact_search(monkeypatch, n, 
         np.testing.assert_allclose(screened.cv_scores["0:600"], exact.cv_scores["0:600"], rtol=1e-12)
 
 
+def test_a_float32_fit_leaves_only_alphas_provably_far_from_the_least_unfinished():
+    """No narrower dtype to screen in: every alpha is computed in float32, but those the bound leaves unfinished,
+    and the fit is that of computing them all."""
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(200, 60))
+    y = x[:, :5] @ rng.normal(size=(5, 600)) + rng.normal(size=(200, 600))
+    config = RidgeConfig(alphas=(1e-2, 1.0, 100.0, 1e4), folds=4, dtype="float32")
+    pruned = Ridge(config).fit(x, y)
+    full = Ridge(config.model_copy(update={"screen_dtype": None})).fit(x, y)
+    assert torch.equal(pruned.alpha, full.alpha) and torch.equal(pruned.weight, full.weight)
+    scores, everything = np.array(pruned.cv_scores["0:600"]), np.array(full.cv_scores["0:600"])
+    unfinished = np.isnan(scores)
+    assert unfinished.any() and list(np.array(config.alphas)[unfinished]) == pruned.cv_screen["pruned"]
+    np.testing.assert_array_equal(scores[~unfinished], everything[~unfinished])
+    assert (everything[unfinished] > everything.min() * (1 + config.screen_tolerance)).all()
+
+
 def test_a_target_batch_below_one_is_refused():
     with pytest.raises(ValueError, match="target_batch"):
         RidgeConfig(target_batch=0)

@@ -79,8 +79,9 @@ class RidgeConfig(StrictConfig):
     # ``screen_tolerance`` (relative) of the least, or whose screen failed; the choice is made on those
     # exact errors, so the chosen alpha, weights and rescaling are those of an exact search. If the screened and
     # exact errors differ by more than a tenth of the tolerance, on the re-computed alphas or on one fold at the
-    # smallest alpha (the worst-conditioned), every alpha is computed exactly. None, or a ``dtype`` no wider than
-    # the screen, computes every alpha exactly
+    # smallest alpha (the worst-conditioned), every alpha is computed exactly. With a ``dtype`` no wider than the
+    # screen (float32 fits) every alpha is computed in ``dtype``, but those the bound leaves unfinished; None
+    # computes every alpha exactly
     screen_dtype: Literal["float32"] | None = "float32"
     screen_tolerance: float = Field(1e-3, gt=0, lt=1)
 
@@ -312,7 +313,8 @@ class _TraceStatistics:
                         tolerance: float) -> tuple[torch.Tensor, dict | None]:
         """``errors`` exact wherever the choice of alpha could depend on them, screened in ``screen`` elsewhere,
         and what the screen did (None without one): the alphas computed exactly, those left unfinished, its
-        largest relative error seen, and whether every alpha was computed exactly.
+        largest relative error seen, and whether every alpha was computed exactly. Where ``screen`` is no narrower
+        than the fit's dtype (a float32 fit), every alpha is computed exactly but those left unfinished.
 
         The alpha that generalised cross-validation (cheap, from the spectrum) favours, one per group, is computed
         exactly first. Every other alpha is screened, and left unfinished once its error provably exceeds that
@@ -325,14 +327,21 @@ class _TraceStatistics:
         computed exactly: a screen too coarse for the data costs one more pass, never another alpha.
         """
         exact_dtype = spectrum.values.dtype
-        if screen is None or screen.itemsize >= exact_dtype.itemsize:
+        if screen is None:
             return self.errors(spectrum, alphas, n), None
         first = torch.zeros(len(alphas), dtype=torch.bool, device=alphas.device)
         first[self.all_rows_residual(spectrum, alphas, n)[1].argmin(0)] = True
         errors = torch.empty(len(alphas), self.n_groups, dtype=exact_dtype, device=alphas.device)
         errors[first] = self.errors(spectrum, alphas[first], n)
-        ceiling = (errors[first].min(0).values * (1 + tolerance) / (1 - tolerance / 10)).to(screen)
-        errors[~first] = self.errors(spectrum, alphas[~first], n, dtype=screen, ceiling=ceiling).to(exact_dtype)
+        ceiling = errors[first].min(0).values * (1 + tolerance) / (1 - tolerance / 10)
+        if screen.itemsize >= exact_dtype.itemsize:  # no narrower dtype to screen in: every alpha exact, or unfinished
+            errors[~first] = self.errors(spectrum, alphas[~first], n, ceiling=ceiling)
+            pruned = errors.isinf().all(1)
+            errors[pruned] = float("nan")
+            return errors, {"dtype": str(exact_dtype).removeprefix("torch."), "exact": alphas[~pruned].tolist(),
+                            "pruned": alphas[pruned].tolist(), "drift": 0.0, "every_alpha_exact": False,
+                            "traces": dict(self.traces), "of": len(alphas) * len(self.folds)}
+        errors[~first] = self.errors(spectrum, alphas[~first], n, dtype=screen, ceiling=ceiling.to(screen)).to(exact_dtype)
         finite = ~errors.isnan().any(1)  # +inf: left unfinished, provably far from the least
         pruned = errors.isinf().all(1)
         best = torch.where(finite[:, None], errors, torch.inf).min(0).values
