@@ -143,6 +143,13 @@ def test_the_screens_lower_bound_is_the_all_rows_fits_residual(n, p):
         assert float(residual[a, 0]) == pytest.approx(float(((fit.predict(x).numpy() - y) ** 2).sum()), rel=1e-9)
     errors = statistics.errors(spectrum, torch.tensor(alphas, dtype=torch.float64), n)
     assert (errors >= residual).all()
+    # the folds' own residuals, a by-product of their traces, add up to it (in float32 too, to its rounding, which
+    # is absolute: a few 1e-7 of ||Y||^2, far under the screen's margin unless the targets are almost noiseless)
+    for dtype, rtol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        traces = ridge._FoldTraces(statistics, spectrum, torch.tensor(alphas, dtype=dtype), n, exact=False)
+        for f in range(len(folds)):
+            traces.add(f, range(len(alphas)))
+        np.testing.assert_allclose(traces.residual.double(), residual, rtol=rtol, atol=rtol * float(yc.pow(2).sum()) / 100)
 
 
 @pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])
@@ -284,17 +291,15 @@ def test_targets_read_in_blocks_give_the_fit_of_all_targets_at_once(n, p, t, alp
 
 def exact_alphas_of_a_fit(monkeypatch, config: RidgeConfig, x, y) -> tuple[Ridge, list[float]]:
     """Fit, and list the alphas whose errors were computed in the fit's own dtype over every fold."""
-    from brainrecon.models import ridge
-
     exact: list[float] = []
-    errors = ridge._TraceStatistics.errors
+    errors = ridge._TraceStatistics.bounded_errors
 
     def spy(self, spectrum, alphas, n, dtype=None, folds=None, ceiling=None):
         if dtype is None and folds is None:
             exact.extend(alphas.tolist())
         return errors(self, spectrum, alphas, n, dtype, folds, ceiling)
 
-    monkeypatch.setattr(ridge._TraceStatistics, "errors", spy)
+    monkeypatch.setattr(ridge._TraceStatistics, "bounded_errors", spy)
     return Ridge(config).fit(x, y), sorted(exact)
 
 
@@ -326,6 +331,43 @@ def test_a_float32_screen_chooses_the_alpha_of_the_exact_search(monkeypatch, n, 
     else:  # the probe at the smallest alpha shows the screen's error: every alpha is computed exactly
         assert recomputed == everything
         np.testing.assert_allclose(screened.cv_scores["0:600"], exact.cv_scores["0:600"], rtol=1e-12)
+
+
+def test_a_dual_fit_leaves_alphas_unfinished_and_chooses_as_the_exact_search(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 100))
+    y = x[:, :5] @ rng.normal(size=(5, 300)) + 2 * rng.normal(size=(60, 300))
+    config = RidgeConfig(alphas=(30.0, 100.0, 1e3, 1e4, 1e5, 1e6), folds=4)
+    screened, _ = exact_alphas_of_a_fit(monkeypatch, config, x, y)
+    exact, _ = exact_alphas_of_a_fit(monkeypatch, config.model_copy(update={"screen_dtype": None}), x, y)
+    assert_same_fit(screened, exact)
+    unfinished = np.isin(config.alphas, screened.cv_screen["pruned"])
+    everything = np.array(exact.cv_scores["0:300"])
+    assert unfinished.any() and (everything[unfinished] > everything.min() * (1 + config.screen_tolerance)).all()
+
+
+def test_alphas_whose_screen_fails_are_computed_exactly_never_left_unfinished(monkeypatch):
+    """Every float32 leave-out block made to fail: no alpha is left unfinished, each failed one is tried once
+    (the later folds skip it), and the fit is the exact search's."""
+    leave_out = ridge._leave_out
+
+    def failing(hat, n):
+        if hat.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("made to fail")
+        return leave_out(hat, n)
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(200, 60))
+    y = x[:, :5] @ rng.normal(size=(5, 600)) + rng.normal(size=(200, 600))
+    config = RidgeConfig(alphas=(1e-2, 1.0, 100.0, 1e4), folds=4)
+    exact, _ = exact_alphas_of_a_fit(monkeypatch, config.model_copy(update={"screen_dtype": None}), x, y)
+    monkeypatch.setattr(ridge, "_leave_out", failing)
+    screened, computed = exact_alphas_of_a_fit(monkeypatch, config, x, y)
+    assert_same_fit(screened, exact)
+    assert computed == list(config.alphas) and screened.cv_screen["pruned"] == []
+    # at most the three screened alphas once each (not once a fold), and the probe, whose failure sends every alpha
+    # to float64
+    assert screened.cv_screen["traces"]["float32"] <= len(config.alphas) and screened.cv_screen["every_alpha_exact"]
 
 
 def test_a_float32_fit_leaves_only_alphas_provably_far_from_the_least_unfinished():

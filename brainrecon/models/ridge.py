@@ -210,6 +210,7 @@ class _FoldTraces:
         shape = (len(alphas), statistics.n_groups)
         self.errors = torch.zeros(shape, dtype=dtype, device=alphas.device)
         self.residual = torch.zeros_like(self.errors)
+        self.failed: set[int] = set()  # alphas whose leave-out block did not factor (narrow dtype only): NaN errors
 
     def add(self, f: int, alphas) -> None:
         if not len(alphas):
@@ -228,6 +229,7 @@ class _FoldTraces:
                 if self.exact:
                     raise
                 self.errors[a] = float("nan")
+                self.failed.add(a)
                 continue
             scaled = left * shrink  # L D
             weight = _rows_gram(weight)  # S = (I - H)^{-2}; (I - H)^{-1} is symmetric
@@ -266,17 +268,24 @@ class _TraceStatistics:
             self.cross[f][group] = self.cross[f][group] + observed @ projected.T
 
     def errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int, dtype: torch.dtype | None = None,
-               folds: list[int] | None = None, ceiling: torch.Tensor | None = None) -> torch.Tensor:
+               folds: list[int] | None = None) -> torch.Tensor:
         """Cross-validated squared error, (alphas, target groups), computed in ``dtype`` (default: the fit's),
         summed over ``folds`` (default: all).
 
         In a dtype narrower than the fit's, an alpha whose leave-out block fails to factor gets NaN errors
         (the caller computes it again exactly); in the fit's own dtype that failure is raised.
+        """
+        return self.bounded_errors(spectrum, alphas, n, dtype, folds)[0]
 
-        ``ceiling`` (groups,): an alpha is left unfinished, with +inf errors, once its error provably exceeds
-        the ceiling of every group. The bound: (I - H_vv)^{-1} has no eigenvalue below 1, so a fold's out-of-fold
-        error is at least its rows' residual in the all-rows fit, and an alpha's error is at least the errors of
-        the folds computed so far plus the all-rows residual sum of squares less those folds' share of it.
+    def bounded_errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int, dtype: torch.dtype | None = None,
+                       folds: list[int] | None = None,
+                       ceiling: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``errors``, and which alphas were left unfinished (a bool per alpha; their errors are partial sums).
+
+        With ``ceiling`` (groups,), an alpha is left unfinished once its error provably exceeds the ceiling of every
+        group. The bound: (I - H_vv)^{-1} has no eigenvalue below 1, so a fold's out-of-fold error is at least its
+        rows' residual in the all-rows fit, and an alpha's error is at least the errors of the folds computed so far
+        plus the all-rows residual sum of squares less those folds' share of it.
         """
         exact = dtype is None or dtype == spectrum.values.dtype
         dtype = spectrum.values.dtype if dtype is None else dtype
@@ -286,45 +295,58 @@ class _TraceStatistics:
         for f in range(len(self.folds)) if folds is None else folds:
             if residual is not None:
                 bound = fold.errors + (residual - fold.residual).clamp_min(0)  # (alphas, groups)
-                live = [a for a in live if not (bound[a] > ceiling).all()]
-            fold.add(f, live)
-        if residual is not None:
-            failed = fold.errors.isnan().any(1)
-            fold.errors[[a for a in range(len(alphas)) if a not in live and not failed[a]]] = torch.inf
-        return fold.errors
+                live = [a for a in live if not (bound[a] > ceiling).all()]  # a failed alpha's NaN bound stays
+            fold.add(f, [a for a in live if a not in fold.failed])
+        unfinished = torch.ones(len(alphas), dtype=torch.bool, device=alphas.device)
+        unfinished[live] = False
+        return fold.errors, unfinished
 
     def all_rows_residual(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The all-rows fit's residual sum of squares, (alphas, groups), and its generalised cross-validation score.
+        """The all-rows fit's residual sum of squares, (alphas, groups), and its generalised cross-validation score,
+        in float64 whatever the fit's dtype (they are O(k) per alpha).
 
-        In the eigenbasis the fit is L D P (primal, L = X Q, L^T L = Λ) or Q Λ D P (dual, P = Q^T Y), so with
-        o = diag(P P^T) its residual is ||Y||^2 - sum(2 s o - s^2 g o), s = d (primal) or λ d (dual), g = λ or 1.
+        In the eigenbasis, with o = diag(P P^T) and d = 1/(λ+α): in the dual form (P = Q^T Y, Q square) the
+        residual along each eigenvector is α d P_m, so it is sum((α d)^2 o), free of cancellation, which matters
+        there because the fit nearly interpolates at small α. In the primal form (L = X Q, L^T L = Λ) it is
+        ||Y||^2 - sum((2 d - d^2 λ) o), since n > p leaves the residual outside X's span.
         """
-        values = spectrum.values
-        shrink = 1 / (values[None, :] + alphas[:, None])  # (alphas, k)
-        scale = shrink * values if spectrum.dual else shrink
-        metric = torch.ones_like(values) if spectrum.dual else values
-        residual = torch.stack([sum(own[g].trace() for own in self.own)
-                                - ((2 * scale - scale ** 2 * metric) * self.outer[g].diagonal()).sum(1)
-                                for g in range(self.n_groups)], 1)
-        freedom = 1 + (values * shrink).sum(1, keepdim=True)  # the intercept and the hat's trace
-        return residual, residual / (1 - freedom / n) ** 2
+        values = spectrum.values.to(torch.float64)
+        alphas = alphas.to(torch.float64)[:, None]
+        shrink = 1 / (values[None, :] + alphas)  # (alphas, k)
+        diagonals = [_cast(self.outer[g], torch.float64).diagonal() for g in range(self.n_groups)]
+        if spectrum.dual:
+            residual = torch.stack([((alphas * shrink) ** 2 * o).sum(1) for o in diagonals], 1)
+            # n - 1 - tr(hat) = sum(α d) over the non-null eigenvalues: the null one (the centring) cancels the 1
+            null = values <= values.max() * len(values) * torch.finfo(torch.float64).eps
+            remaining = (alphas * shrink)[:, ~null].sum(1, keepdim=True) + null.sum() - 1
+        else:
+            total = [sum(_cast(own[g], torch.float64).trace() for own in self.own) for g in range(self.n_groups)]
+            residual = torch.stack([total[g] - ((2 * shrink - shrink ** 2 * values) * o).sum(1)
+                                    for g, o in enumerate(diagonals)], 1)
+            remaining = n - 1 - (values * shrink).sum(1, keepdim=True)
+        generalised = residual / (remaining / n) ** 2
+        generalised = torch.where(generalised.isfinite() & (generalised > 0), generalised, torch.inf)
+        return residual.clamp_min(0), generalised
 
     def screened_errors(self, spectrum: _Spectrum, alphas: torch.Tensor, n: int, screen: torch.dtype | None,
                         tolerance: float) -> tuple[torch.Tensor, dict | None]:
         """``errors`` exact wherever the choice of alpha could depend on them, screened in ``screen`` elsewhere,
         and what the screen did (None without one): the alphas computed exactly, those left unfinished, its
-        largest relative error seen, and whether every alpha was computed exactly. Where ``screen`` is no narrower
-        than the fit's dtype (a float32 fit), every alpha is computed exactly but those left unfinished.
+        largest relative error seen, whether every alpha was computed exactly, and the (fold, alpha) traces
+        computed in each dtype (more than folds x alphas where the screen falls back).
 
         The alpha that generalised cross-validation (cheap, from the spectrum) favours, one per group, is computed
         exactly first. Every other alpha is screened, and left unfinished once its error provably exceeds that
-        least by more than ``tolerance`` (``errors``' bound, with a tenth of the tolerance left for the screen's
-        rounding): NaN in the result, never chosen. Those within ``tolerance`` (relative) of a group's least, or
-        whose screen failed, are computed again exactly, and the choice is made among the exact errors. The
-        screen's relative error is measured on those alphas and on the first fold at the smallest alpha, the
+        least by more than ``tolerance`` (``bounded_errors``' bound, with a tenth of the tolerance left for the
+        screen's rounding): NaN in the result, never chosen. Those within ``tolerance`` (relative) of a group's
+        least, or whose screen failed, are computed again exactly, and the choice is made among the exact errors.
+        The screen's relative error is measured on those alphas and on the first fold at the smallest alpha, the
         worst-conditioned screen (the leave-out blocks I - H_vv, whose conditioning sets the screen's rounding
         error, grow more singular as alpha falls). If it exceeds a tenth of the tolerance anywhere, every alpha is
         computed exactly: a screen too coarse for the data costs one more pass, never another alpha.
+
+        Where ``screen`` is no narrower than the fit's dtype (a float32 fit), every alpha is computed in that dtype
+        but those the bound leaves unfinished; "provably" then holds to that dtype's rounding, with no probe.
         """
         exact_dtype = spectrum.values.dtype
         if screen is None:
@@ -334,33 +356,35 @@ class _TraceStatistics:
         errors = torch.empty(len(alphas), self.n_groups, dtype=exact_dtype, device=alphas.device)
         errors[first] = self.errors(spectrum, alphas[first], n)
         ceiling = errors[first].min(0).values * (1 + tolerance) / (1 - tolerance / 10)
+        unfinished = torch.zeros_like(first)
         if screen.itemsize >= exact_dtype.itemsize:  # no narrower dtype to screen in: every alpha exact, or unfinished
-            errors[~first] = self.errors(spectrum, alphas[~first], n, ceiling=ceiling)
-            pruned = errors.isinf().all(1)
-            errors[pruned] = float("nan")
-            return errors, {"dtype": str(exact_dtype).removeprefix("torch."), "exact": alphas[~pruned].tolist(),
-                            "pruned": alphas[pruned].tolist(), "drift": 0.0, "every_alpha_exact": False,
+            errors[~first], unfinished[~first] = self.bounded_errors(spectrum, alphas[~first], n, ceiling=ceiling)
+            errors[unfinished] = float("nan")
+            return errors, {"dtype": str(exact_dtype).removeprefix("torch."), "exact": alphas[~unfinished].tolist(),
+                            "pruned": alphas[unfinished].tolist(), "drift": 0.0, "every_alpha_exact": False,
                             "traces": dict(self.traces), "of": len(alphas) * len(self.folds)}
-        errors[~first] = self.errors(spectrum, alphas[~first], n, dtype=screen, ceiling=ceiling.to(screen)).to(exact_dtype)
-        finite = ~errors.isnan().any(1)  # +inf: left unfinished, provably far from the least
-        pruned = errors.isinf().all(1)
-        best = torch.where(finite[:, None], errors, torch.inf).min(0).values
-        near = ~first & (~finite | (errors <= best * (1 + tolerance)).any(1))
+        screened, unfinished[~first] = self.bounded_errors(spectrum, alphas[~first], n, dtype=screen,
+                                                           ceiling=ceiling.to(screen))
+        errors[~first] = screened.to(exact_dtype)
+        failed = ~errors.isfinite().all(1) & ~unfinished  # a leave-out block that did not factor, or an overflow
+        best = torch.where((~failed & ~unfinished)[:, None], errors, torch.inf).min(0).values
+        near = ~first & ~unfinished & (failed | (errors <= best * (1 + tolerance)).any(1))
         exact = self.errors(spectrum, alphas[near], n)
         smallest = alphas[alphas.argmin()].reshape(1)
-        screened = torch.cat([errors[near & finite],
+        screened = torch.cat([errors[near & ~failed],
                               self.errors(spectrum, smallest, n, dtype=screen, folds=[0]).to(exact_dtype)])
-        truth = torch.cat([exact[finite[near]], self.errors(spectrum, smallest, n, folds=[0])])
+        truth = torch.cat([exact[~failed[near]], self.errors(spectrum, smallest, n, folds=[0])])
         drift = ((screened - truth).abs() / truth.abs().clamp_min(torch.finfo(exact_dtype).tiny)).nan_to_num(torch.inf)
         errors[near] = exact
         fallback = bool(drift.max() > tolerance / 10)
         if fallback:
             rest = ~near & ~first
             errors[rest] = self.errors(spectrum, alphas[rest], n)
-        else:
-            errors[pruned] = float("nan")  # not computed: reported as unknown, never chosen
-        return errors, {"dtype": str(screen).removeprefix("torch."), "exact": alphas[first | near].tolist(),
-                        "pruned": [] if fallback else alphas[pruned].tolist(), "drift": float(drift.max()),
+            unfinished[:] = False
+        errors[unfinished] = float("nan")  # not computed: reported as unknown, never chosen
+        return errors, {"dtype": str(screen).removeprefix("torch."),
+                        "exact": (alphas if fallback else alphas[first | near]).tolist(),
+                        "pruned": alphas[unfinished].tolist(), "drift": float(drift.max()),
                         "every_alpha_exact": fallback, "traces": dict(self.traces),
                         "of": len(alphas) * len(self.folds)}
 
