@@ -100,7 +100,7 @@ def time_parts() -> dict:
     steps = ((ridge._Spectrum, "of", "Gram + eigh"), (ridge._Spectrum, "project", "P = Q'X'Y"),
              (ridge.Ridge, "_centred", "targets read and centred"),
              (ridge._TraceStatistics, "add", "P P', Y_v Y_v', Y_v P'"),
-             (ridge._TraceStatistics, "errors", "per-alpha traces"), (ridge._Spectrum, "weights", "weights"),
+             (ridge._TraceStatistics, "bounded_errors", "per-alpha traces"), (ridge._Spectrum, "weights", "weights"),
              (ridge._OutOfFold, "add", "out-of-fold moments"),
              (ridge._TraceStatistics, "out_of_fold", "out-of-fold squares from the traces"),
              (ridge._GroupMoments, "add", "out-of-fold means"))
