@@ -387,6 +387,14 @@ def test_a_float32_fit_leaves_only_alphas_provably_far_from_the_least_unfinished
     assert (everything[unfinished] > everything.min() * (1 + config.screen_tolerance)).all()
 
 
+def test_a_leave_out_block_that_does_not_factor_names_the_fix():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 90)) @ rng.normal(size=(90, 90)) * 0.3 + 1.0
+    y = x[:, :6] @ rng.normal(size=(6, 200)) + rng.normal(size=(40, 200)) * 3 + 5.0
+    with pytest.raises(torch.linalg.LinAlgError, match="fit in float64"):
+        Ridge(RidgeConfig(alphas=(0.1, 1.0, 10.0), folds=4, dtype="float32")).fit(x, y)
+
+
 def test_a_target_batch_below_one_is_refused():
     with pytest.raises(ValueError, match="target_batch"):
         RidgeConfig(target_batch=0)

@@ -168,7 +168,13 @@ def _leave_out(hat: torch.Tensor, n: int) -> torch.Tensor:
     and at least one training row), so a Cholesky factor inverts it.
     """
     eye = torch.eye(len(hat), dtype=hat.dtype, device=hat.device)
-    return torch.cholesky_inverse(torch.linalg.cholesky(eye - hat - 1.0 / n))
+    try:
+        return torch.cholesky_inverse(torch.linalg.cholesky(eye - hat - 1.0 / n))
+    except torch.linalg.LinAlgError as error:  # the type is kept: a narrow screen catches it and computes again
+        raise torch.linalg.LinAlgError(
+            f"ridge cross-validation: a fold's leave-out block I - H_vv did not factor in {hat.dtype} (an alpha too "
+            f"small for this precision, where the fit nearly interpolates its rows); fit in float64 "
+            f"(RidgeConfig.dtype / the ridge model's dtype) or drop the smallest alphas") from error
 
 
 def _spectral_hat(spectrum: _Spectrum, rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
