@@ -204,7 +204,7 @@ class _CholeskyFit:
 
 
 class _FoldTraces:
-    """The per-fold, per-alpha work of _TraceStatistics.errors: each (fold, alpha)'s out-of-fold error added to
+    """The per-fold, per-alpha work of _TraceStatistics.bounded_errors: each (fold, alpha)'s out-of-fold error added to
     ``errors`` (alphas, groups), and its rows' residual in the all-rows fit to ``residual`` (a free by-product,
     which bounds the error from below)."""
 
