@@ -149,7 +149,8 @@ def test_the_screens_lower_bound_is_the_all_rows_fits_residual(n, p):
         traces = ridge._FoldTraces(statistics, spectrum, torch.tensor(alphas, dtype=dtype), n, exact=False)
         for f in range(len(folds)):
             traces.add(f, range(len(alphas)))
-        np.testing.assert_allclose(traces.residual.double(), residual, rtol=rtol, atol=rtol * float(yc.pow(2).sum()) / 100)
+        np.testing.assert_allclose(traces.residual.double(), residual, rtol=rtol,
+                                   atol=rtol * float(yc.pow(2).sum()) / 100)
 
 
 @pytest.mark.parametrize("n,p", [(120, 40), (30, 80)])
