@@ -15,6 +15,7 @@ from PIL import Image
 from brainrecon.bench.efficiency import EfficiencyConfig, plan_runs, run_efficiency
 from brainrecon.bench.leaderboard import LeaderboardConfig, claim_workdir, run_leaderboard
 from brainrecon.config import load_config, validate_config
+from brainrecon.provenance import source_commit
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,8 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path, tiny
     assert result["rows"][0]["steps"] is None and result["rows"][1]["steps"] == 2  # ridge: closed form
     assert result["rows"][0]["validation"] is None and result["rows"][1]["validation"]["curve"][-1][0] == 2
     assert all(list(row["seeds"]) == ["0"] for row in result["rows"] if row["model"] != "psychometry+ecphory")
+    # every row says which code trained it (each run's model.json), and the page says it too
+    assert all(row["commits"] == {"0": source_commit()} for row in result["rows"])
     # the trained rows' validation curves, in a figure the page links by the name --doc copies it under
     assert result["curves_figure"] == "smoke-curves.png"
     assert (tmp_path / "lb" / "smoke-curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -61,7 +64,7 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path, tiny
     assert "![validation curves](smoke-curves.png)" in markdown
     for label in ("MindEye2-style", "Psychometry + Ecphory", "Bayes-optimal oracle", "not NSD results",
                   "small-CLIP pooled ceiling", "÷ ceiling", "over seeds", "| closed form |", "val Δ 2nd half",
-                  "against the row above, per image: CLIP two-way"):
+                  "against the row above, per image: CLIP two-way", f"every run trained at {source_commit()}"):
         assert label in markdown
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
@@ -135,12 +138,15 @@ def test_gpu_check_runs_at_toy_sizes_on_cpu(tmp_path):
 
 
 def test_every_training_seed_is_scored_and_a_closed_form_fit_trains_once(train_world, tmp_path):
-    from brainrecon.bench.leaderboard import seed_retrievals, sim_train_config
+    from brainrecon.bench.leaderboard import seed_commits, seed_retrievals, sim_train_config
 
     overrides = {"max_steps": 2, "batch_size": 8, "validation": {"fraction": 0.0}}
     config = sim_train_config("mindreader", overrides, 50, 3, 42, seed=0)
     values = seed_retrievals("mindreader", config, train_world, tmp_path, [0, 3], first=0.5)
     assert values["0"] == 0.5 and 0.0 <= values["3"] <= 1.0
+    (tmp_path / "mindreader").mkdir()  # the first seed's run, trained by the bench before (as if at another commit)
+    (tmp_path / "mindreader" / "model.json").write_text(json.dumps({"commit": "0ld"}))
+    assert seed_commits("mindreader", tmp_path, list(values)) == {"0": "0ld", "3": source_commit()}
     assert (tmp_path / "mindreader-seed3" / "metrics.json").is_file()
     assert "seed: 3" in (tmp_path / "mindreader-seed3" / "config.yaml").read_text()
     ridge = sim_train_config("ridge", {}, 50, 3, 42, seed=0)
@@ -249,6 +255,18 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
     result["rows"].append(row("Psychometry + Ecphory", ecphory={"enabled": True, "keys": "prediction", "k": 20,
                                                                     "alpha": 0.25}))
     assert "Psychometry + Ecphory: the same run" in leaderboard_markdown(result)
+
+
+def test_leaderboard_page_says_which_commits_trained_its_rows():
+    from brainrecon.bench.leaderboard import _trained_at_text
+
+    rows = [{"label": "Ridge", "commits": {"0": "aaa"}}, {"label": "MindEye1-style", "commits": {"0": "aaa"}}]
+    assert _trained_at_text(rows) == "every run trained at aaa"
+    rows[1]["commits"] = {"0": "aaa", "1": "bbb", "2": "bbb"}  # a bench resumed at another commit
+    rows.append({"label": "MindEye2-style", "commits": {"0": None}})  # a run from before runs recorded it
+    rows.append({"label": "MindEye2-style + Ecphory", "ecphory": {"enabled": True}, "commits": {"0": "ccc"}})
+    assert _trained_at_text(rows) == ("runs trained at aaa (Ridge, MindEye1-style); bbb (MindEye1-style); "
+                                      "not recorded (MindEye2-style)")
 
 
 def test_variants_are_paired_seed_by_seed_with_the_first_row_of_their_model():

@@ -20,6 +20,7 @@ from brainrecon.config import validate_config
 from brainrecon.data import open_store
 from brainrecon.errors import ConfigError, DivergenceError
 from brainrecon.evaluate.evaluation import final_evaluation
+from brainrecon.provenance import source_commit
 from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.run import load_run, recorded_training_rows
@@ -416,8 +417,9 @@ def test_overwrite_replaces_a_run_and_nothing_else(train_world, tmp_path):
     (run / "stale.txt").write_text("from the first run")
     train(small_config("mindbridge", max_steps=3), train_world, run, progress=False, overwrite=True)
     assert not (run / "stale.txt").exists() and "max_steps: 3" in (run / "config.yaml").read_text()
-    assert json.loads((run / "model.json").read_text())["store_manifest_sha256"] == \
-        open_store(train_world).manifest_sha256
+    info = json.loads((run / "model.json").read_text())
+    assert info["store_manifest_sha256"] == open_store(train_world).manifest_sha256
+    assert info["commit"] == source_commit()  # the code that trained it
 
 
 def test_adamw_kernel_is_fused_where_torch_has_it_and_steps_like_the_reference():

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from brainrecon.bench.leaderboard import SUBJECT, git_commit, per_image_scores, run_clip
+from brainrecon.bench.leaderboard import SUBJECT, per_image_scores, run_clip
 from brainrecon.config import StrictConfig
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.choice import make_choices
@@ -31,6 +31,7 @@ from brainrecon.evaluate.evaluation import read_manifest
 from brainrecon.evaluate.metrics import FEATURE_METRICS
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.memory.choice import EcphoryGrid, paired_gain
+from brainrecon.provenance import source_commit
 from brainrecon.reconstruct import ECPHORY_CHOICE, ReconstructConfig, is_reconstructions, reconstruct
 from brainrecon.train.run import RunContext, is_run
 
@@ -60,7 +61,7 @@ def run_ecphory_bench(config: EcphoryBenchConfig, runs: Path, out: Path, echo=pr
     if missing:
         raise ConfigError(f"no finished run for {missing} under {runs}; train them first (brainrecon bench "
                           f"leaderboard --out DIR makes DIR/runs/<model>)")
-    commit = git_commit()
+    commit = source_commit()
     clip_encoder = None
     records = []
     for model in config.models:

@@ -22,12 +22,13 @@ from typing import Any
 
 from pydantic import model_validator
 
-from brainrecon.bench.leaderboard import (bench_world, claim_workdir, git_commit, machine, sim_train_config,
+from brainrecon.bench.leaderboard import (bench_world, claim_workdir, machine, sim_train_config,
                                           train_in_child)
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, subject_name
 from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.provenance import source_commit
 from brainrecon.report.figures import pyplot, save_figure
 from brainrecon.train.config import TrainConfig
 
@@ -82,7 +83,7 @@ def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int]
 
 
 def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str = "custom") -> dict:
-    commit = git_commit()  # the code that runs now, whatever is edited while it runs
+    commit = source_commit()  # the code that runs now, whatever is edited while it runs
     claim_workdir(out, "efficiency", config)
     store_path, runs = bench_world(out, config.world, echo), out / "runs"
     runs.mkdir(exist_ok=True)

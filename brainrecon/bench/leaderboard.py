@@ -38,6 +38,7 @@ from brainrecon.evaluate.evaluation import (EvaluateConfig, evaluate_run, featur
 from brainrecon.evaluate.metrics import PROTOCOL_SIZE, pixcorr, score_with_network, ssim
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.models import model_class
+from brainrecon.provenance import source_commit
 from brainrecon.report.figures import validation_curves
 from brainrecon.memory.choice import EcphoryGrid, EcphorySetting, paired_gain
 from brainrecon.reconstruct import ReconstructConfig
@@ -293,6 +294,15 @@ def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, see
     return values
 
 
+def seed_commits(model: str, runs: Path, seeds: list[str]) -> dict[str, str | None]:
+    """The source commit each of a row's training seeds was trained at (``seeds``: the first one's run is
+    RUNS/MODEL, the others' RUNS/MODEL-seedN, as `seed_retrievals` names them), read from the run's model.json;
+    None where a run predates runs recording it. A bench resumed across commits so says which code made each
+    row."""
+    names = {seed: model if index == 0 else f"{model}-seed{seed}" for index, seed in enumerate(seeds)}
+    return {seed: json.loads((runs / name / "model.json").read_text()).get("commit") for seed, name in names.items()}
+
+
 def validation_curve(run: Path) -> dict | None:
     """The run's validation scores (step, val_retrieval), and how much they rose over the run's second half
     (the last score minus the score nearest the middle step): near 0 when the curve has flattened."""
@@ -363,7 +373,7 @@ def planned_rows(config: LeaderboardConfig) -> list[tuple[str, str, dict[str, An
 
 def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: str = "custom") -> dict:
     """Build (or resume) the leaderboard in ``out``; returns what leaderboard.json holds."""
-    commit = git_commit()  # the code that runs now, whatever is edited while it runs
+    commit = source_commit()  # the code that runs now, whatever is edited while it runs
     claim_workdir(out, "leaderboard", config)
     store, rows_dir, runs = bench_world(out, config.world, echo), out / "rows", out / "runs"
     rows_dir.mkdir(exist_ok=True)
@@ -379,7 +389,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         if ecphory:
             trained = json.loads((rows_dir / f"{model}.json").read_text())
             row = {key: trained.get(key) for key in ("train_seconds", "peak_rss_mb", "resumed", "parameters",
-                                                     "subjects", "steps", "validation")}
+                                                     "subjects", "steps", "validation", "commits")}
         else:
             run = runs / name
             train_config = sim_train_config(model, overrides, config.way, config.draws, config.seed,
@@ -391,6 +401,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         row.update(score_row(run, out / "recons" / name, out / "metrics" / f"{name}.json", config, ecphory))
         if not ecphory:
             row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"])
+            row["commits"] = seed_commits(name, runs, list(row["seeds"]))
             if len(row["seeds"]) > 1:
                 row["seeds_mean"], row["seeds_ci95"] = student_t_interval(list(row["seeds"].values()))
         atomic_write_json(saved, row)
@@ -469,16 +480,17 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def git_commit() -> str:
-    try:
-        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent, check=False, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent, check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    commit = found.stdout.strip() or "unknown"
-    return commit + ("+uncommitted" if dirty.stdout.strip() else "")
+def _trained_at_text(rows: list[dict]) -> str:
+    """Which commits trained the rows' runs (every seed's), grouped: one bench may be resumed across commits."""
+    by_commit: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("ecphory"):
+            continue  # the same run as its model's row
+        for commit in dict.fromkeys((row.get("commits") or {"": None}).values()):
+            by_commit.setdefault(commit or "not recorded", []).append(row["label"])
+    if len(by_commit) == 1:
+        return f"every run trained at {next(iter(by_commit))}"
+    return "runs trained at " + "; ".join(f"{commit} ({', '.join(labels)})" for commit, labels in by_commit.items())
 
 
 def _pct(value, ci=None) -> str:
@@ -573,7 +585,8 @@ def leaderboard_markdown(result: dict) -> str:
         *([f"Validation curves (each trained row's first seed; a ring marks the step whose weights were kept): "
            f"![validation curves]({result['curves_figure']})"] if result.get("curves_figure") else []),
         f"Machine: {machine_info['cpus']} CPUs, torch {machine_info['torch']} ({machine_info['threads']} threads), "
-        f"GPU {machine_info['cuda'] or 'none'}; commit {result['commit']}; {result['date'][:19]} UTC.",
+        f"GPU {machine_info['cuda'] or 'none'}; page written at commit {result['commit']}; {result['date'][:19]} UTC; "
+        f"{_trained_at_text(result['rows'])}.",
         f"**{result['note']}**",
     ]
     return (f"# Leaderboard on the simulated world (preset `{result['preset']}`)\n\n"

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from brainrecon.bench.leaderboard import SUBJECT, git_commit, image_scores, per_image_scores, run_clip
+from brainrecon.bench.leaderboard import SUBJECT, image_scores, per_image_scores, run_clip
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.choice import make_choices
 from brainrecon.evaluate.evaluation import read_manifest
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.memory.choice import paired_gain
+from brainrecon.provenance import source_commit
 from brainrecon.reconstruct import (LOWLEVEL_CHOICE, LowLevelGrid, ReconstructConfig, is_reconstructions,
                                     lowlevel_decoder, lowlevel_images, reconstruct)
 from brainrecon.train.run import RunContext, is_run
@@ -47,7 +48,7 @@ def run_lowlevel_bench(run: Path, out: Path, samples: int = 4, n_images: int = 3
         manifests[arm] = read_manifest(folder)
         scores[arm] = per_image_scores(context, folder, clip_encoder)
     choice = json.loads((run / LOWLEVEL_CHOICE).read_text())
-    record = {"run": str(run), "commit": git_commit(), "samples": samples, "n_images": n_images, "steps": steps,
+    record = {"run": str(run), "commit": source_commit(), "samples": samples, "n_images": n_images, "steps": steps,
               "strength": manifests["lowlevel"]["lowlevel"]["strength"], "choice": choice}
     for metric in ("pixcorr", "ssim", "clip"):
         record[metric] = {"without": float(np.mean(scores["without"][metric])),

@@ -1,7 +1,8 @@
 """The run directory: what a training run leaves on disk, and how it is read back.
 
     RUN/config.yaml              the full config, written before the first step
-    RUN/model.json               model kind, options, subjects (name -> voxels), target space, store
+    RUN/model.json               model kind, options, subjects (name -> voxels), target space, store,
+                                 and the source commit of the code that trained it
     RUN/model.safetensors        final weights (written when training ends)
     RUN/training_stimuli.json    per subject, every stimulus id the run trained on (init_from's included),
                                  the trial rows of the store this run itself trained on, and the rows of
@@ -65,16 +66,20 @@ class RunInfo:
     space: TargetSpace
     store: str
     store_manifest_sha256: str | None = None  # None for runs made before runs pinned their store
+    # the source commit of the code that trained the run, or last resumed it (provenance.source_commit);
+    # None for runs made before runs recorded it
+    commit: str | None = None
 
     def to_dict(self) -> dict:
-        return {"format": RUN_FORMAT, "brainrecon": __version__, "kind": self.kind, "options": self.options,
-                "subjects": self.subjects, "space": self.space.to_dict(), "store": self.store,
-                "store_manifest_sha256": self.store_manifest_sha256}
+        return {"format": RUN_FORMAT, "brainrecon": __version__, "commit": self.commit, "kind": self.kind,
+                "options": self.options, "subjects": self.subjects, "space": self.space.to_dict(),
+                "store": self.store, "store_manifest_sha256": self.store_manifest_sha256}
 
     @classmethod
     def from_dict(cls, data: dict) -> RunInfo:
         return cls(data["kind"], data["options"], {k: int(v) for k, v in data["subjects"].items()},
-                   TargetSpace.from_dict(data["space"]), data.get("store", ""), data.get("store_manifest_sha256"))
+                   TargetSpace.from_dict(data["space"]), data.get("store", ""), data.get("store_manifest_sha256"),
+                   data.get("commit"))
 
     def check_store(self, run: Path, store_root: Path, store_sha256: str) -> None:
         """Refuse a store other than the one this run was trained on (a re-made store included)."""

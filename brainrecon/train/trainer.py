@@ -40,6 +40,7 @@ from brainrecon.models.base import (
     StepInfo,
     TrainingStep,
 )
+from brainrecon.provenance import source_commit
 from brainrecon.rng import derive_rng
 from brainrecon.train.batches import BalancedBatches, SubjectStream, training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
@@ -246,7 +247,7 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, rows: dict[str,
     subjects = list(rows)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space,
-                   str(store.root.resolve()), store.manifest_sha256)
+                   str(store.root.resolve()), store.manifest_sha256, source_commit())
     if main:
         run.write_info(info)
         run.write_training_stimuli(store, rows, training_stimuli(config.init_from) if config.init_from else None,
