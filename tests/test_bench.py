@@ -312,3 +312,37 @@ def test_validation_curves_figure_only_for_rows_that_have_a_curve(tmp_path):
     ecphory = {**trained, "label": "MindBridge-style + Ecphory", "ecphory": {"enabled": True}}  # the same run
     name = write_validation_curves([closed_form, trained, ecphory], tmp_path, "brainrecon/configs/bench/x.yaml")
     assert name == "x-curves.png" and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_bench(tmp_path):
+    """benchmarks/bench_progress.py: the few files a resumed leaderboard reads instead of redoing the work."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_progress.py"
+    out = tmp_path / "out"
+    for relative, text in {"bench.json": '{"bench": "leaderboard", "config": {"seeds": [0, 1]}}',
+                           "rows/ridge.json": "{}", "runs/ridge/model.safetensors": "weights",
+                           "runs/mindeye1/bench_cost.json": "{}",  # a first seed: retrained, never kept
+                           "runs/mindeye1-seed1/bench_cost.json": "{}", "runs/mindeye1-seed1/metrics.json": "{}",
+                           "runs/mindeye1-seed1/model.json": "{}", "runs/mindeye1-seed1/model.safetensors": "w",
+                           "runs/mindeye1-seed2/config.yaml": "unfinished"}.items():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_text(text)
+
+    def progress(*args):
+        return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+
+    assert progress("save", out, tmp_path / "keep").returncode == 0
+    kept = sorted(str(p.relative_to(tmp_path / "keep")) for p in (tmp_path / "keep").rglob("*") if p.is_file())
+    assert kept == ["bench.json", "rows/ridge.json", "runs/mindeye1-seed1/bench_cost.json",
+                    "runs/mindeye1-seed1/metrics.json", "runs/mindeye1-seed1/model.json"]
+    restored = progress("restore", tmp_path / "keep", tmp_path / "fresh")
+    assert restored.returncode == 0 and "rows ['ridge'], finished extra seeds ['mindeye1-seed1']" in restored.stdout
+    assert (tmp_path / "fresh" / "runs" / "mindeye1-seed1" / "metrics.json").is_file()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bench.json").write_text('{"bench": "leaderboard", "config": {"seeds": [0]}}')
+    refused = progress("restore", tmp_path / "keep", tmp_path / "other")
+    assert refused.returncode != 0 and "another config" in refused.stderr
+    assert not (tmp_path / "other" / "rows").exists()  # nothing copied into a bench of another config
