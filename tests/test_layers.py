@@ -13,7 +13,7 @@ PACKAGE = Path(brainrecon.__file__).parent
 # bottom to top; a module may import from its own layer and the ones below it
 LAYERS = [
     ["brainrecon", "brainrecon.errors", "brainrecon.rng", "brainrecon.io", "brainrecon.config", "brainrecon.vision",
-     "brainrecon.pretrained", "brainrecon.clip_image"],
+     "brainrecon.pretrained", "brainrecon.clip_image", "brainrecon.provenance"],
     ["brainrecon.data"],
     ["brainrecon.embed", "brainrecon.generate"],
     ["brainrecon.models"],
