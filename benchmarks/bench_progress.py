@@ -3,7 +3,9 @@
 A `brainrecon bench leaderboard --out OUT` folder holds the simulated store, every run's checkpoints and the
 reconstructions: gigabytes. What the same command needs of it to skip finished work is small:
 - OUT/bench.json, the bench's config (a resumed bench refuses another);
-- OUT/rows/*.json, the finished rows (each already scored: nothing of its runs is read again);
+- OUT/rows/*.json, the finished rows (each already scored: nothing of its runs is read again), except a row
+  whose run an unfinished Ecphory row will still reconstruct from (Psychometry's, until Psychometry + Ecphory
+  is done: then both are kept);
 - for the row in progress, the training seeds after the first that have finished: their bench_cost.json,
   metrics.json and model.json. Such a seed is scored by its own held-out evaluation (metrics.json), so no
   checkpoint of it is needed again.
@@ -21,6 +23,8 @@ import json
 import shutil
 from pathlib import Path
 
+from brainrecon.bench.leaderboard import LeaderboardConfig, planned_rows
+
 SEED_RUN_FILES = ("bench_cost.json", "metrics.json", "model.json")
 
 
@@ -28,11 +32,20 @@ def finished_work(out: Path) -> list[Path]:
     """The files of ``out`` (relative) that a resumed bench reads instead of redoing the work."""
     if not (out / "bench.json").is_file():
         raise SystemExit(f"{out} is not a bench folder (no bench.json); give the --out of `brainrecon bench`")
-    files = [Path("bench.json"), *(p.relative_to(out) for p in sorted((out / "rows").glob("*.json")))]
+    needed = runs_still_needed(out)
+    files = [Path("bench.json"), *(p.relative_to(out) for p in sorted((out / "rows").glob("*.json"))
+                                   if p.stem not in needed)]
     for run in sorted((out / "runs").glob("*-seed*")):
         if run.is_dir() and all((run / name).is_file() for name in SEED_RUN_FILES):
             files += [(run / name).relative_to(out) for name in SEED_RUN_FILES]
     return files
+
+
+def runs_still_needed(out: Path) -> set[str]:
+    """The rows whose runs a planned but unfinished Ecphory row reconstructs from (it scores its model's run)."""
+    config = LeaderboardConfig.model_validate(json.loads((out / "bench.json").read_text())["config"])
+    return {model for name, model, _, _, ecphory in planned_rows(config)
+            if ecphory and not (out / "rows" / f"{name}.json").is_file()}
 
 
 def copy_files(source: Path, target: Path, files: list[Path]) -> None:

@@ -322,8 +322,10 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_progress.py"
     out = tmp_path / "out"
-    for relative, text in {"bench.json": '{"bench": "leaderboard", "config": {"seeds": [0, 1]}}',
+    config = {"models": ["ridge", "mindeye1", "psychometry"], "seeds": [0, 1]}
+    for relative, text in {"bench.json": json.dumps({"bench": "leaderboard", "config": config}),
                            "rows/ridge.json": "{}", "runs/ridge/model.safetensors": "weights",
+                           "rows/psychometry.json": "{}",  # its Ecphory row, unfinished, reconstructs its run
                            "runs/mindeye1/bench_cost.json": "{}",  # a first seed: retrained, never kept
                            "runs/mindeye1-seed1/bench_cost.json": "{}", "runs/mindeye1-seed1/metrics.json": "{}",
                            "runs/mindeye1-seed1/model.json": "{}", "runs/mindeye1-seed1/model.safetensors": "w",
@@ -342,7 +344,11 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
     assert restored.returncode == 0 and "rows ['ridge'], finished extra seeds ['mindeye1-seed1']" in restored.stdout
     assert (tmp_path / "fresh" / "runs" / "mindeye1-seed1" / "metrics.json").is_file()
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "bench.json").write_text('{"bench": "leaderboard", "config": {"seeds": [0]}}')
+    (tmp_path / "other" / "bench.json").write_text(json.dumps({"bench": "leaderboard", "config": {"seeds": [0]}}))
     refused = progress("restore", tmp_path / "keep", tmp_path / "other")
     assert refused.returncode != 0 and "another config" in refused.stderr
     assert not (tmp_path / "other" / "rows").exists()  # nothing copied into a bench of another config
+    (out / "rows" / "psychometry+ecphory.json").write_text("{}")  # with its Ecphory row done, both are kept
+    assert progress("save", out, tmp_path / "keep").returncode == 0
+    assert {p.name for p in (tmp_path / "keep" / "rows").iterdir()} == {"ridge.json", "psychometry.json",
+                                                                       "psychometry+ecphory.json"}

@@ -399,7 +399,9 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
                        steps=steps_trained(run), validation=validation_curve(run))
         row.update(model=name, kind=model, label=label)
         row.update(score_row(run, out / "recons" / name, out / "metrics" / f"{name}.json", config, ecphory))
-        if not ecphory:
+        if ecphory:  # paired with its model's row, over the two rows' reconstructions (both in OUT now)
+            row["ecphory"]["gain"] = ecphory_gains(out, row)
+        else:
             row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"])
             row["commits"] = seed_commits(name, runs, list(row["seeds"]))
             if len(row["seeds"]) > 1:
@@ -409,7 +411,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         echo(f"{name}: image {100 * row['image_top1']:.1f}%, brain {100 * row['brain_top1']:.1f}%, "
              f"{row['train_seconds']:.0f} s, {row['peak_rss_mb']:.0f} MB")
     for row in rows:
-        if row.get("ecphory"):  # computed afresh each time, from the two rows' reconstructions
+        if row.get("ecphory") and "gain" not in row["ecphory"]:  # a row saved before rows kept their gain
             row["ecphory"]["gain"] = ecphory_gains(out, row)
     paired_seed_gains(rows, {name: v.against for name, v in config.variants.items() if v.against})
     oracle = oracle_row(store, config)
