@@ -2,15 +2,16 @@
 
 A `brainrecon bench leaderboard --out OUT` folder holds the simulated store, every run's checkpoints and the
 reconstructions: gigabytes. What the same command needs of it to skip finished work is small:
-- OUT/bench.json, the bench's config (a resumed bench refuses another);
+- OUT/bench.json, the bench's config (a resumed bench refuses another), and OUT/world.json, the digest of the
+  store the work was made on (the store is simulated again from the world config, and must hold the same betas);
 - OUT/rows/*.json, the finished rows (each already scored: nothing of its runs is read again), except a row
   whose run an unfinished Ecphory row will still reconstruct from (Psychometry's, until Psychometry + Ecphory
   is done: then both are kept);
-- for the row in progress, the training seeds after the first that have finished: their bench_cost.json,
+- for a row in progress, the training seeds after the first that have finished: their bench_cost.json,
   metrics.json and model.json. Such a seed is scored by its own held-out evaluation (metrics.json), so no
   checkpoint of it is needed again.
-The store is simulated again from the world config, deterministically. The first seed of an unfinished row is
-trained again: its run is reconstructed and scored in full, which needs its weights.
+The first seed of an unfinished row is trained again: its run is reconstructed and scored in full, which needs
+its weights.
 
     python benchmarks/bench_progress.py save OUT KEEP      # copy OUT's finished work into the small folder KEEP
     python benchmarks/bench_progress.py restore KEEP OUT   # into a new or resumed OUT; then the bench command
@@ -23,60 +24,110 @@ import json
 import shutil
 from pathlib import Path
 
-from brainrecon.bench.leaderboard import LeaderboardConfig, planned_rows
+from pydantic import ValidationError
 
+from brainrecon.bench.leaderboard import WORLD_DIGEST, LeaderboardConfig, check_world_digest, planned_rows
+from brainrecon.config import describe
+
+BENCH_FILES = ("bench.json", WORLD_DIGEST)
 SEED_RUN_FILES = ("bench_cost.json", "metrics.json", "model.json")
 
 
-def finished_work(out: Path) -> list[Path]:
-    """The files of ``out`` (relative) that a resumed bench reads instead of redoing the work."""
-    if not (out / "bench.json").is_file():
-        raise SystemExit(f"{out} is not a bench folder (no bench.json); give the --out of `brainrecon bench`")
-    needed = runs_still_needed(out)
-    files = [Path("bench.json"), *(p.relative_to(out) for p in sorted((out / "rows").glob("*.json"))
-                                   if p.stem not in needed)]
-    for run in sorted((out / "runs").glob("*-seed*")):
-        if run.is_dir() and all((run / name).is_file() for name in SEED_RUN_FILES):
-            files += [(run / name).relative_to(out) for name in SEED_RUN_FILES]
-    return files
+def bench_config(folder: Path) -> LeaderboardConfig:
+    """The leaderboard config a bench folder (or a saved one) was made with."""
+    marker = folder / "bench.json"
+    if not marker.is_file():
+        raise SystemExit(f"{folder} is not a bench folder (no bench.json); give the --out of `brainrecon bench "
+                         f"leaderboard`, or a folder `save` wrote")
+    saved = json.loads(marker.read_text())
+    if saved.get("bench") != "leaderboard":
+        raise SystemExit(f"{folder} holds a {saved.get('bench')} bench; only leaderboard benches are carried")
+    try:
+        return LeaderboardConfig.model_validate(saved["config"])
+    except ValidationError as error:
+        raise SystemExit(f"{marker}: its config is no longer valid ({describe(error)}); finish that bench with the "
+                         f"code that started it, or start afresh") from None
 
 
-def runs_still_needed(out: Path) -> set[str]:
-    """The rows whose runs a planned but unfinished Ecphory row reconstructs from (it scores its model's run)."""
-    config = LeaderboardConfig.model_validate(json.loads((out / "bench.json").read_text())["config"])
-    return {model for name, model, _, _, ecphory in planned_rows(config)
-            if ecphory and not (out / "rows" / f"{name}.json").is_file()}
+def finished_rows(folder: Path, config: LeaderboardConfig) -> list[str]:
+    """The rows whose JSON is written and that no unfinished row still needs: an Ecphory row reconstructs from
+    its model's run, so until it is done (with its paired gain), neither it nor its model's row counts."""
+    done = {name for name, *_ in planned_rows(config) if (folder / "rows" / f"{name}.json").is_file()}
+    for name, model, _, _, ecphory in planned_rows(config):
+        if ecphory and (name not in done or "gain" not in
+                        json.loads((folder / "rows" / f"{name}.json").read_text()).get("ecphory", {})):
+            done -= {name, model}
+    return sorted(done)
+
+
+def finished_seeds(folder: Path, config: LeaderboardConfig, rows: list[str]) -> list[str]:
+    """The extra training seeds (``NAME-seedN``, as `seed_retrievals` names them) of unfinished rows that have
+    finished: every file a resumed bench reads of them is there."""
+    names = [f"{name}-seed{seed}" for name, _, _, _, ecphory in planned_rows(config) if not ecphory
+             and name not in rows for seed in config.seeds[1:]]
+    return [name for name in names if all((folder / "runs" / name / f).is_file() for f in SEED_RUN_FILES)]
+
+
+def work_files(folder: Path) -> tuple[list[Path], list[str], list[str]]:
+    """The files (relative to ``folder``) that carry its finished work, its finished rows and extra seeds."""
+    config = bench_config(folder)
+    rows, files = finished_rows(folder, config), [Path(f) for f in BENCH_FILES if (folder / f).is_file()]
+    seeds = finished_seeds(folder, config, rows)
+    files += [Path("rows") / f"{name}.json" for name in rows]
+    files += [Path("runs") / name / f for name in seeds for f in SEED_RUN_FILES]
+    return files, rows, seeds
 
 
 def copy_files(source: Path, target: Path, files: list[Path]) -> None:
+    """Copy each file under the same relative path, through a temporary name: never a half-copied file."""
     for relative in files:
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         temporary = (target / relative).with_name((target / relative).name + ".partial")
         shutil.copyfile(source / relative, temporary)
-        temporary.replace(target / relative)  # never a half-copied file under the real name
+        temporary.replace(target / relative)
 
 
-def save(out: Path, keep: Path) -> list[Path]:
-    """Replace ``keep`` with ``out``'s finished work."""
-    files = finished_work(out)
+def check_apart(first: Path, second: Path) -> None:
+    a, b = first.resolve(), second.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise SystemExit(f"{first} and {second} overlap; keep the saved work in a folder outside the bench's --out")
+
+
+def save(out: Path, keep: Path) -> tuple[list[str], list[str]]:
+    """Replace ``keep`` with ``out``'s finished work (written beside it first, then swapped in)."""
+    check_apart(out, keep)
+    if not (out / WORLD_DIGEST).is_file() and (out / "store").is_dir():
+        check_world_digest(out, out / "store")  # a bench begun before benches recorded it: record it now
+    files, rows, seeds = work_files(out)
+    if keep.exists() and not (keep / "bench.json").is_file():
+        raise SystemExit(f"{keep} exists and holds no saved bench; choose another folder to keep the work in")
+    staging = keep.with_name(keep.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    copy_files(out, staging, files)
     if keep.exists():
-        if not (keep / "bench.json").is_file():
-            raise SystemExit(f"{keep} exists and holds no saved bench; choose another folder to keep the work in")
         shutil.rmtree(keep)
-    copy_files(out, keep, files)
-    return files
+    staging.rename(keep)
+    return rows, seeds
 
 
-def restore(keep: Path, out: Path) -> list[Path]:
-    """Copy ``keep``'s saved work into ``out``, refusing a bench folder of another config; files already in
-    ``out`` are kept (they are as new or newer)."""
-    files = finished_work(keep)
+def restore(keep: Path, out: Path) -> tuple[list[str], list[str]]:
+    """Copy ``keep``'s saved work into ``out``: a new folder or a bench of the same config. A row or a seed
+    already finished in ``out`` is left as it is; a seed's files are copied together."""
+    check_apart(keep, out)
+    files, rows, seeds = work_files(keep)
     marker = out / "bench.json"
-    if marker.is_file() and json.loads(marker.read_text()) != json.loads((keep / "bench.json").read_text()):
-        raise SystemExit(f"{out} holds a bench of another config than the one saved in {keep}; choose another --out")
-    missing = [relative for relative in files if not (out / relative).exists()]
-    copy_files(keep, out, missing)
-    return missing
+    if marker.is_file():
+        if json.loads(marker.read_text()) != json.loads((keep / "bench.json").read_text()):
+            raise SystemExit(f"{out} holds a bench of another config than the one saved in {keep}; choose another "
+                             f"--out")
+    elif out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} exists and is not a brainrecon bench folder; choose a new --out")
+    for name in [*BENCH_FILES, *(Path("rows") / f"{row}.json" for row in rows)]:
+        if Path(name) in files and not (out / name).exists():
+            copy_files(keep, out, [Path(name)])
+    restored = [seed for seed in seeds if not (out / "runs" / seed / "bench_cost.json").is_file()]
+    copy_files(keep, out, [Path("runs") / seed / f for seed in restored for f in SEED_RUN_FILES])
+    return rows, restored
 
 
 def main() -> None:
@@ -85,11 +136,8 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="save: the bench's --out; restore: the saved folder")
     parser.add_argument("target", type=Path, help="save: the folder to keep the work in; restore: the bench's --out")
     args = parser.parse_args()
-    copied = (save if args.action == "save" else restore)(args.source, args.target)
-    rows = sorted(p.stem for p in copied if p.parent.name == "rows")
-    seeds = sorted({p.parent.name for p in copied if p.parent.parent.name == "runs"})
-    print(f"{args.action}d {len(copied)} files into {args.target}: rows {rows or 'none'}, "
-          f"finished extra seeds {seeds or 'none'}")
+    rows, seeds = (save if args.action == "save" else restore)(args.source, args.target)
+    print(f"{args.action}d into {args.target}: rows {rows or 'none'}, finished extra seeds {seeds or 'none'}")
 
 
 if __name__ == "__main__":

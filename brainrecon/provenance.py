@@ -14,7 +14,10 @@ UNKNOWN = "unknown"
 
 def _git(package: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=package, check=False, timeout=10)
+        # --no-optional-locks: `git status` would otherwise take the index lock, and a user's own `git commit`
+        # during a long bench could fail on it
+        done = subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, cwd=package,
+                              check=False, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -30,5 +33,7 @@ def source_commit(package: Path | None = None) -> str:
     commit = _git(package, "rev-parse", "--short", "HEAD")
     if not commit:
         return UNKNOWN
+    # tracked files only: an untracked file (a preset being drafted, a cache) is not part of the commit's code
+    # and may never be; what a run loads is named in its own config
     edited = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return commit + ("+uncommitted" if edited else "")

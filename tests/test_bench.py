@@ -314,41 +314,77 @@ def test_validation_curves_figure_only_for_rows_that_have_a_curve(tmp_path):
     assert name == "x-curves.png" and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_bench(tmp_path):
-    """benchmarks/bench_progress.py: the few files a resumed leaderboard reads instead of redoing the work."""
-    import subprocess
-    import sys
+def bench_progress():
+    """benchmarks/bench_progress.py, imported as a module."""
+    import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_progress.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_progress.py"
+    spec = importlib.util.spec_from_file_location("bench_progress", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_bench(tmp_path):
+    """The few files a resumed leaderboard reads instead of redoing the work, and nothing it would trip on."""
+    progress = bench_progress()
     out = tmp_path / "out"
     config = {"models": ["ridge", "mindeye1", "psychometry"], "seeds": [0, 1]}
     for relative, text in {"bench.json": json.dumps({"bench": "leaderboard", "config": config}),
+                           "world.json": '{"store_digest": "abc"}',
                            "rows/ridge.json": "{}", "runs/ridge/model.safetensors": "weights",
                            "rows/psychometry.json": "{}",  # its Ecphory row, unfinished, reconstructs its run
                            "runs/mindeye1/bench_cost.json": "{}",  # a first seed: retrained, never kept
                            "runs/mindeye1-seed1/bench_cost.json": "{}", "runs/mindeye1-seed1/metrics.json": "{}",
                            "runs/mindeye1-seed1/model.json": "{}", "runs/mindeye1-seed1/model.safetensors": "w",
-                           "runs/mindeye1-seed2/config.yaml": "unfinished"}.items():
+                           "runs/mindeye1-seed2/config.yaml": "not a planned seed"}.items():
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
         (out / relative).write_text(text)
 
-    def progress(*args):
-        return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
-
-    assert progress("save", out, tmp_path / "keep").returncode == 0
+    assert progress.save(out, tmp_path / "keep") == (["ridge"], ["mindeye1-seed1"])
     kept = sorted(str(p.relative_to(tmp_path / "keep")) for p in (tmp_path / "keep").rglob("*") if p.is_file())
     assert kept == ["bench.json", "rows/ridge.json", "runs/mindeye1-seed1/bench_cost.json",
-                    "runs/mindeye1-seed1/metrics.json", "runs/mindeye1-seed1/model.json"]
-    restored = progress("restore", tmp_path / "keep", tmp_path / "fresh")
-    assert restored.returncode == 0 and "rows ['ridge'], finished extra seeds ['mindeye1-seed1']" in restored.stdout
+                    "runs/mindeye1-seed1/metrics.json", "runs/mindeye1-seed1/model.json", "world.json"]
+    assert progress.restore(tmp_path / "keep", tmp_path / "fresh") == (["ridge"], ["mindeye1-seed1"])
     assert (tmp_path / "fresh" / "runs" / "mindeye1-seed1" / "metrics.json").is_file()
+    assert progress.restore(tmp_path / "keep", tmp_path / "fresh") == (["ridge"], [])  # already there: kept
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "bench.json").write_text(json.dumps({"bench": "leaderboard", "config": {"seeds": [0]}}))
-    refused = progress("restore", tmp_path / "keep", tmp_path / "other")
-    assert refused.returncode != 0 and "another config" in refused.stderr
+    for keep, target, words in [(tmp_path / "keep", tmp_path / "other", "another config"),
+                                (tmp_path / "keep", tmp_path / "keep" / "runs", "overlap"),
+                                (tmp_path / "keep", tmp_path / "out" / "rows", "not a brainrecon bench folder"),
+                                (tmp_path / "other" / "rows", tmp_path / "new", "not a bench folder")]:
+        with pytest.raises(SystemExit, match=words):
+            progress.restore(keep, target)
     assert not (tmp_path / "other" / "rows").exists()  # nothing copied into a bench of another config
-    (out / "rows" / "psychometry+ecphory.json").write_text("{}")  # with its Ecphory row done, both are kept
-    assert progress("save", out, tmp_path / "keep").returncode == 0
-    assert {p.name for p in (tmp_path / "keep" / "rows").iterdir()} == {"ridge.json", "psychometry.json",
-                                                                       "psychometry+ecphory.json"}
+    with pytest.raises(SystemExit, match="overlap"):
+        progress.save(out, out / "keep")  # saving into the bench would replace the bench
+    (out / "rows" / "psychometry+ecphory.json").write_text("{}")  # an Ecphory row without its gain: unfinished
+    assert progress.save(out, tmp_path / "keep")[0] == ["ridge"]
+    (out / "rows" / "psychometry+ecphory.json").write_text('{"ecphory": {"gain": {}}}')  # done: both kept
+    assert progress.save(out, tmp_path / "keep")[0] == ["psychometry", "psychometry+ecphory", "ridge"]
+
+
+def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(tmp_path, tiny_world):
+    """Save an interrupted bench, restore it elsewhere with the same world: its finished extra seed is read,
+    not trained again, and the row comes out with that seed's figure and commit."""
+    from brainrecon.bench.leaderboard import WORLD_DIGEST
+    from brainrecon.errors import ConfigError
+
+    progress = bench_progress()
+    config = load_config(LeaderboardConfig, "smoke", "bench").model_copy(update={"models": ["mindreader"],
+                                                                              "seeds": [0, 1]})
+    first = run_leaderboard(config, with_world(tmp_path / "lb", "leaderboard", config, tiny_world), echo=print)
+    row = first["rows"][0]
+    (tmp_path / "lb" / "rows" / "mindreader.json").unlink()  # as if the bench stopped before writing the row
+    assert progress.save(tmp_path / "lb", tmp_path / "keep") == ([], ["mindreader-seed1"])
+    progress.restore(tmp_path / "keep", tmp_path / "fresh")
+    shutil.copytree(tiny_world, tmp_path / "fresh" / "store")  # saves simulating it again
+    again = run_leaderboard(config, tmp_path / "fresh", echo=print)["rows"][0]
+    assert not (tmp_path / "fresh" / "runs" / "mindreader-seed1" / "config.yaml").exists()  # never retrained
+    assert again["seeds"]["1"] == row["seeds"]["1"] and again["commits"] == row["commits"]
+    assert again["image_top1"] == pytest.approx(row["image_top1"])  # the first seed, retrained: the same run
+    (tmp_path / "fresh" / WORLD_DIGEST).write_text('{"store_digest": "another"}')
+    with pytest.raises(ConfigError, match="other betas than the store"):
+        run_leaderboard(config, tmp_path / "fresh", echo=print)  # a world simulated differently is refused

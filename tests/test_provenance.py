@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+
+import pytest
 
 from brainrecon.provenance import UNKNOWN, source_commit
 
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
 
 def git(folder, *args):
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=folder,
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false",
+                           *args], cwd=folder, check=True, capture_output=True, text=True).stdout.strip()
 
 
+@needs_git
 def test_a_tracked_package_gives_its_commit_and_says_when_its_files_are_edited(tmp_path):
     package = tmp_path / "repo" / "pkg"
     package.mkdir(parents=True)
@@ -27,6 +33,7 @@ def test_a_tracked_package_gives_its_commit_and_says_when_its_files_are_edited(t
     assert source_commit(package) == head + "+uncommitted"
 
 
+@needs_git
 def test_an_untracked_package_inside_another_repository_has_no_commit(tmp_path):
     git(tmp_path, "init", "-q")  # e.g. a virtual environment kept inside a project's checkout
     (tmp_path / "README").write_text("a project\n")
@@ -39,3 +46,8 @@ def test_an_untracked_package_inside_another_repository_has_no_commit(tmp_path):
     outside = tmp_path.parent / f"{tmp_path.name}-nogit"
     outside.mkdir()
     assert source_commit(outside) == UNKNOWN
+
+
+def test_without_git_the_commit_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on it
+    assert source_commit() == UNKNOWN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -409,6 +410,20 @@ def test_resume_skips_a_truncated_checkpoint_for_the_one_before(train_world, tmp
         (folder / "state.json").unlink()
     with pytest.raises(ConfigError, match="no usable checkpoint.*state.json"):
         train(config, train_world, run, resume=True, progress=False)
+
+
+def test_a_resumed_run_keeps_the_commit_it_was_started_at(tmp_path):
+    from brainrecon.models.base import TargetSpace
+    from brainrecon.train.run import RunDir, RunInfo
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    info = RunInfo("ridge", {}, {"subj01": 10}, TargetSpace({"image_pooled": (4,)}), "store", "sha", commit="aaa")
+    run.write_info(info)
+    run.write_info(dataclasses.replace(info, commit="bbb"))  # resumed by newer code
+    run.write_info(dataclasses.replace(info, commit="ccc"))
+    saved = json.loads((run.path / "model.json").read_text())
+    assert saved["commit"] == "aaa" and saved["resumed_at"] == ["bbb", "ccc"]
 
 
 def test_overwrite_replaces_a_run_and_nothing_else(train_world, tmp_path):

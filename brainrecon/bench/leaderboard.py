@@ -13,6 +13,7 @@ resumes where it stopped. Simulated-world figures are a testbed, not NSD results
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -130,10 +131,14 @@ def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     atomic_write_json(marker, wanted)
 
 
+WORLD_DIGEST = "world.json"  # in the bench folder: the digest of the store its finished work was made on
+
+
 def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
     """The bench's world (a preset name, YAML path or config), ``out/store``: simulated once; a store already
     there (a resumed bench, or one put there to save the build) must be that world, or the bench would mix
-    worlds."""
+    worlds. Its data's digest is recorded, so a store simulated again (finished work carried to another
+    machine without its store) is checked to hold the same betas, not only the same config."""
     config = world if isinstance(world, WorldConfig) else load_config(WorldConfig, world, "worlds")
     name = world if isinstance(world, str) else "the configured world"
     store = out / "store"
@@ -141,11 +146,32 @@ def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
         if open_store(store).source.get("config") != config.model_dump(mode="json"):
             raise ConfigError(f"{store} holds another world than {name!r}; delete it to simulate {name!r} there, "
                               f"or choose another --out")
-        return store
-    started = time.perf_counter()
-    simulate_world(config, store, progress=False)
-    echo(f"simulated the world ({name}) in {time.perf_counter() - started:.0f} s")
+    else:
+        started = time.perf_counter()
+        simulate_world(config, store, progress=False)
+        echo(f"simulated the world ({name}) in {time.perf_counter() - started:.0f} s")
+    check_world_digest(out, store)
     return store
+
+
+def store_digest(store: Path) -> str:
+    """A digest of the store's data: every file's sha256 from its manifest, not where or when it was built."""
+    files = open_store(store).manifest["files"]
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def check_world_digest(out: Path, store: Path) -> None:
+    """Record the store's digest on first use; afterwards refuse a store whose data differ from it."""
+    record, digest = out / WORLD_DIGEST, store_digest(store)
+    if not record.is_file():
+        atomic_write_json(record, {"store_digest": digest})
+        return
+    made_on = json.loads(record.read_text())["store_digest"]
+    if made_on != digest:
+        raise ConfigError(f"{store} holds other betas than the store this bench's finished work was made on "
+                          f"(data digest {digest[:12]}… against {made_on[:12]}… in {record}): the world did not "
+                          f"simulate the same here (another numpy or torch version?); start the bench afresh "
+                          f"with another --out")
 
 
 COST_FILE = "bench_cost.json"  # in the run folder: the cost of the training that made it

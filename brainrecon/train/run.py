@@ -30,7 +30,8 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +67,22 @@ class RunInfo:
     space: TargetSpace
     store: str
     store_manifest_sha256: str | None = None  # None for runs made before runs pinned their store
-    # the source commit of the code that trained the run, or last resumed it (provenance.source_commit);
+    # the source commit of the code that started the run (provenance.source_commit), and of each resume since;
     # None for runs made before runs recorded it
     commit: str | None = None
+    resumed_at: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"format": RUN_FORMAT, "brainrecon": __version__, "commit": self.commit, "kind": self.kind,
-                "options": self.options, "subjects": self.subjects, "space": self.space.to_dict(),
-                "store": self.store, "store_manifest_sha256": self.store_manifest_sha256}
+        return {"format": RUN_FORMAT, "brainrecon": __version__, "commit": self.commit,
+                "resumed_at": self.resumed_at, "kind": self.kind, "options": self.options,
+                "subjects": self.subjects, "space": self.space.to_dict(), "store": self.store,
+                "store_manifest_sha256": self.store_manifest_sha256}
 
     @classmethod
     def from_dict(cls, data: dict) -> RunInfo:
         return cls(data["kind"], data["options"], {k: int(v) for k, v in data["subjects"].items()},
                    TargetSpace.from_dict(data["space"]), data.get("store", ""), data.get("store_manifest_sha256"),
-                   data.get("commit"))
+                   data.get("commit"), list(data.get("resumed_at", [])))
 
     def check_store(self, run: Path, store_root: Path, store_sha256: str) -> None:
         """Refuse a store other than the one this run was trained on (a re-made store included)."""
@@ -145,7 +148,14 @@ class RunDir:
         config.save(saved)
 
     def write_info(self, info: RunInfo) -> None:
-        atomic_write_json(self.path / "model.json", info.to_dict())
+        """Write model.json. A resumed run keeps the commit it was started at, and adds the one resuming it to
+        ``resumed_at``: a run trained mostly by one version of the code must not be credited to the last."""
+        path = self.path / "model.json"
+        if path.is_file():
+            earlier = RunInfo.from_dict(json.loads(path.read_text()))
+            if earlier.commit is not None:
+                info = dataclasses.replace(info, commit=earlier.commit, resumed_at=[*earlier.resumed_at, info.commit])
+        atomic_write_json(path, info.to_dict())
 
     def write_training_stimuli(self, store: Store, rows: dict[str, np.ndarray],
                                inherited: dict[str, list[int]] | None = None,

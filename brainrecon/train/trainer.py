@@ -247,7 +247,7 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, rows: dict[str,
     subjects = list(rows)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     info = RunInfo(config.model_kind, config.model_options, dict(model.subjects), targets.space,
-                   str(store.root.resolve()), store.manifest_sha256, source_commit())
+                   str(store.root.resolve()), store.manifest_sha256, source_commit() if main else None)
     if main:
         run.write_info(info)
         run.write_training_stimuli(store, rows, training_stimuli(config.init_from) if config.init_from else None,
