@@ -69,6 +69,7 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path, tiny
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
 
+    assert "mindeye1: training seed 0 (its output: " in "\n".join(messages)  # long work says what it is doing
     messages.clear()  # a second call finds every row done and only re-scores the oracle
     again = run_leaderboard(config, tmp_path / "lb", echo=messages.append, preset="smoke")
     assert all("done earlier" in m for m in messages) and len(messages) == len(names)
@@ -192,6 +193,9 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
             "model": "psychometry", "label": "x", "train_overrides": {"model": {"moee": "dense"}}}}})
     with pytest.raises(ConfigError, match="repeat a seed"):
         validate_config(LeaderboardConfig, {**base, "seeds": [0, 0]})
+    for name in ("psychometry-seed1", "../elsewhere", "a b"):  # an extra seed's folder, or not a file name
+        with pytest.raises(ConfigError, match="cannot name a row's files"):
+            validate_config(LeaderboardConfig, {**base, "variants": {name: {"model": "psychometry", "label": "x"}}})
 
 
 # (bench preset, row) -> (steps, epochs, validation every) of the runs its page reports; Psychometry: 128 steps an

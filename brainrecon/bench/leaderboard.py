@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -49,6 +50,10 @@ from brainrecon.train.run import RunContext, load_run
 
 SUBJECT = "subj01"
 IMAGE_METRICS = ("pixcorr", "ssim", "clip")  # those the simulated world can score (no AlexNet/Inception files)
+
+
+ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+SEED_RUN = re.compile(r"-seed[0-9]+$")
 
 
 class Variant(StrictConfig):
@@ -87,6 +92,10 @@ class LeaderboardConfig(StrictConfig):
         taken = set(self.models) | {"psychometry+ecphory"}
         if clash := sorted(taken & set(self.variants)):
             raise ValueError(f"variant name(s) {clash} are already row names; rename the variants")
+        # a row's name names its files (rows/NAME.json, runs/NAME) and its extra seeds' runs (runs/NAME-seedN)
+        if bad := sorted(name for name in self.variants if not ROW_NAME.fullmatch(name) or SEED_RUN.search(name)):
+            raise ValueError(f"variant name(s) {bad} cannot name a row's files: use letters, digits and . _ + -, "
+                             f"not ending in -seed<N> (the name of a row's extra training seeds)")
         earlier = list(self.models)
         for name, variant in self.variants.items():
             if variant.against is not None and variant.against not in earlier:
@@ -303,7 +312,7 @@ def ecphory_gains(out: Path, row: dict) -> dict:
 
 
 def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, seeds: list[int],
-                    first: float) -> dict[str, float]:
+                    first: float, echo=print) -> dict[str, float]:
     """subj01's held-out image retrieval for each training seed (``first``: the first seed's, already scored).
 
     The other seeds train in child processes; their figure is the `train` command's own evaluation
@@ -314,6 +323,8 @@ def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, see
         return values
     for seed in seeds[1:]:
         name = f"{model}-seed{seed}"
+        if not (runs / name / COST_FILE).is_file():
+            echo(f"{model}: training seed {seed} (its output: {runs / f'{name}.log'})")
         train_in_child(name, {**train_config, "seed": seed}, store, runs / name, runs / f"{name}.log")
         metrics = json.loads((runs / name / "metrics.json").read_text())
         values[str(seed)] = metrics["subjects"][SUBJECT]["values"]["image_retrieval"]["value"]
@@ -420,15 +431,18 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
             run = runs / name
             train_config = sim_train_config(model, overrides, config.way, config.draws, config.seed,
                                             seed=config.seeds[0])
+            if not (run / COST_FILE).is_file():
+                echo(f"{name}: training seed {config.seeds[0]} (its output: {runs / f'{name}.log'})")
             row = train_in_child(name, train_config, store, run, runs / f"{name}.log")
             row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all",
                        steps=steps_trained(run), validation=validation_curve(run))
         row.update(model=name, kind=model, label=label)
+        echo(f"{name}: reconstructing and scoring {config.recon_images} test images")
         row.update(score_row(run, out / "recons" / name, out / "metrics" / f"{name}.json", config, ecphory))
         if ecphory:  # paired with its model's row, over the two rows' reconstructions (both in OUT now)
             row["ecphory"]["gain"] = ecphory_gains(out, row)
         else:
-            row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"])
+            row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"], echo)
             row["commits"] = seed_commits(name, runs, list(row["seeds"]))
             if len(row["seeds"]) > 1:
                 row["seeds_mean"], row["seeds_ci95"] = student_t_interval(list(row["seeds"].values()))
