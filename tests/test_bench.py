@@ -115,7 +115,9 @@ def test_efficiency_plan_and_smoke_run(tmp_path, tiny_world):
     assert list(record["subjects"]) == ["subj01"]
     adapted = json.loads((tmp_path / "eff" / "runs" / "adapt-1" / "training_stimuli.json").read_text())
     assert set(adapted["subjects"]) == {"subj01", "subj02"}  # the pretraining's stimuli are part of its history
-    assert "New-subject adaptation" in (tmp_path / "eff" / "efficiency.md").read_text()
+    page = (tmp_path / "eff" / "efficiency.md").read_text()
+    assert "New-subject adaptation" in page and f"every run trained at {source_commit()}" in page
+    assert all(row["commit"] == source_commit() for row in result["rows"])
     assert Image.open(tmp_path / "eff" / "efficiency.png").size[0] > 200
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import model_validator
 
-from brainrecon.bench.leaderboard import (bench_world, claim_workdir, machine, sim_train_config,
-                                          train_in_child)
+from brainrecon.bench.leaderboard import (bench_world, claim_workdir, machine, run_commit, sim_train_config,
+                                          train_in_child, trained_at_text)
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, subject_name
@@ -99,7 +99,7 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
         started = time.perf_counter()
         cost = train_in_child(item["name"], item["config"], store_path, run, runs / f"{item['name']}.log")
         row = {key: item[key] for key in ("name", "kind", "sessions")}
-        row.update(cost, subjects=item["config"]["subjects"])
+        row.update(cost, subjects=item["config"]["subjects"], commit=run_commit(run))
         if item["kind"] != "pretraining":
             values = json.loads((run / "metrics.json").read_text())["subjects"][config.target]["values"]
             row.update(image_top1=values["image_retrieval"]["value"], image_ci95=values["image_retrieval"]["ci95"],
@@ -166,7 +166,8 @@ def efficiency_markdown(result: dict) -> str:
     seconds = sum(r["train_seconds"] for r in result["rows"])
     return (f"# Data efficiency on the simulated world (preset `{result['preset']}`)\n\n"
             f"Made by `brainrecon bench efficiency --preset {result['preset']}` ({seconds / 60:.0f} min of training; "
-            f"commit {result['commit']}, {result['date'][:19]} UTC, {result['machine']['cpus']} CPUs).\n\n"
+            f"page written at commit {result['commit']}, {result['date'][:19]} UTC, {result['machine']['cpus']} "
+            f"CPUs; {trained_at_text({r['name']: [r.get('commit')] for r in result['rows']})}).\n\n"
             f"Model: `sim-{config['model']}`, {config['steps']} optimiser steps for every run. Every step draws the "
             f"same number of the target's trials (the preset's batch per subject); multi-subject steps add as "
             f"many from each other subject, so those runs see more data in all but no more of the target's. "

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,7 @@ def seed_commits(model: str, runs: Path, seeds: list[str]) -> dict[str, str | No
     None where a run predates runs recording it. A bench resumed across commits so says which code made each
     row."""
     names = {seed: model if index == 0 else f"{model}-seed{seed}" for index, seed in enumerate(seeds)}
-    return {seed: json.loads((runs / name / "model.json").read_text()).get("commit") for seed, name in names.items()}
+    return {seed: run_commit(runs / name) for seed, name in names.items()}
 
 
 def validation_curve(run: Path) -> dict | None:
@@ -523,16 +524,25 @@ def machine() -> dict:
 
 
 def _trained_at_text(rows: list[dict]) -> str:
-    """Which commits trained the rows' runs (every seed's), grouped: one bench may be resumed across commits."""
+    return trained_at_text({row["label"]: (row.get("commits") or {"": None}).values()
+                            for row in rows if not row.get("ecphory")})  # an Ecphory row: its model's run
+
+
+def trained_at_text(commits: dict[str, Iterable[str | None]]) -> str:
+    """Which commits trained which rows (row label -> its runs' commits), grouped: one bench may be resumed
+    across commits. None: a run made before runs recorded their commit."""
     by_commit: dict[str, list[str]] = {}
-    for row in rows:
-        if row.get("ecphory"):
-            continue  # the same run as its model's row
-        for commit in dict.fromkeys((row.get("commits") or {"": None}).values()):
-            by_commit.setdefault(commit or "not recorded", []).append(row["label"])
+    for label, row_commits in commits.items():
+        for commit in dict.fromkeys(row_commits):
+            by_commit.setdefault(commit or "not recorded", []).append(label)
     if len(by_commit) == 1:
         return f"every run trained at {next(iter(by_commit))}"
     return "runs trained at " + "; ".join(f"{commit} ({', '.join(labels)})" for commit, labels in by_commit.items())
+
+
+def run_commit(run: Path) -> str | None:
+    """The commit a finished run was started at (its model.json), None where the run predates the record."""
+    return json.loads((run / "model.json").read_text()).get("commit")
 
 
 def _pct(value, ci=None) -> str:
