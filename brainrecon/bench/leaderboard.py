@@ -21,8 +21,8 @@ import re
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
