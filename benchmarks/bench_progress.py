@@ -26,8 +26,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from brainrecon.bench.leaderboard import WORLD_DIGEST, LeaderboardConfig, check_world_digest, planned_rows
+from brainrecon.bench.leaderboard import (WORLD_DIGEST, LeaderboardConfig, check_world_digest, claim_workdir,
+                                          planned_rows)
 from brainrecon.config import describe
+from brainrecon.data import open_store
+from brainrecon.errors import ConfigError
 
 BENCH_FILES = ("bench.json", WORLD_DIGEST)
 SEED_RUN_FILES = ("bench_cost.json", "metrics.json", "model.json")
@@ -68,9 +71,8 @@ def finished_seeds(folder: Path, config: LeaderboardConfig, rows: list[str]) -> 
     return [name for name in names if all((folder / "runs" / name / f).is_file() for f in SEED_RUN_FILES)]
 
 
-def work_files(folder: Path) -> tuple[list[Path], list[str], list[str]]:
+def work_files(folder: Path, config: LeaderboardConfig) -> tuple[list[Path], list[str], list[str]]:
     """The files (relative to ``folder``) that carry its finished work, its finished rows and extra seeds."""
-    config = bench_config(folder)
     rows, files = finished_rows(folder, config), [Path(f) for f in BENCH_FILES if (folder / f).is_file()]
     seeds = finished_seeds(folder, config, rows)
     files += [Path("rows") / f"{name}.json" for name in rows]
@@ -97,8 +99,8 @@ def save(out: Path, keep: Path) -> tuple[list[str], list[str]]:
     """Replace ``keep`` with ``out``'s finished work (written beside it first, then swapped in)."""
     check_apart(out, keep)
     if not (out / WORLD_DIGEST).is_file() and (out / "store").is_dir():
-        check_world_digest(out, out / "store")  # a bench begun before benches recorded it: record it now
-    files, rows, seeds = work_files(out)
+        check_world_digest(out, open_store(out / "store"))  # a bench begun before benches recorded it: record it now
+    files, rows, seeds = work_files(out, bench_config(out))
     if keep.exists() and not (keep / "bench.json").is_file():
         raise SystemExit(f"{keep} exists and holds no saved bench; choose another folder to keep the work in")
     staging = keep.with_name(keep.name + ".partial")
@@ -114,15 +116,13 @@ def restore(keep: Path, out: Path) -> tuple[list[str], list[str]]:
     """Copy ``keep``'s saved work into ``out``: a new folder or a bench of the same config. A row or a seed
     already finished in ``out`` is left as it is; a seed's files are copied together."""
     check_apart(keep, out)
-    files, rows, seeds = work_files(keep)
-    marker = out / "bench.json"
-    if marker.is_file():
-        if json.loads(marker.read_text()) != json.loads((keep / "bench.json").read_text()):
-            raise SystemExit(f"{out} holds a bench of another config than the one saved in {keep}; choose another "
-                             f"--out")
-    elif out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} exists and is not a brainrecon bench folder; choose a new --out")
-    for name in [*BENCH_FILES, *(Path("rows") / f"{row}.json" for row in rows)]:
+    config = bench_config(keep)
+    files, rows, seeds = work_files(keep, config)
+    try:  # the bench's own rule: a new folder, or one holding this bench with this config
+        claim_workdir(out, "leaderboard", config)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    for name in [WORLD_DIGEST, *(Path("rows") / f"{row}.json" for row in rows)]:
         if Path(name) in files and not (out / name).exists():
             copy_files(keep, out, [Path(name)])
     restored = [seed for seed in seeds if not (out / "runs" / seed / "bench_cost.json").is_file()]

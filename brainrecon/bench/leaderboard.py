@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
+from brainrecon.data.store import Store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, simulate_world
 from brainrecon.errors import ConfigError
 from brainrecon.evaluate.ceilings import SPACE_LABELS, SPACE_OF_TARGET, space_targets, subject_ceilings
@@ -152,25 +153,24 @@ def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
     config = world if isinstance(world, WorldConfig) else load_config(WorldConfig, world, "worlds")
     name = world if isinstance(world, str) else "the configured world"
     store = out / "store"
-    if store.is_dir():
-        if open_store(store).source.get("config") != config.model_dump(mode="json"):
-            raise ConfigError(f"{store} holds another world than {name!r}; delete it to simulate {name!r} there, "
-                              f"or choose another --out")
-    else:
+    if not store.is_dir():
         started = time.perf_counter()
         simulate_world(config, store, progress=False)
         echo(f"simulated the world ({name}) in {time.perf_counter() - started:.0f} s")
-    check_world_digest(out, store)
+    opened = open_store(store)
+    if opened.source.get("config") != config.model_dump(mode="json"):
+        raise ConfigError(f"{store} holds another world than {name!r}; delete it to simulate {name!r} there, "
+                          f"or choose another --out")
+    check_world_digest(out, opened)
     return store
 
 
-def store_digest(store: Path) -> str:
+def store_digest(store: Store) -> str:
     """A digest of the store's data: every file's sha256 from its manifest, not where or when it was built."""
-    files = open_store(store).manifest["files"]
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(store.manifest["files"], sort_keys=True).encode()).hexdigest()
 
 
-def check_world_digest(out: Path, store: Path) -> None:
+def check_world_digest(out: Path, store: Store) -> None:
     """Record the store's digest on first use; afterwards refuse a store whose data differ from it."""
     record, digest = out / WORLD_DIGEST, store_digest(store)
     if not record.is_file():
@@ -178,7 +178,7 @@ def check_world_digest(out: Path, store: Path) -> None:
         return
     made_on = json.loads(record.read_text())["store_digest"]
     if made_on != digest:
-        raise ConfigError(f"{store} holds other betas than the store this bench's finished work was made on "
+        raise ConfigError(f"{store.root} holds other betas than the store this bench's finished work was made on "
                           f"(data digest {digest[:12]}… against {made_on[:12]}… in {record}): the world did not "
                           f"simulate the same here (another numpy or torch version?); start the bench afresh "
                           f"with another --out")
