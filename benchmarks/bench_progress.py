@@ -2,7 +2,7 @@
 
 A `brainrecon bench leaderboard --out OUT` folder holds the simulated store, every run's checkpoints and the
 reconstructions: gigabytes. What the same command needs of it to skip finished work is small:
-- OUT/bench.json, the bench's config (a resumed bench refuses another), and OUT/world.json, the digest of the
+- OUT/bench.json, the bench's config (a resumed bench refuses another), and OUT/world.json, a fingerprint of the
   store the work was made on (the store is simulated again from the world config, and must hold the same betas);
 - OUT/rows/*.json, the finished rows (each already scored: nothing of its runs is read again), except a row
   whose run an unfinished Ecphory row will still reconstruct from (Psychometry's, until Psychometry + Ecphory
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from brainrecon.bench.leaderboard import (WORLD_DIGEST, LeaderboardConfig, check_world_digest, claim_workdir,
+from brainrecon.bench.leaderboard import (WORLD_FINGERPRINT, LeaderboardConfig, check_world_fingerprint, claim_workdir,
                                           planned_rows)
 from brainrecon.config import describe
 from brainrecon.data import open_store
 from brainrecon.errors import ConfigError
 
-BENCH_FILES = ("bench.json", WORLD_DIGEST)
+BENCH_FILES = ("bench.json", WORLD_FINGERPRINT)
 SEED_RUN_FILES = ("bench_cost.json", "metrics.json", "model.json")
 
 
@@ -98,8 +98,8 @@ def check_apart(first: Path, second: Path) -> None:
 def save(out: Path, keep: Path) -> tuple[list[str], list[str]]:
     """Replace ``keep`` with ``out``'s finished work (written beside it first, then swapped in)."""
     check_apart(out, keep)
-    if not (out / WORLD_DIGEST).is_file() and (out / "store").is_dir():
-        check_world_digest(out, open_store(out / "store"))  # a bench begun before benches recorded it: record it now
+    if not (out / WORLD_FINGERPRINT).is_file() and (out / "store").is_dir():
+        check_world_fingerprint(out, open_store(out / "store"))  # a bench begun before benches recorded it: record it now
     files, rows, seeds = work_files(out, bench_config(out))
     if keep.exists() and not (keep / "bench.json").is_file():
         raise SystemExit(f"{keep} exists and holds no saved bench; choose another folder to keep the work in")
@@ -122,7 +122,7 @@ def restore(keep: Path, out: Path) -> tuple[list[str], list[str]]:
         claim_workdir(out, "leaderboard", config)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
-    for name in [WORLD_DIGEST, *(Path("rows") / f"{row}.json" for row in rows)]:
+    for name in [WORLD_FINGERPRINT, *(Path("rows") / f"{row}.json" for row in rows)]:
         if Path(name) in files and not (out / name).exists():
             copy_files(keep, out, [Path(name)])
     restored = [seed for seed in seeds if not (out / "runs" / seed / "bench_cost.json").is_file()]

@@ -338,7 +338,7 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
     out = tmp_path / "out"
     config = {"models": ["ridge", "mindeye1", "psychometry"], "seeds": [0, 1]}
     for relative, text in {"bench.json": json.dumps({"bench": "leaderboard", "config": config}),
-                           "world.json": '{"store_digest": "abc"}',
+                           "world.json": '{"fingerprint": {}}',
                            "rows/ridge.json": "{}", "runs/ridge/model.safetensors": "weights",
                            "rows/psychometry.json": "{}",  # its Ecphory row, unfinished, reconstructs its run
                            "runs/mindeye1/bench_cost.json": "{}",  # a first seed: retrained, never kept
@@ -375,7 +375,7 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
 def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(tmp_path, tiny_world):
     """Save an interrupted bench, restore it elsewhere with the same world: its finished extra seed is read,
     not trained again, and the row comes out with that seed's figure and commit."""
-    from brainrecon.bench.leaderboard import WORLD_DIGEST
+    from brainrecon.bench.leaderboard import WORLD_FINGERPRINT
     from brainrecon.errors import ConfigError
 
     progress = bench_progress()
@@ -391,6 +391,13 @@ def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(
     assert not (tmp_path / "fresh" / "runs" / "mindreader-seed1" / "config.yaml").exists()  # never retrained
     assert again["seeds"]["1"] == row["seeds"]["1"] and again["commits"] == row["commits"]
     assert again["image_top1"] == pytest.approx(row["image_top1"])  # the first seed, retrained: the same run
-    (tmp_path / "fresh" / WORLD_DIGEST).write_text('{"store_digest": "another"}')
+    record = json.loads((tmp_path / "fresh" / WORLD_FINGERPRINT).read_text())
+    betas = "subjects/subj01/betas.npy"
+    assert betas in record["fingerprint"]
+    record["fingerprint"][betas] = [value + 0.001 for value in record["fingerprint"][betas]]  # the last digits
+    (tmp_path / "fresh" / WORLD_FINGERPRINT).write_text(json.dumps(record))
+    run_leaderboard(config, tmp_path / "fresh", echo=print)  # a world simulated again, up to float noise: accepted
+    record["fingerprint"][betas] = [value + 0.5 for value in record["fingerprint"][betas]]
+    (tmp_path / "fresh" / WORLD_FINGERPRINT).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="other betas than the store"):
         run_leaderboard(config, tmp_path / "fresh", echo=print)  # a world simulated differently is refused

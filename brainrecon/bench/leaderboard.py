@@ -13,7 +13,6 @@ resumes where it stopped. Simulated-world figures are a testbed, not NSD results
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -142,13 +141,13 @@ def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     atomic_write_json(marker, wanted)
 
 
-WORLD_DIGEST = "world.json"  # in the bench folder: the digest of the store its finished work was made on
+WORLD_FINGERPRINT = "world.json"  # in the bench folder: the fingerprint of the store its work was made on
 
 
 def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
     """The bench's world (a preset name, YAML path or config), ``out/store``: simulated once; a store already
     there (a resumed bench, or one put there to save the build) must be that world, or the bench would mix
-    worlds. Its data's digest is recorded, so a store simulated again (finished work carried to another
+    worlds. Its data's fingerprint is recorded, so a store simulated again (finished work carried to another
     machine without its store) is checked to hold the same betas, not only the same config."""
     config = world if isinstance(world, WorldConfig) else load_config(WorldConfig, world, "worlds")
     name = world if isinstance(world, str) else "the configured world"
@@ -161,27 +160,37 @@ def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
     if opened.source.get("config") != config.model_dump(mode="json"):
         raise ConfigError(f"{store} holds another world than {name!r}; delete it to simulate {name!r} there, "
                           f"or choose another --out")
-    check_world_digest(out, opened)
+    check_world_fingerprint(out, opened)
     return store
 
 
-def store_digest(store: Store) -> str:
-    """A digest of the store's data: every file's sha256 from its manifest, not where or when it was built."""
-    return hashlib.sha256(json.dumps(store.manifest["files"], sort_keys=True).encode()).hexdigest()
+def store_fingerprint(store: Store, values: int = 1000) -> dict[str, list[float]]:
+    """About ``values`` values spread over each of the store's arrays (betas, the world's code): enough to tell
+    another world from this one. Not a hash: two simulations of the same world differ in the last digits (the
+    vision model's float sums are not bit-reproducible; measured up to 8e-4 in a beta)."""
+    fingerprint = {}
+    for name in sorted(store.manifest["files"]):
+        if name.endswith(".npy"):
+            array = np.load(store.root / name, mmap_mode="r").reshape(-1)
+            step = max(1, array.size // values)
+            fingerprint[name] = np.asarray(array[::step][:values], dtype=np.float64).round(6).tolist()
+    return fingerprint
 
 
-def check_world_digest(out: Path, store: Store) -> None:
-    """Record the store's digest on first use; afterwards refuse a store whose data differ from it."""
-    record, digest = out / WORLD_DIGEST, store_digest(store)
+def check_world_fingerprint(out: Path, store: Store) -> None:
+    """Record the store's fingerprint on first use; afterwards refuse a store whose data differ from it by more
+    than the last digits."""
+    record, now = out / WORLD_FINGERPRINT, store_fingerprint(store)
     if not record.is_file():
-        atomic_write_json(record, {"store_digest": digest})
+        atomic_write_json(record, {"fingerprint": now})
         return
-    made_on = json.loads(record.read_text())["store_digest"]
-    if made_on != digest:
+    made_on = json.loads(record.read_text())["fingerprint"]
+    differ = sorted(name for name in made_on.keys() | now.keys() if name not in made_on or name not in now
+                    or not np.allclose(made_on[name], now[name], rtol=1e-2, atol=1e-2))
+    if differ:
         raise ConfigError(f"{store.root} holds other betas than the store this bench's finished work was made on "
-                          f"(data digest {digest[:12]}… against {made_on[:12]}… in {record}): the world did not "
-                          f"simulate the same here (another numpy or torch version?); start the bench afresh "
-                          f"with another --out")
+                          f"({', '.join(differ)} differ from {record}): the world did not simulate the same here "
+                          f"(another numpy or torch version?); start the bench afresh with another --out")
 
 
 COST_FILE = "bench_cost.json"  # in the run folder: the cost of the training that made it
