@@ -98,8 +98,8 @@ def check_apart(first: Path, second: Path) -> None:
 def save(out: Path, keep: Path) -> tuple[list[str], list[str]]:
     """Replace ``keep`` with ``out``'s finished work (written beside it first, then swapped in)."""
     check_apart(out, keep)
-    if not (out / WORLD_FINGERPRINT).is_file() and (out / "store").is_dir():
-        check_world_fingerprint(out, open_store(out / "store"))  # a bench begun before benches recorded it: record it now
+    if not (out / WORLD_FINGERPRINT).is_file() and (out / "store").is_dir():  # a bench begun before benches
+        check_world_fingerprint(out, open_store(out / "store"))                # recorded it: record it now
     files, rows, seeds = work_files(out, bench_config(out))
     if keep.exists() and not (keep / "bench.json").is_file():
         raise SystemExit(f"{keep} exists and holds no saved bench; choose another folder to keep the work in")
