@@ -1,6 +1,6 @@
 """GPU check at NSD dimensions, sized for a short GPU slot (run through benchmarks/gpu_check.sh; not a test).
 
-    benchmarks/gpu_check.sh                 # one H200/H100: about 5-8 minutes
+    benchmarks/gpu_check.sh                 # one H200: about a minute (docs/benchmarks/gpu.md)
     benchmarks/gpu_check.sh --tiny          # the same code at toy sizes on CPU, in seconds (run in CI)
 
 Three stages, each on synthetic data made on the device (nothing is downloaded, nothing read from disk):

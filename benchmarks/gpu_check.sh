@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check at NSD dimensions (benchmarks/gpu_check.py): MindEye2-style training in bf16, the NSD-scale
-# ridge, the Ecphory memory search; one table. About 5-8 minutes on one H200 or H100; no downloads.
+# ridge, the Ecphory memory search; one table. About a minute on one H200; no downloads.
 #
 #   benchmarks/gpu_check.sh [--json FILE]     # the full check, on cuda
 #   benchmarks/gpu_check.sh --tiny            # toy sizes on CPU, in seconds (CI runs this)
