@@ -12,7 +12,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from brainrecon.bench.efficiency import EfficiencyConfig, plan_runs, run_efficiency
+from brainrecon.bench.efficiency import EfficiencyConfig, cells, efficiency_markdown, plan_runs, run_efficiency
 from brainrecon.bench.leaderboard import LeaderboardConfig, claim_workdir, run_leaderboard
 from brainrecon.config import load_config, validate_config
 from brainrecon.provenance import source_commit
@@ -119,6 +119,39 @@ def test_efficiency_plan_and_smoke_run(tmp_path, tiny_world):
     assert "New-subject adaptation" in page and f"every run trained at {source_commit()}" in page
     assert all(row["commit"] == source_commit() for row in result["rows"])
     assert Image.open(tmp_path / "eff" / "efficiency.png").size[0] > 200
+
+
+def test_efficiency_seeds_plan_and_page(tmp_path):
+    """Every training seed trains the whole plan (the first under the plain names), each adaptation from its own
+    seed's pretraining; the page gives the mean and Student-t CI over seeds and the one-session ratio per seed."""
+    config = load_config(EfficiencyConfig, "efficiency-smoke", "bench").model_copy(update={"seeds": [0, 3]})
+    plan = plan_runs(config, ["subj01", "subj02"], list(range(1, 13)), tmp_path / "runs")
+    names = [p["name"] for p in plan]
+    assert names[:4] == ["single-1", "multi-1", "single-all", "multi-all"] and "adapt-1-seed3" in names
+    assert {p["config"]["seed"] for p in plan if p["name"].endswith("-seed3")} == {3}
+    assert {p["config"]["seed"] for p in plan if "seed3" not in p["name"]} == {0}
+    assert [p["config"]["init_from"] for p in plan if p["kind"] == "adapted"] == [
+        str(tmp_path / "runs" / "pretrain-others"), str(tmp_path / "runs" / "pretrain-others-seed3")]
+    with pytest.raises(ValueError, match="repeat a seed"):
+        validate_config(EfficiencyConfig, {**config.model_dump(), "seeds": [1, 1]}, "test")
+
+    def row(kind, sessions, seed, image):
+        return {"name": f"{kind}-{sessions}-{seed}", "kind": kind, "sessions": sessions, "seed": seed,
+                "image_top1": image, "image_ci95": 0.01, "brain_top1": image, "brain_ci95": 0.01,
+                "train_seconds": 60, "commit": "abc1234"}
+
+    rows = [row("per-subject", 1, 0, 0.10), row("per-subject", 1, 3, 0.20), row("multi-subject", 1, 0, 0.30),
+            row("multi-subject", 1, 3, 0.50)]
+    result = {"preset": "p", "config": config.model_dump(mode="json"), "target": "subj01", "n_sessions": 12,
+              "train_trials_per_session": 5, "rows": rows, "machine": {"cpus": 2}, "commit": "abc1234",
+              "date": "2026-12-04T00:00:00", "note": "note"}
+    single = cells(result, "per-subject")[0]
+    assert single["n"] == 2 and single["image"] == pytest.approx(0.15)
+    assert single["image_ci95"] == pytest.approx(12.706 * 0.05, rel=1e-3)  # t(0.975, 1) x std / sqrt(2)
+    page = efficiency_markdown(result)
+    assert "over the 2 training seeds [0, 3]" in page and "3.00 (seed 0), 2.50 (seed 3)" in page
+    one = efficiency_markdown({**result, "config": {**result["config"], "seeds": [0]}, "rows": rows[::2]})
+    assert "one training seed" in one and "10.0 ± 1.0" in one
 
 
 def test_gpu_check_runs_at_toy_sizes_on_cpu(tmp_path):

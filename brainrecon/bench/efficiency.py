@@ -10,6 +10,8 @@ and new-subject adaptation (MindEye2's one-hour claim):
 Every run gets the same optimiser-step budget (``steps``; the learning-rate schedule spans it),
 so less data means more passes over it, not less training. Scores are the target subject's
 held-out retrieval. Each run is a child `brainrecon train`; finished runs are reused on resume.
+With several training seeds the whole plan trains once per seed, and the page gives each figure's mean and
+95% Student-t interval over seeds.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from brainrecon.bench.leaderboard import (bench_world, claim_workdir, machine, run_commit, sim_train_config,
                                           train_in_child, trained_at_text)
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, subject_name
+from brainrecon.evaluate.evaluation import student_t_interval
 from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.provenance import source_commit
 from brainrecon.report.figures import pyplot, save_figure
@@ -42,10 +45,15 @@ class EfficiencyConfig(StrictConfig):
     train_overrides: dict[str, Any] = {}
     way: int = 300
     draws: int = 30
-    seed: int = 42
+    seed: int = 42  # the retrieval draws'
+    # training seeds: the first seed's runs keep the plain names (single-1, multi-1, ...), which older benches
+    # wrote, and every further seed trains the whole plan again as NAME-seedN
+    seeds: list[int] = Field([0], min_length=1)
 
     @model_validator(mode="after")
     def _world_model_and_target_exist(self) -> EfficiencyConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed; list each training seed once")
         # checked before the bench folder is claimed and the world simulated, so a typo costs a second
         world = load_config(WorldConfig, self.world, "worlds")
         subjects = [subject_name(i) for i in range(world.n_subjects)]
@@ -61,25 +69,33 @@ class EfficiencyConfig(StrictConfig):
 
 
 def plan_runs(config: EfficiencyConfig, subjects: list[str], sessions: list[int], runs: Path) -> list[dict]:
-    """The runs to train, in order (the adaptation needs its pretraining first)."""
+    """The runs to train, seed by seed, in order (each adaptation needs its own seed's pretraining first)."""
+    plan = []
+    for index, seed in enumerate(config.seeds):
+        plan += _seed_plan(config, subjects, sessions, runs, seed, "" if index == 0 else f"-seed{seed}")
+    return plan
+
+
+def _seed_plan(config: EfficiencyConfig, subjects: list[str], sessions: list[int], runs: Path, seed: int,
+               suffix: str) -> list[dict]:
     others = [s for s in subjects if s != config.target]
     counts = [c for c in sorted(set(config.session_counts)) if c < len(sessions)] + [len(sessions)]
-    base = sim_train_config(config.model, config.train_overrides, config.way, config.draws, config.seed, seed=0,
+    base = sim_train_config(config.model, config.train_overrides, config.way, config.draws, config.seed, seed=seed,
                             steps=config.steps)
     plan = []
     for count in counts:
         label = "all" if count == len(sessions) else str(count)
         own = {config.target: sessions[:count]} if count < len(sessions) else {}
-        plan.append({"name": f"single-{label}", "kind": "per-subject", "sessions": count,
+        plan.append({"name": f"single-{label}{suffix}", "kind": "per-subject", "sessions": count,
                      "config": {**base, "subjects": [config.target], "subject_sessions": own}})
-        plan.append({"name": f"multi-{label}", "kind": "multi-subject", "sessions": count,
+        plan.append({"name": f"multi-{label}{suffix}", "kind": "multi-subject", "sessions": count,
                      "config": {**base, "subjects": subjects, "subject_sessions": own}})
-    plan.append({"name": "pretrain-others", "kind": "pretraining", "sessions": 0,
+    plan.append({"name": f"pretrain-others{suffix}", "kind": "pretraining", "sessions": 0,
                  "config": {**base, "subjects": others, "subject_sessions": {}}})
-    plan.append({"name": "adapt-1", "kind": "adapted", "sessions": 1,
+    plan.append({"name": f"adapt-1{suffix}", "kind": "adapted", "sessions": 1,
                  "config": {**base, "subjects": [config.target], "subject_sessions": {config.target: sessions[:1]},
-                            "init_from": str(runs / "pretrain-others")}})
-    return plan
+                            "init_from": str(runs / f"pretrain-others{suffix}")}})
+    return [{**item, "seed": seed} for item in plan]
 
 
 def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str = "custom") -> dict:
@@ -94,11 +110,11 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
         run = runs / item["name"]
         done = out / "rows" / f"{item['name']}.json"
         if done.is_file():
-            rows.append(json.loads(done.read_text()))
+            rows.append({**json.loads(done.read_text()), "seed": item["seed"]})  # rows of older benches lack it
             continue
         started = time.perf_counter()
         cost = train_in_child(item["name"], item["config"], store_path, run, runs / f"{item['name']}.log")
-        row = {key: item[key] for key in ("name", "kind", "sessions")}
+        row = {key: item[key] for key in ("name", "kind", "sessions", "seed")}
         row.update(cost, subjects=item["config"]["subjects"], commit=run_commit(run))
         if item["kind"] != "pretraining":
             values = json.loads((run / "metrics.json").read_text())["subjects"][config.target]["values"]
@@ -120,19 +136,39 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
     return result
 
 
-def _by(result: dict, kind: str) -> list[dict]:
-    return sorted((r for r in result["rows"] if r["kind"] == kind), key=lambda r: r["sessions"])
+def cells(result: dict, kind: str) -> list[dict]:
+    """One figure per session count of a kind: with one training seed its run's retrieval and CI over draws; with
+    several (``n``), the mean and 95% Student-t interval over seeds."""
+    out = []
+    for sessions in sorted({r["sessions"] for r in result["rows"] if r["kind"] == kind}):
+        rows = [r for r in result["rows"] if r["kind"] == kind and r["sessions"] == sessions]
+        cell = {"sessions": sessions, "n": len(rows)}
+        for metric in ("image", "brain"):
+            values = [r[f"{metric}_top1"] for r in rows]
+            cell[metric], cell[f"{metric}_ci95"] = ((values[0], rows[0][f"{metric}_ci95"]) if len(rows) == 1
+                                                    else student_t_interval(values))
+        out.append(cell)
+    return out
+
+
+def one_session_ratios(result: dict) -> dict[int, float]:
+    """Per training seed, multi-subject over per-subject image retrieval with one session of the target."""
+    def by_seed(kind: str) -> dict[int, float]:
+        return {r["seed"]: r["image_top1"] for r in result["rows"] if r["kind"] == kind and r["sessions"] == 1}
+
+    single, multi = by_seed("per-subject"), by_seed("multi-subject")
+    return {seed: multi[seed] / single[seed] for seed in sorted(single.keys() & multi.keys()) if single[seed] > 0}
 
 
 def plot_efficiency(result: dict, path: Path) -> None:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.6, 3.6))
     for kind, marker in (("per-subject", "o"), ("multi-subject", "s")):
-        rows = _by(result, kind)
-        axis.errorbar([r["sessions"] for r in rows], [100 * r["image_top1"] for r in rows],
-                      yerr=[100 * r["image_ci95"] for r in rows], marker=marker, capsize=3, label=kind)
-    for row in _by(result, "adapted"):
-        axis.errorbar([row["sessions"]], [100 * row["image_top1"]], yerr=[100 * row["image_ci95"]], marker="*",
+        points = cells(result, kind)
+        axis.errorbar([c["sessions"] for c in points], [100 * c["image"] for c in points],
+                      yerr=[100 * c["image_ci95"] for c in points], marker=marker, capsize=3, label=kind)
+    for cell in cells(result, "adapted"):
+        axis.errorbar([cell["sessions"]], [100 * cell["image"]], yerr=[100 * cell["image_ci95"]], marker="*",
                       markersize=11, ls="none", capsize=3, label="pretrained on others, adapted")
     axis.set_xscale("log", base=2)
     axis.set_xlabel(f"sessions of {result['target']} ({result['train_trials_per_session']} training trials each)")
@@ -144,25 +180,31 @@ def plot_efficiency(result: dict, path: Path) -> None:
 
 
 def efficiency_markdown(result: dict) -> str:
-    pct = lambda v, ci: f"{100 * v:.1f} ± {100 * ci:.1f}"  # noqa: E731
+    pct = lambda c, metric: f"{100 * c[metric]:.1f} ± {100 * c[metric + '_ci95']:.1f}"  # noqa: E731
     lines = ["| sessions of the target | per-subject image / brain | multi-subject image / brain |", "|---|---:|---:|"]
-    single, multi = _by(result, "per-subject"), _by(result, "multi-subject")
+    single, multi = cells(result, "per-subject"), cells(result, "multi-subject")
     for a, b in zip(single, multi, strict=True):
         label = "all" if a["sessions"] == result["n_sessions"] else str(a["sessions"])
         lines.append(f"| {label} ({a['sessions'] * result['train_trials_per_session']} trials) | "
-                     f"{pct(a['image_top1'], a['image_ci95'])} / {pct(a['brain_top1'], a['brain_ci95'])} | "
-                     f"{pct(b['image_top1'], b['image_ci95'])} / {pct(b['brain_top1'], b['brain_ci95'])} |")
-    adapted = _by(result, "adapted")
-    alone = [r for r in single if r["sessions"] == 1]
+                     f"{pct(a, 'image')} / {pct(a, 'brain')} | {pct(b, 'image')} / {pct(b, 'brain')} |")
+    adapted = cells(result, "adapted")
+    alone = [c for c in single if c["sessions"] == 1]
     extra = ""
     if adapted and alone:
         a, b = adapted[0], alone[0]
         extra = (f"\n\nNew-subject adaptation, one session of {result['target']}: pretrained on the other subjects "
-                 f"then fine-tuned, image {pct(a['image_top1'], a['image_ci95'])}, brain "
-                 f"{pct(a['brain_top1'], a['brain_ci95'])}; trained on that session alone, image "
-                 f"{pct(b['image_top1'], b['image_ci95'])}, brain {pct(b['brain_top1'], b['brain_ci95'])}.")
+                 f"then fine-tuned, image {pct(a, 'image')}, brain {pct(a, 'brain')}; trained on that session alone, "
+                 f"image {pct(b, 'image')}, brain {pct(b, 'brain')}.")
+    ratios = one_session_ratios(result)
+    if ratios:
+        extra += ("\n\nOne session of the target: multi-subject ÷ per-subject image retrieval, per training seed: "
+                  + ", ".join(f"{ratio:.2f} (seed {seed})" for seed, ratio in ratios.items()) + ".")
     config = result["config"]
     way = result["rows"][0].get("way", config["way"]) if result["rows"] else config["way"]
+    seeds = config.get("seeds", [0])
+    spread = (f"mean ± 95% Student-t CI over the {len(seeds)} training seeds {seeds}, each seed's figure over "
+              f"{config['draws']} draws" if len(seeds) > 1 else f"± 95% CI over {config['draws']} draws; one training "
+              f"seed")
     seconds = sum(r["train_seconds"] for r in result["rows"])
     return (f"# Data efficiency on the simulated world (preset `{result['preset']}`)\n\n"
             f"Made by `brainrecon bench efficiency --preset {result['preset']}` ({seconds / 60:.0f} min of training; "
@@ -171,10 +213,10 @@ def efficiency_markdown(result: dict) -> str:
             f"Model: `sim-{config['model']}`, {config['steps']} optimiser steps for every run. Every step draws the "
             f"same number of the target's trials (the preset's batch per subject); multi-subject steps add as "
             f"many from each other subject, so those runs see more data in all but no more of the target's. "
-            f"Held-out "
-            f"{way}-way top-1 retrieval of {result['target']} in % (± 95% CI over {config['draws']} draws); chance "
+            f"Held-out {way}-way top-1 retrieval of {result['target']} in % ({spread}); chance "
             f"{100 / way:.2f}%.\n\n" + "\n".join(lines) + extra
             + "\n\n![efficiency](efficiency.png)\n\n" + f"**{result['note']}**\n")
 
 
-__all__ = ["EfficiencyConfig", "efficiency_markdown", "plan_runs", "run_efficiency"]
+__all__ = ["EfficiencyConfig", "cells", "efficiency_markdown", "one_session_ratios", "plan_runs",
+           "run_efficiency"]
