@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from brainrecon.bench.leaderboard import (bench_world, claim_workdir, machine, run_commit, sim_train_config,
-                                          train_in_child, trained_at_text)
+from brainrecon.bench.leaderboard import (TrainingSeeds, bench_world, claim_workdir, machine, run_commit,
+                                          sim_train_config, train_in_child, trained_at_text)
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, subject_name
@@ -48,12 +48,10 @@ class EfficiencyConfig(StrictConfig):
     seed: int = 42  # the retrieval draws'
     # training seeds: the first seed's runs keep the plain names (single-1, multi-1, ...), which older benches
     # wrote, and every further seed trains the whole plan again as NAME-seedN
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: TrainingSeeds = [0]
 
     @model_validator(mode="after")
     def _world_model_and_target_exist(self) -> EfficiencyConfig:
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds {self.seeds} repeat a seed; list each training seed once")
         # checked before the bench folder is claimed and the world simulated, so a typo costs a second
         world = load_config(WorldConfig, self.world, "worlds")
         subjects = [subject_name(i) for i in range(world.n_subjects)]

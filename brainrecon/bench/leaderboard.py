@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
@@ -57,6 +57,16 @@ ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 SEED_RUN = re.compile(r"-seed[0-9]+$")
 
 
+def _distinct_seeds(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed; list each training seed once")
+    return seeds
+
+
+# a bench's training seeds: at least one, each once (every seed past the first trains runs named NAME-seedN)
+TrainingSeeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct_seeds)]
+
+
 class Variant(StrictConfig):
     """An extra row: a model's sim preset with changes (an ablation), e.g. Psychometry with `moe: dense`."""
 
@@ -74,7 +84,7 @@ class LeaderboardConfig(StrictConfig):
     train_overrides: dict[str, Any] = {}  # merged into every sim-<model> preset (e.g. max_steps for a smoke run)
     # training seeds per model: the first seed's run is the row (reconstructed and scored in full); every seed's
     # held-out image retrieval gives the row's mean and 95% CI over seeds. A closed-form fit trains once.
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: TrainingSeeds = [0]
     variants: dict[str, Variant] = {}  # extra rows by name, after the models
     recon_images: int = 30  # test images of subj01 reconstructed per row
     recon_steps: int = 25
@@ -103,8 +113,6 @@ class LeaderboardConfig(StrictConfig):
                 raise ValueError(f"variant {name!r} is paired against {variant.against!r}, which is not an earlier "
                                  f"row; name one of {earlier}")
             earlier.append(name)
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds {self.seeds} repeat a seed; list each training seed once")
         load_config(WorldConfig, self.world, "worlds")  # a bad world is refused before the bench folder is claimed
         for name, model, overrides, _, _ in planned_rows(self):
             validate_config(TrainConfig, sim_train_config(model, overrides, self.way, self.draws, self.seed, seed=0),
