@@ -9,11 +9,13 @@ config's subjects' stimuli, so a stimulus is held out for every subject that saw
 A validation score is taken at checkpoints (and every ``validation.every`` steps, each of which
 then checkpoints too), so ``select: best`` can always go back to the scored weights: the best
 checkpoint is kept out of the rotation. The scores go to RUN/log.csv (``val_retrieval``,
-``val_cosine``, plotted by the report) and, per subject, to RUN/validation.json.
+``val_cosine`` and, with the default metric, ``val_centred_cosine``; plotted by the report) and, per subject,
+to RUN/validation.json.
 
 The score is MindEye's test protocol on the slice: repeats averaged at the input, the model's
 retrieval prediction compared by cosine with every held-out stimulus's target, top-1 over all of
-them (not 300-way: the slice is smaller), and the mean cosine to the true target. A model with a
+them (not 300-way: the slice is smaller), and the mean cosine to the true target, plain and centred with
+the training stimuli's mean target. A model with a
 low-level head (MindEye's VAE-latent path) is also scored on its latents: their mean absolute error
 (the head's training loss, MindEye2 §2.3) and their mean Pearson correlation with the true latents,
 so the curve shows whether that head, which the retrieval score never sees, has stopped learning.
