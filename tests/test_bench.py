@@ -152,6 +152,16 @@ def test_efficiency_seeds_plan_and_page(tmp_path):
     assert "over the 2 training seeds [0, 3]" in page and "3.00 (seed 0), 2.50 (seed 3)" in page
     one = efficiency_markdown({**result, "config": {**result["config"], "seeds": [0]}, "rows": rows[::2]})
     assert "one training seed" in one and "10.0 ± 1.0" in one
+    steps, best = 300, {"fraction": 0.1, "select": "best", "metric": "centred_cosine"}
+    result["config"]["steps"] = steps
+    early = [{**rows[0], "kept_step": 13}] + [{**r, "kept_step": steps} for r in rows[1:]]
+    chose = efficiency_markdown({**result, "weights": best, "rows": early})
+    assert "best validation centred_cosine (10% of the training stimuli" in chose
+    assert f"before their last step ({steps}): per-subject-1-0 (step 13)." in chose
+    late = efficiency_markdown({**result, "weights": best, "rows": early[1:] + [{**rows[0], "kept_step": steps}]})
+    assert f"Every run kept its last step ({steps})." in late
+    last = efficiency_markdown({**result, "weights": {**best, "select": "last"}, "rows": early})
+    assert "Each run keeps its last weights (10% of the training stimuli held out" in last and "step 13" not in last
 
 
 def test_gpu_check_runs_at_toy_sizes_on_cpu(tmp_path):

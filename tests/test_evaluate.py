@@ -342,6 +342,15 @@ def test_report_draws_training_curves_from_the_log(two_subject_run, metrics, tmp
     text = build_report(run, tmp_path / "report-2").read_text()
     assert "validation" in _parse(text).ids
     assert "weights are those of step 20 (best val_cosine: val_retrieval 25.0%" in text and "subj01 15 stimuli" in text
+    # the best checkpoint within the slice's noise of the last weights: the report says the last were kept
+    within = {"best_step": 10, "metric": "centred_cosine", "gain": 0.002, "ci95": 0.01, "items": 15,
+              "beyond_noise": False}
+    (run / "validation.json").write_text(json.dumps({"fraction": 0.1, "select": "best", "metric": "centred_cosine",
+                                                     "chosen_step": 20, "best_against_last": within,
+                                                     "stimuli": {"subj01": 15}, "curve": curve}))
+    text = build_report(run, tmp_path / "report-3").read_text()
+    assert ("step 20 (last step: the best val_centred_cosine, step 10&#x27;s paired gain over the last weights "
+            "+0.0020 ± 0.0100 over 15 stimuli, is within the slice&#x27;s noise") in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`apt-get install -y chromium`; CI installs it)")

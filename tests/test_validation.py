@@ -24,10 +24,12 @@ from brainrecon.errors import ConfigError
 from brainrecon.models.losses import ContrastiveSchedule, normalized_mse
 from brainrecon.train.batches import training_rows
 from brainrecon.train.config import OptimConfig, TrainConfig
-from brainrecon.train.trainer import learning_rate, train
+from brainrecon.train.run import RunDir, load_run
+from brainrecon.train.trainer import _return_to_best, learning_rate, train
 from brainrecon.models.base import TargetSpace
 from brainrecon.train.targets import Targets
-from brainrecon.train.validation import ValidationConfig, ValidationSet, better, split_validation
+from brainrecon.train.validation import (ValidationConfig, ValidationRecord, ValidationSet, better, paired_gain,
+                                         split_validation)
 
 torch.set_num_threads(1)
 
@@ -109,20 +111,25 @@ def test_closed_form_models_refuse_a_validation_slice():
         validate_config(TrainConfig, {"model": {"kind": "ridge"}, "validation": {"fraction": 0.1}})
 
 
-@pytest.mark.parametrize("metric", ["cosine", "centred_cosine"])
-def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, tmp_path, metric):
+@pytest.mark.parametrize("metric,confirm", [("cosine", False), ("centred_cosine", True)])
+def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, tmp_path, metric, confirm):
     config = small_config("mindeye2", keep_checkpoints=1, max_steps=16,
-                          validation={"fraction": 0.2, "every": 4, "select": "best", "metric": metric})
+                          validation={"fraction": 0.2, "every": 4, "select": "best", "metric": metric,
+                                      "confirm": confirm})
     run = train(config, train_world, tmp_path / "run", progress=False)
     record = json.loads((run / "validation.json").read_text())
     steps = [entry["step"] for entry in record["curve"]]
     assert steps == [4, 8, 12, 16]
     assert all(("centred_cosine" in e) == (metric == "centred_cosine") for e in record["curve"])
     best = max(record["curve"], key=lambda e: (e[metric], e["retrieval"]))
-    assert record["chosen_step"] == best["step"] and record["metric"] == metric
+    comparison = record["best_against_last"]  # taken whenever the best is not the last step
+    assert (comparison is None) == (best["step"] == steps[-1]) and record["metric"] == metric
+    kept = best["step"] if comparison is None or not confirm or comparison["beyond_noise"] else steps[-1]
+    assert record["chosen_step"] == kept and record["confirm"] == confirm
+    assert comparison is None or (comparison["best_step"] == best["step"] and comparison["items"] > 1)
     assert all(0 <= e["retrieval"] <= 1 and set(e["subjects"]) == set(record["stimuli"]) for e in record["curve"])
     # the chosen checkpoint survived the rotation (keep 1), and the final weights are its weights
-    chosen = load_file(str(run / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"))
+    chosen = load_file(str(run / "checkpoints" / f"step-{kept:08d}" / "model.safetensors"))
     final = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(chosen[name], final[name]) for name in final)
     log = (run / "log.csv").read_text()
@@ -135,6 +142,40 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
         held_ids = set(store.subject(subject).trials.stimulus_id[held].tolist())
         assert held_ids and not held_ids & set(saw["subjects"][subject])
         assert len(held_ids) == record["stimuli"][subject]
+
+
+class _Scripted:
+    """A validation slice whose item scores are given: the first call scores the last weights, the second the
+    best checkpoint's."""
+
+    def __init__(self, last: list[float], best: list[float]):
+        self.calls = [torch.tensor(last, dtype=torch.float64), torch.tensor(best, dtype=torch.float64)]
+
+    def item_scores(self, model, device, metric: str) -> torch.Tensor:
+        return self.calls.pop(0)
+
+
+def test_the_best_checkpoint_is_kept_only_beyond_the_slices_noise(train_world, tmp_path):
+    config = small_config("mindeye2", keep_checkpoints=4, max_steps=8,
+                          validation={"fraction": 0.2, "every": 4, "select": "last"})
+    run = train(config, train_world, tmp_path / "run", progress=False)
+    weights = {step: load_file(str(run / "checkpoints" / f"step-{step:08d}" / "model.safetensors")) for step in (4, 8)}
+    assert any(not torch.equal(weights[4][name], weights[8][name]) for name in weights[8])
+    last = [0.10, 0.12, 0.11, 0.13, 0.09, 0.10]
+    noisy = [v + d for v, d in zip(last, [0.05, -0.04, 0.06, -0.05, 0.04, -0.03])]  # mean gain +0.005
+    clear = [v + d for v, d in zip(last, [0.05, 0.04, 0.06, 0.05, 0.04, 0.05])]
+    for confirm, best, kept in [(True, noisy, 8), (True, clear, 4), (False, noisy, 4)]:
+        model, _ = load_run(run)
+        record = ValidationRecord(tmp_path / "run", ValidationConfig(fraction=0.2, select="best", confirm=confirm),
+                                  {"subj01": len(last)}, 0)
+        assert _return_to_best(RunDir(run), model, _Scripted(last, best), record, 4, 8, "cpu") == kept
+        state = model.state_dict()
+        assert all(torch.equal(state[name], weights[kept][name]) for name in weights[kept])
+        comparison = record.best_against_last
+        assert comparison["best_step"] == 4 and comparison["items"] == len(last)
+        assert comparison["gain"] == pytest.approx(np.mean(best) - np.mean(last))
+        assert comparison["beyond_noise"] == (best is clear)
+    assert paired_gain(torch.tensor([1.0]), torch.tensor([0.0]))["beyond_noise"] is False  # one item: no interval
 
 
 class _Lookup:

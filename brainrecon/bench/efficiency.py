@@ -9,7 +9,8 @@ and new-subject adaptation (MindEye2's one-hour claim):
 
 Every run gets the same optimiser-step budget (``steps``; the learning-rate schedule spans it),
 so less data means more passes over it, not less training. Scores are the target subject's
-held-out retrieval. Each run is a child `brainrecon train`; finished runs are reused on resume.
+held-out retrieval. Each run is a child `brainrecon train`; finished runs are reused on resume. The page says
+which weights the runs keep, and names every run whose validation choice kept a step before its last.
 With several training seeds the whole plan trains once per seed, and the page gives each figure's mean and
 95% Student-t interval over seeds.
 """
@@ -34,6 +35,7 @@ from brainrecon.io import atomic_write_json, atomic_write_text
 from brainrecon.provenance import source_commit
 from brainrecon.report.figures import pyplot, save_figure
 from brainrecon.train.config import TrainConfig
+from brainrecon.train.validation import VALIDATION
 
 
 class EfficiencyConfig(StrictConfig):
@@ -104,16 +106,17 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
     store = open_store(store_path)
     sessions = sorted(store.subject(config.target).sessions.tolist())
     rows = []
-    for item in plan_runs(config, store.subjects, sessions, runs):
+    plan = plan_runs(config, store.subjects, sessions, runs)
+    for item in plan:
         run = runs / item["name"]
         done = out / "rows" / f"{item['name']}.json"
-        if done.is_file():
-            rows.append({**json.loads(done.read_text()), "seed": item["seed"]})  # rows of older benches lack it
+        if done.is_file():  # rows of older benches lack the seed and the kept step
+            rows.append({"kept_step": kept_step(run), **json.loads(done.read_text()), "seed": item["seed"]})
             continue
         started = time.perf_counter()
         cost = train_in_child(item["name"], item["config"], store_path, run, runs / f"{item['name']}.log")
         row = {key: item[key] for key in ("name", "kind", "sessions", "seed")}
-        row.update(cost, subjects=item["config"]["subjects"], commit=run_commit(run))
+        row.update(cost, subjects=item["config"]["subjects"], commit=run_commit(run), kept_step=kept_step(run))
         if item["kind"] != "pretraining":
             values = json.loads((run / "metrics.json").read_text())["subjects"][config.target]["values"]
             row.update(image_top1=values["image_retrieval"]["value"], image_ci95=values["image_retrieval"]["ci95"],
@@ -125,6 +128,7 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
              + (f", image {100 * row['image_top1']:.1f}%" if "image_top1" in row else ""))
     trials_per_session = int(len(store.subject(config.target).train_rows()) / len(sessions))
     result = {"preset": preset, "config": config.model_dump(mode="json"), "target": config.target,
+              "weights": plan[0]["config"]["validation"],
               "n_sessions": len(sessions), "train_trials_per_session": trials_per_session, "rows": rows,
               "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
               "note": SIMULATED_NOTE}
@@ -177,6 +181,29 @@ def plot_efficiency(result: dict, path: Path) -> None:
     save_figure(figure, path)
 
 
+def kept_step(run: Path) -> int | None:
+    """The step whose weights ``run`` kept (its validation record's choice; None without a validation slice)."""
+    path = run / VALIDATION
+    return json.loads(path.read_text()).get("chosen_step") if path.is_file() else None
+
+
+def weights_text(result: dict) -> str:
+    """Which weights the runs keep, and every run that kept a step before its last: an early choice scores a
+    barely trained model, which a table of means would hide."""
+    weights, steps = result.get("weights"), result["config"]["steps"]
+    if not weights:  # pages of older benches
+        return ""
+    held = f"{100 * weights['fraction']:.0f}% of the training stimuli held out by stimulus"
+    if weights["select"] == "last" or not weights["fraction"]:
+        return ("Each run keeps its last weights"
+                + (f" ({held} for the validation curves)" if weights["fraction"] else "") + ".\n\n")
+    early = [f"{r['name']} (step {r['kept_step']})" for r in result["rows"]
+             if r.get("kept_step") is not None and r["kept_step"] < steps]
+    return (f"Each run keeps the checkpoint with the best validation {weights['metric']} ({held}). "
+            + (f"Runs that kept weights from before their last step ({steps}): {', '.join(early)}." if early
+               else f"Every run kept its last step ({steps}).") + "\n\n")
+
+
 def efficiency_markdown(result: dict) -> str:
     pct = lambda c, metric: f"{100 * c[metric]:.1f} ± {100 * c[metric + '_ci95']:.1f}"  # noqa: E731
     lines = ["| sessions of the target | per-subject image / brain | multi-subject image / brain |", "|---|---:|---:|"]
@@ -212,9 +239,9 @@ def efficiency_markdown(result: dict) -> str:
             f"same number of the target's trials (the preset's batch per subject); multi-subject steps add as "
             f"many from each other subject, so those runs see more data in all but no more of the target's. "
             f"Held-out {way}-way top-1 retrieval of {result['target']} in % ({spread}); chance "
-            f"{100 / way:.2f}%.\n\n" + "\n".join(lines) + extra
+            f"{100 / way:.2f}%. {weights_text(result)}" + "\n".join(lines) + extra
             + "\n\n![efficiency](efficiency.png)\n\n" + f"**{result['note']}**\n")
 
 
-__all__ = ["EfficiencyConfig", "cells", "efficiency_markdown", "one_session_ratios", "plan_runs",
+__all__ = ["EfficiencyConfig", "cells", "efficiency_markdown", "kept_step", "one_session_ratios", "plan_runs",
            "run_efficiency"]

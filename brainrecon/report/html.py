@@ -191,6 +191,11 @@ def _validation_note(record: dict | None) -> str:
     entry = next((e for e in record["curve"] if e["step"] == chosen), record["curve"][-1])
     stimuli = ", ".join(f"{s} {n}" for s, n in record["stimuli"].items())
     rule = "last step" if record["select"] == "last" else f"best val_{record.get('metric', 'retrieval')}"
+    if comparison := record.get("best_against_last"):
+        gain = (f"step {comparison['best_step']}'s paired gain over the last weights {comparison['gain']:+.4f} "
+                f"± {comparison['ci95']:.4f} over {comparison['items']} stimuli")
+        rule = (f"{rule}; {gain}" if chosen == comparison["best_step"]
+                else f"last step: the best val_{comparison['metric']}, {gain}, is within the slice's noise")
     kept = (f"The final weights are those of step {chosen} ({rule}: val_retrieval "
             f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}"
             + (f", val_centred_cosine {entry['centred_cosine']:.3f}" if "centred_cosine" in entry else "")

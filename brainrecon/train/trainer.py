@@ -46,7 +46,7 @@ from brainrecon.train.batches import BalancedBatches, SubjectStream, training_ro
 from brainrecon.train.config import OptimConfig, TrainConfig
 from brainrecon.train.run import CLOSED_FORM_FIT, RunDir, RunInfo, load_run, training_stimuli
 from brainrecon.train.targets import Targets, load_targets
-from brainrecon.train.validation import ValidationRecord, ValidationSet, split_validation
+from brainrecon.train.validation import ValidationRecord, ValidationSet, paired_gain, split_validation
 
 
 def learning_rate(step: int, total: int, optim: OptimConfig, epochs: int) -> float:
@@ -343,12 +343,28 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, rows: dict[str,
         if record is not None:
             chosen = record.best["step"] if config.validation.select == "best" else last_step
             if chosen != last_step:
-                run.load_checkpoint_weights(chosen, unwrapped)
+                chosen = _return_to_best(run, unwrapped, validation, record, chosen, last_step, accelerator.device)
             record.write(chosen_step=chosen)
         run.save_final(unwrapped)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.path
+
+
+def _return_to_best(run: RunDir, model: BrainModel, validation: ValidationSet, record: ValidationRecord, best: int,
+                    last: int, device) -> int:
+    """Load the best-scoring checkpoint's weights into ``model`` and return its step; with ``validation.confirm``
+    only if it beats the last weights beyond the slice's noise, else the last weights stay (``last``). The paired
+    comparison goes to the record either way."""
+    metric = record.config.metric
+    last_items = validation.item_scores(model, device, metric)
+    run.load_checkpoint_weights(best, model)
+    record.best_against_last = {"best_step": best, "metric": metric,
+                                **paired_gain(validation.item_scores(model, device, metric), last_items)}
+    if not record.config.confirm or record.best_against_last["beyond_noise"]:
+        return best
+    run.load_checkpoint_weights(last, model)  # the last step always checkpoints, and is the newest kept
+    return last
 
 
 def _mean_over_processes(values: dict[str, float], accelerator) -> dict[str, float]:
