@@ -26,6 +26,8 @@ $BR bench leaderboard --preset psychometry-decoder --out "$WORK/psychometry-deco
     --doc docs/benchmarks/psychometry-decoder.md
 $BR bench leaderboard --preset convergence --out "$WORK/convergence" --doc docs/benchmarks/convergence.md
 $BR bench efficiency --preset efficiency-default --out "$WORK/efficiency" --doc docs/benchmarks/efficiency.md
+$BR bench leaderboard --preset checkpoint-rule --out "$WORK/checkpoint-rule" \
+    --doc docs/benchmarks/checkpoint-rule.md
 $PY benchmarks/bench_pooling.py --workdir "$WORK/pooling"
 $BR bench leaderboard --preset convergence-mindeye --out "$WORK/convergence-mindeye" \
     --doc docs/benchmarks/convergence-mindeye.md
