@@ -144,7 +144,8 @@ def test_efficiency_seeds_plan_and_page(tmp_path):
             row("multi-subject", 1, 3, 0.50)]
     result = {"preset": "p", "config": config.model_dump(mode="json"), "target": "subj01", "n_sessions": 12,
               "train_trials_per_session": 5, "rows": rows, "machine": {"cpus": 2}, "commit": "abc1234",
-              "date": "2026-12-04T00:00:00", "note": "note"}
+              "date": "2026-12-04T00:00:00", "note": "note",
+              "weights": {"fraction": 0.1, "select": "last", "metric": "centred_cosine", "confirm": True}}
     single = cells(result, "per-subject")[0]
     assert single["n"] == 2 and single["image"] == pytest.approx(0.15)
     assert single["image_ci95"] == pytest.approx(12.706 * 0.05, rel=1e-3)  # t(0.975, 1) x std / sqrt(2)
@@ -152,14 +153,19 @@ def test_efficiency_seeds_plan_and_page(tmp_path):
     assert "over the 2 training seeds [0, 3]" in page and "3.00 (seed 0), 2.50 (seed 3)" in page
     one = efficiency_markdown({**result, "config": {**result["config"], "seeds": [0]}, "rows": rows[::2]})
     assert "one training seed" in one and "10.0 ± 1.0" in one
-    steps, best = 300, {"fraction": 0.1, "select": "best", "metric": "centred_cosine"}
-    result["config"]["steps"] = steps
-    early = [{**rows[0], "kept_step": 13}] + [{**r, "kept_step": steps} for r in rows[1:]]
+    assert "Each run keeps its last weights (10% of the training stimuli held out" in page
+    assert "| sessions of the target |" in page.split("\n\n")[3]  # the table starts a paragraph of its own
+    best = {"fraction": 0.1, "select": "best", "metric": "centred_cosine", "confirm": True}
+    early = [{**rows[0], "kept_step": 13, "last_step": 300}] + [{**r, "kept_step": 300, "last_step": 300}
+                                                                 for r in rows[1:]]
     chose = efficiency_markdown({**result, "weights": best, "rows": early})
-    assert "best validation centred_cosine (10% of the training stimuli" in chose
-    assert f"before their last step ({steps}): per-subject-1-0 (step 13)." in chose
-    late = efficiency_markdown({**result, "weights": best, "rows": early[1:] + [{**rows[0], "kept_step": steps}]})
-    assert f"Every run kept its last step ({steps})." in late
+    assert ("best validation centred_cosine, if its paired gain over the last weights is beyond the slice's noise "
+            "(else the last weights) (10% of the training stimuli") in chose
+    assert "before their last step: per-subject-1-0 (step 13 of 300)." in chose
+    unconfirmed = efficiency_markdown({**result, "weights": {**best, "confirm": False}, "rows": early})
+    assert "best validation centred_cosine (10% of the training stimuli" in unconfirmed
+    late = efficiency_markdown({**result, "weights": best, "rows": early[1:] + [{**early[0], "kept_step": 300}]})
+    assert "Every run kept its last step." in late
     last = efficiency_markdown({**result, "weights": {**best, "select": "last"}, "rows": early})
     assert "Each run keeps its last weights (10% of the training stimuli held out" in last and "step 13" not in last
 

@@ -216,6 +216,9 @@ def test_the_centred_cosine_sees_through_a_prediction_of_the_training_mean(train
     assert uninformed["cosine"] > 0.9 > 0.7 > informed["cosine"]  # the plain cosine prefers the mean ...
     assert abs(uninformed["centred_cosine"]) < 0.2 and informed["centred_cosine"] > 0.99  # ... the centred one not
     assert better(uninformed, informed, "cosine") and better(informed, uninformed, "centred_cosine")
+    for metric in ("retrieval", "cosine", "centred_cosine"):  # one subject: the items average to the score
+        items = slice_.item_scores(informative, "cpu", metric)
+        assert len(items) == len(truth) and float(items.mean()) == pytest.approx(informed[metric])
     assert "centred_cosine" not in ValidationSet(store, held, targets, "image_pooled").score(informative, "cpu")
 
 

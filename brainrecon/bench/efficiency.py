@@ -111,12 +111,12 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
         run = runs / item["name"]
         done = out / "rows" / f"{item['name']}.json"
         if done.is_file():  # rows of older benches lack the seed and the kept step
-            rows.append({"kept_step": kept_step(run), **json.loads(done.read_text()), "seed": item["seed"]})
+            rows.append({**kept_steps(run), **json.loads(done.read_text()), "seed": item["seed"]})
             continue
         started = time.perf_counter()
         cost = train_in_child(item["name"], item["config"], store_path, run, runs / f"{item['name']}.log")
         row = {key: item[key] for key in ("name", "kind", "sessions", "seed")}
-        row.update(cost, subjects=item["config"]["subjects"], commit=run_commit(run), kept_step=kept_step(run))
+        row.update(cost, subjects=item["config"]["subjects"], commit=run_commit(run), **kept_steps(run))
         if item["kind"] != "pretraining":
             values = json.loads((run / "metrics.json").read_text())["subjects"][config.target]["values"]
             row.update(image_top1=values["image_retrieval"]["value"], image_ci95=values["image_retrieval"]["ci95"],
@@ -181,27 +181,31 @@ def plot_efficiency(result: dict, path: Path) -> None:
     save_figure(figure, path)
 
 
-def kept_step(run: Path) -> int | None:
-    """The step whose weights ``run`` kept (its validation record's choice; None without a validation slice)."""
+def kept_steps(run: Path) -> dict:
+    """``kept_step``, the step whose weights ``run`` kept, and ``last_step``, its last scored step (both None
+    without a validation slice)."""
     path = run / VALIDATION
-    return json.loads(path.read_text()).get("chosen_step") if path.is_file() else None
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    curve = record.get("curve") or [{"step": None}]
+    return {"kept_step": record.get("chosen_step"), "last_step": curve[-1]["step"]}
 
 
 def weights_text(result: dict) -> str:
     """Which weights the runs keep, and every run that kept a step before its last: an early choice scores a
     barely trained model, which a table of means would hide."""
-    weights, steps = result.get("weights"), result["config"]["steps"]
-    if not weights:  # pages of older benches
-        return ""
+    weights = result["weights"]
     held = f"{100 * weights['fraction']:.0f}% of the training stimuli held out by stimulus"
     if weights["select"] == "last" or not weights["fraction"]:
         return ("Each run keeps its last weights"
-                + (f" ({held} for the validation curves)" if weights["fraction"] else "") + ".\n\n")
-    early = [f"{r['name']} (step {r['kept_step']})" for r in result["rows"]
-             if r.get("kept_step") is not None and r["kept_step"] < steps]
-    return (f"Each run keeps the checkpoint with the best validation {weights['metric']} ({held}). "
-            + (f"Runs that kept weights from before their last step ({steps}): {', '.join(early)}." if early
-               else f"Every run kept its last step ({steps}).") + "\n\n")
+                + (f" ({held} for the validation curves)" if weights["fraction"] else "") + ".")
+    rule = f"the checkpoint with the best validation {weights['metric']}" + (
+        ", if its paired gain over the last weights is beyond the slice's noise (else the last weights)"
+        if weights["confirm"] else "")
+    early = [f"{r['name']} (step {r['kept_step']} of {r['last_step']})" for r in result["rows"]
+             if r.get("kept_step") is not None and r["kept_step"] < r["last_step"]]
+    return (f"Each run keeps {rule} ({held}). "
+            + (f"Runs that kept weights from before their last step: {', '.join(early)}." if early
+               else "Every run kept its last step."))
 
 
 def efficiency_markdown(result: dict) -> str:
@@ -239,9 +243,9 @@ def efficiency_markdown(result: dict) -> str:
             f"same number of the target's trials (the preset's batch per subject); multi-subject steps add as "
             f"many from each other subject, so those runs see more data in all but no more of the target's. "
             f"Held-out {way}-way top-1 retrieval of {result['target']} in % ({spread}); chance "
-            f"{100 / way:.2f}%. {weights_text(result)}" + "\n".join(lines) + extra
+            f"{100 / way:.2f}%. {weights_text(result)}\n\n" + "\n".join(lines) + extra
             + "\n\n![efficiency](efficiency.png)\n\n" + f"**{result['note']}**\n")
 
 
-__all__ = ["EfficiencyConfig", "cells", "efficiency_markdown", "kept_step", "one_session_ratios", "plan_runs",
+__all__ = ["EfficiencyConfig", "cells", "efficiency_markdown", "kept_steps", "one_session_ratios", "plan_runs",
            "run_efficiency"]

@@ -192,8 +192,10 @@ def _validation_note(record: dict | None) -> str:
     stimuli = ", ".join(f"{s} {n}" for s, n in record["stimuli"].items())
     rule = "last step" if record["select"] == "last" else f"best val_{record.get('metric', 'retrieval')}"
     if comparison := record.get("best_against_last"):
+        # an interval that JSON could not hold (one item, or NaN scores) is stored as null
+        interval = "n/a" if comparison["ci95"] is None else f"{comparison['ci95']:.4f}"
         gain = (f"step {comparison['best_step']}'s paired gain over the last weights {comparison['gain']:+.4f} "
-                f"± {comparison['ci95']:.4f} over {comparison['items']} stimuli")
+                f"± {interval} over {comparison['items']} stimuli")
         rule = (f"{rule}; {gain}" if chosen == comparison["best_step"]
                 else f"last step: the best val_{comparison['metric']}, {gain}, is within the slice's noise")
     kept = (f"The final weights are those of step {chosen} ({rule}: val_retrieval "

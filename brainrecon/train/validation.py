@@ -164,7 +164,9 @@ class ValidationSet:
     @torch.no_grad()
     def item_scores(self, model: BrainModel, device: torch.device | str, metric: str) -> torch.Tensor:
         """``metric`` for every held-out stimulus of every subject, subjects in order: what two checkpoints'
-        paired comparison (`paired_gain`) reads."""
+        paired comparison (`paired_gain`) reads. Pooled, each (subject, stimulus) one item, where `score`
+        averages per subject first; a stimulus held out for several subjects counts once for each of them, so
+        with several subjects the comparison's interval is somewhat narrower than independent items would give."""
         with _evaluating(model):
             return torch.cat([self._subject_items(model, subject, device)[0][metric] for subject in self.betas])
 
