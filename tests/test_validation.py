@@ -263,10 +263,11 @@ def test_best_means_the_chosen_metric_with_the_other_breaking_ties():
     assert better(tie, a, "retrieval") and better(a, None, "cosine")
 
 
-def test_the_sim_presets_keep_their_best_weights_by_the_centred_cosine():
-    # the plain cosine kept steps 13-39 of 300 in 4 of the efficiency bench's 12 per-subject runs
-    assert ValidationConfig().metric == "centred_cosine"
+def test_the_sim_presets_keep_their_best_weights_by_the_cosine_only_beyond_the_slices_noise():
+    # unconfirmed, the best cosine kept steps 13-39 of 300 in 4 of the efficiency bench's 12 per-subject runs; the
+    # centred cosine chose Mind Reader-style's step 508 of 5,080 (checkpoint-rule.md), so it is not the default
+    assert (ValidationConfig().metric, ValidationConfig().confirm) == ("cosine", True)
     chosen_by = {name: load_config(TrainConfig, name, "train").validation for name in preset_names("train")
                  if name.startswith("sim-")}
-    best = {name: v.metric for name, v in chosen_by.items() if v.enabled and v.select == "best"}
-    assert len(best) >= 5 and set(best.values()) == {"centred_cosine"}, best
+    best = {name: (v.metric, v.confirm) for name, v in chosen_by.items() if v.enabled and v.select == "best"}
+    assert len(best) >= 5 and set(best.values()) == {("cosine", True)}, best

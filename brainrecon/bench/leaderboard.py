@@ -630,9 +630,9 @@ def leaderboard_markdown(result: dict) -> str:
         f"seed. steps: the optimiser steps the run took ({_budget_text(result['rows'])}). val Δ 2nd "
         f"half: the first seed's validation retrieval (top-1 among its held-out *training* stimuli, in points) at "
         f"the last step minus at the middle step; far above 0, the run was still learning. The final weights are "
-        f"those the preset's `validation` keeps (the sim presets since 2026-12-04: the checkpoint with the best "
-        f"validation centred cosine if its gain over the last weights is beyond the slice's noise, else the last; "
-        f"before: the best plain validation cosine){_validation_override(config)}.",
+        f"those the preset's `validation` keeps (the sim presets: the checkpoint with the best validation cosine; "
+        f"since 2026-12-04 only if its gain over the last weights is beyond the slice's noise, else the last)"
+        f"{_validation_override(config)}.",
         f"Reconstructions: the first {config['recon_images']} test images, {config['samples']} samples each "
         f"({config['recon_steps']} steps of the shipped small unCLIP decoder), honest selection (closest to the "
         f"brain-predicted embedding). PixCorr and SSIM at 425 px; CLIP two-way identification with the shipped "
