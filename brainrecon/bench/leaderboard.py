@@ -400,7 +400,8 @@ LABELS = {"ridge": "Ridge (Brain-Diffuser-style)", "mindeye1": "MindEye1-style",
 def _validation_override(config: dict) -> str:
     """The page's words for a bench-wide change to how runs validate and choose their weights (none: empty)."""
     override = config.get("train_overrides", {}).get("validation")
-    return f"; this bench sets `validation: {override}` in every row" if override else ""
+    return (f"; this bench sets `validation: {override}` in every row, unless a variant's own overrides change it"
+            if override else "")
 
 
 def merged_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
