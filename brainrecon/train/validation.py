@@ -60,7 +60,8 @@ class ValidationConfig(StrictConfig):
     # `decoder: linear` peaked in plain cosine at step 25 of 128, validation retrieval 0.10 against 0.56 at the
     # end), but it also penalises a prediction whose mean or scale is off the targets', which retrieval ignores:
     # Mind Reader-style's centred cosine peaks near step 500 of 5,080, where its validation retrieval is about
-    # 0.3, and falls while the retrieval rises to 0.6 (22.3% 300-way on test against 44.8% by the plain cosine)
+    # 0.3, and falls while the retrieval rises to 0.6 (22.0% 300-way on test against 42.2% by the plain cosine,
+    # three seeds each; docs/benchmarks/checkpoint-rule.md)
     metric: Literal["cosine", "centred_cosine", "retrieval"] = "cosine"
     # with select: best, keep an earlier checkpoint only if it beats the last weights beyond the slice's noise: the
     # 95% Student-t interval of its paired gain in `metric` over the slice's stimuli excludes zero. Otherwise the
