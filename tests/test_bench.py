@@ -292,6 +292,9 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
               "config": {"draws": 30, "seed": 42, "seeds": [0], "recon_images": 30, "samples": 4, "recon_steps": 25},
               "machine": {"cpus": 2, "torch": "2", "threads": 2, "cuda": None}}
     assert "Psychometry, dense FFN" in leaderboard_markdown(result)
+    assert "Machine: 2 CPUs, torch" in leaderboard_markdown(result)  # a record from before the CPU was kept
+    result["machine"]["cpu"] = "Some Xeon (family 6, model 1), AVX-512"
+    assert "Machine: 2 CPUs (Some Xeon (family 6, model 1), AVX-512), torch" in leaderboard_markdown(result)
     assert "Ecphory" not in leaderboard_markdown(result)  # no Ecphory row: no note about one
     assert "validation curves" not in leaderboard_markdown(result)  # no curve: no figure to link
     assert "Paired over training seeds" not in leaderboard_markdown(result)
@@ -443,6 +446,7 @@ def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(
     record = json.loads((tmp_path / "fresh" / WORLD_FINGERPRINT).read_text())
     betas = "subjects/subj01/betas.npy"
     assert betas in record["fingerprint"]
+    assert record["built_on"]["cpu"] and record["built_on"]["threads"] >= 1  # where the world was built: said
     record["fingerprint"][betas] = [value + 0.001 for value in record["fingerprint"][betas]]  # the last digits
     (tmp_path / "fresh" / WORLD_FINGERPRINT).write_text(json.dumps(record))
     run_leaderboard(config, tmp_path / "fresh", echo=print)  # a world simulated again, up to float noise: accepted

@@ -33,12 +33,18 @@ def test_scenes_have_categories_captions_and_configurable_resolution():
     assert big.shape == (256, 256, 3)
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, tiny_config):
+def test_same_seed_same_bytes_whatever_the_threads_other_seed_other_bytes(tmp_path, tiny_config):
     small = WorldConfig.model_validate({**tiny_config.model_dump(), "n_train_images": 60, "n_test_images": 40,
                                         "calibration_images": 64, "voxels": {"min": 50, "max": 60},
                                         "session": {"trials_per_session": 60}})
-    for name in ("a", "b"):
-        simulate_world(small, tmp_path / name, progress=False)
+    callers_threads = torch.get_num_threads()
+    try:  # the caller's thread count must not reach the bytes: float32 sums split by thread count
+        for name, threads in (("a", 2), ("b", 1)):
+            torch.set_num_threads(threads)
+            simulate_world(small, tmp_path / name, progress=False)
+            assert torch.get_num_threads() == threads  # the caller's count is given back
+    finally:
+        torch.set_num_threads(callers_threads)
     simulate_world(small.model_copy(update={"seed": 5}), tmp_path / "c", progress=False)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) > 10

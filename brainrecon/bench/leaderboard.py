@@ -174,8 +174,9 @@ def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
 
 def store_fingerprint(store: Store, values: int = 1000) -> dict[str, list[float]]:
     """About ``values`` values spread over each of the store's arrays (betas, the world's code): enough to tell
-    another world from this one. Not a hash: two simulations of the same world differ in the last digits (the
-    vision model's float sums are not bit-reproducible; measured up to 8e-4 in a beta)."""
+    another world from this one. Not a hash: the same world built on CPUs whose float kernels differ (another
+    instruction set) may differ in the last digits, and worlds built before their thread count was fixed
+    (simworld's ``WORLD_THREADS``, 2026-12-04) differed by the builder's thread count, up to 8e-4 in a beta."""
     fingerprint = {}
     for name in sorted(store.manifest["files"]):
         if name.endswith(".npy"):
@@ -189,8 +190,8 @@ def check_world_fingerprint(out: Path, store: Store) -> None:
     """Record the store's fingerprint on first use; afterwards refuse a store whose data differ from it by more
     than the last digits."""
     record, now = out / WORLD_FINGERPRINT, store_fingerprint(store)
-    if not record.is_file():
-        atomic_write_json(record, {"fingerprint": now})
+    if not record.is_file():  # the machine too: a world built on another CPU differs in the last digits
+        atomic_write_json(record, {"fingerprint": now, "built_on": machine()})
         return
     made_on = json.loads(record.read_text())["fingerprint"]
     differ = sorted(name for name in made_on.keys() | now.keys() if name not in made_on or name not in now
@@ -537,8 +538,20 @@ def machine() -> dict:
     import torch
 
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it runs AVX-512: float32 kernels differ between CPUs, so the same world or
+    run can differ in the last digits from one machine to another."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(re.findall(r"^([^:\n]+?)\s*:\s*(.*)$", info.split("\n\n")[0], flags=re.MULTILINE))
+    family = f" (family {fields['cpu family']}, model {fields['model']})" if {"model", "cpu family"} <= fields.keys() else ""
+    return f"{fields.get('model name', platform.machine())}{family}{', AVX-512' if ' avx512f' in info else ''}"
 
 
 def _trained_at_text(rows: list[dict]) -> str:
@@ -655,7 +668,7 @@ def leaderboard_markdown(result: dict) -> str:
            if any(r.get("resumed") for r in result["rows"]) else "."),
         *([f"Validation curves (each trained row's first seed; a ring marks the step whose weights were kept): "
            f"![validation curves]({result['curves_figure']})"] if result.get("curves_figure") else []),
-        f"Machine: {machine_info['cpus']} CPUs, torch {machine_info['torch']} ({machine_info['threads']} threads), "
+        f"Machine: {machine_info['cpus']} CPUs{' (' + machine_info['cpu'] + ')' if machine_info.get('cpu') else ''}, torch {machine_info['torch']} ({machine_info['threads']} threads), "
         f"GPU {machine_info['cuda'] or 'none'}; page written at commit {result['commit']}; {result['date'][:19]} UTC; "
         f"{_trained_at_text(result['rows'])}.",
         f"**{result['note']}**",

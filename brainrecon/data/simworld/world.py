@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.numpy import save_file
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from brainrecon.data.simworld import scenes as sc
@@ -39,6 +42,11 @@ from brainrecon.io import atomic_write_json, atomic_write_text, check_output_dir
 from brainrecon.rng import derive_rng
 
 EXTRA = "simworld"
+# The world is built with this many torch and BLAS threads whatever the machine has: a float32 matrix product
+# splits its sums by thread count, so a world built on 1 thread differed from one built on 2 in the fifth digit
+# of its code values and betas, and training on the two worlds drifted apart (docs/simulated-world.md). 2 is the
+# development machine's count, so worlds built there before this pin keep their bytes.
+WORLD_THREADS = 2
 
 
 def subject_name(index: int) -> str:
@@ -91,9 +99,27 @@ def _chunks(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
+@contextmanager
+def _fixed_threads(n: int):
+    """Run the block with ``n`` torch and BLAS threads, then restore the caller's counts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def simulate_world(config: WorldConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """Simulate ``config``'s world into a store at ``out``; returns the path."""
-    out = Path(out)
+    """Simulate ``config``'s world into a store at ``out``; returns the path. Same config, same bytes, whatever
+    the machine's thread count (``WORLD_THREADS``), on CPUs that run the same float kernels."""
+    with _fixed_threads(WORLD_THREADS):
+        return _simulate_world(config, Path(out), overwrite, progress)
+
+
+def _simulate_world(config: WorldConfig, out: Path, overwrite: bool, progress: bool) -> Path:
+    """simulate_world's body, under its fixed thread count."""
     check_output_dir(out, "a brainrecon store", is_store, overwrite)  # before the slow part; again when writing
     plan = StimulusPlan.from_config(config)
     all_ids = np.arange(plan.n_stimuli)
