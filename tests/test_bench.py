@@ -295,6 +295,11 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
     assert "Machine: 2 CPUs, torch" in leaderboard_markdown(result)  # a record from before the CPU was kept
     result["machine"]["cpu"] = "Some Xeon (family 6, model 1), AVX-512"
     assert "Machine: 2 CPUs (Some Xeon (family 6, model 1), AVX-512), torch" in leaderboard_markdown(result)
+    result["rows"][0].update(commits={"0": "abc1234", "1": "abc1234"}, resumed_at={"0": [], "1": []})
+    assert "every run trained at abc1234." in leaderboard_markdown(result)  # none resumed: nothing said
+    result["rows"][0]["resumed_at"]["1"] = ["def5678"]  # a finished run resumed to choose its weights again
+    assert ("every run trained at abc1234; runs resumed at def5678 (Psychometry, dense FFN): continued, or "
+            "finished and their weights chosen again by the current rule." in leaderboard_markdown(result))
     assert "Ecphory" not in leaderboard_markdown(result)  # no Ecphory row: no note about one
     assert "validation curves" not in leaderboard_markdown(result)  # no curve: no figure to link
     assert "Paired over training seeds" not in leaderboard_markdown(result)

@@ -355,8 +355,18 @@ def seed_commits(model: str, runs: Path, seeds: list[str]) -> dict[str, str | No
     RUNS/MODEL, the others' RUNS/MODEL-seedN, as `seed_retrievals` names them), read from the run's model.json;
     None where a run predates runs recording it. A bench resumed across commits so says which code made each
     row."""
-    names = {seed: model if index == 0 else f"{model}-seed{seed}" for index, seed in enumerate(seeds)}
-    return {seed: run_commit(runs / name) for seed, name in names.items()}
+    return {seed: run_commit(runs / name) for seed, name in _seed_runs(model, seeds).items()}
+
+
+def seed_resumptions(model: str, runs: Path, seeds: list[str]) -> dict[str, list[str]]:
+    """The commits each of a row's training seeds was resumed at (its model.json's ``resumed_at``): a run
+    interrupted and continued, or a finished run resumed to choose its weights again under a newer rule."""
+    return {seed: json.loads((runs / name / "model.json").read_text()).get("resumed_at", [])
+            for seed, name in _seed_runs(model, seeds).items()}
+
+
+def _seed_runs(model: str, seeds: list[str]) -> dict[str, str]:
+    return {seed: model if index == 0 else f"{model}-seed{seed}" for index, seed in enumerate(seeds)}
 
 
 def validation_curve(run: Path) -> dict | None:
@@ -464,6 +474,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         else:
             row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"], echo)
             row["commits"] = seed_commits(name, runs, list(row["seeds"]))
+            row["resumed_at"] = seed_resumptions(name, runs, list(row["seeds"]))
             if len(row["seeds"]) > 1:
                 row["seeds_mean"], row["seeds_ci95"] = student_t_interval(list(row["seeds"].values()))
         atomic_write_json(saved, row)
@@ -550,13 +561,20 @@ def cpu_model() -> str:
     except OSError:
         return platform.processor() or platform.machine()
     fields = dict(re.findall(r"^([^:\n]+?)\s*:\s*(.*)$", info.split("\n\n")[0], flags=re.MULTILINE))
-    family = f" (family {fields['cpu family']}, model {fields['model']})" if {"model", "cpu family"} <= fields.keys() else ""
+    family = (f" (family {fields['cpu family']}, model {fields['model']})" if {"model", "cpu family"} <= fields.keys()
+              else "")
     return f"{fields.get('model name', platform.machine())}{family}{', AVX-512' if ' avx512f' in info else ''}"
 
 
 def _trained_at_text(rows: list[dict]) -> str:
-    return trained_at_text({row["label"]: (row.get("commits") or {"": None}).values()
-                            for row in rows if not row.get("ecphory")})  # an Ecphory row: its model's run
+    trained = [row for row in rows if not row.get("ecphory")]  # an Ecphory row: its model's run
+    text = trained_at_text({row["label"]: (row.get("commits") or {"": None}).values() for row in trained})
+    resumed: dict[str, list[str]] = {}
+    for row in trained:
+        for commit in dict.fromkeys(c for commits in (row.get("resumed_at") or {}).values() for c in commits):
+            resumed.setdefault(commit, []).append(row["label"])
+    return text + "".join(f"; runs resumed at {commit} ({', '.join(labels)}): continued, or finished and their "
+                          f"weights chosen again by the current rule" for commit, labels in resumed.items())
 
 
 def trained_at_text(commits: dict[str, Iterable[str | None]]) -> str:
@@ -668,7 +686,8 @@ def leaderboard_markdown(result: dict) -> str:
            if any(r.get("resumed") for r in result["rows"]) else "."),
         *([f"Validation curves (each trained row's first seed; a ring marks the step whose weights were kept): "
            f"![validation curves]({result['curves_figure']})"] if result.get("curves_figure") else []),
-        f"Machine: {machine_info['cpus']} CPUs{' (' + machine_info['cpu'] + ')' if machine_info.get('cpu') else ''}, torch {machine_info['torch']} ({machine_info['threads']} threads), "
+        f"Machine: {machine_info['cpus']} CPUs{' (' + machine_info['cpu'] + ')' if machine_info.get('cpu') else ''}, "
+        f"torch {machine_info['torch']} ({machine_info['threads']} threads), "
         f"GPU {machine_info['cuda'] or 'none'}; page written at commit {result['commit']}; {result['date'][:19]} UTC; "
         f"{_trained_at_text(result['rows'])}.",
         f"**{result['note']}**",
