@@ -299,7 +299,9 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
     assert "every run trained at abc1234." in leaderboard_markdown(result)  # none resumed: nothing said
     result["rows"][0]["resumed_at"]["1"] = ["def5678"]  # a finished run resumed to choose its weights again
     assert ("every run trained at abc1234; runs resumed at def5678 (Psychometry, dense FFN): continued, or "
-            "finished and their weights chosen again by the current rule." in leaderboard_markdown(result))
+            "finished and their weights chosen again by that commit's rule." in leaderboard_markdown(result))
+    result["rows"][0]["resumed_at"]["1"] = [None]  # resumed where git could not name the commit
+    assert "runs resumed at an unrecorded commit (Psychometry, dense FFN)" in leaderboard_markdown(result)
     assert "Ecphory" not in leaderboard_markdown(result)  # no Ecphory row: no note about one
     assert "validation curves" not in leaderboard_markdown(result)  # no curve: no figure to link
     assert "Paired over training seeds" not in leaderboard_markdown(result)
@@ -447,11 +449,12 @@ def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(
     again = run_leaderboard(config, tmp_path / "fresh", echo=print)["rows"][0]
     assert not (tmp_path / "fresh" / "runs" / "mindreader-seed1" / "config.yaml").exists()  # never retrained
     assert again["seeds"]["1"] == row["seeds"]["1"] and again["commits"] == row["commits"]
+    assert again["resumed_at"] == {"0": [], "1": []}  # each seed's run read for resumptions: none here
     assert again["image_top1"] == pytest.approx(row["image_top1"])  # the first seed, retrained: the same run
     record = json.loads((tmp_path / "fresh" / WORLD_FINGERPRINT).read_text())
     betas = "subjects/subj01/betas.npy"
     assert betas in record["fingerprint"]
-    assert record["built_on"]["cpu"] and record["built_on"]["threads"] >= 1  # where the world was built: said
+    assert record["fingerprinted_on"]["cpu"] and record["fingerprinted_on"]["cpus"] >= 1  # the machine: said
     record["fingerprint"][betas] = [value + 0.001 for value in record["fingerprint"][betas]]  # the last digits
     (tmp_path / "fresh" / WORLD_FINGERPRINT).write_text(json.dumps(record))
     run_leaderboard(config, tmp_path / "fresh", echo=print)  # a world simulated again, up to float noise: accepted
@@ -459,3 +462,20 @@ def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(
     (tmp_path / "fresh" / WORLD_FINGERPRINT).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="other betas than the store"):
         run_leaderboard(config, tmp_path / "fresh", echo=print)  # a world simulated differently is refused
+
+
+@pytest.mark.parametrize("cpuinfo, named", [
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+     "model name\t: Intel(R) Xeon(R) Platinum 8480\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\n"
+     "processor\t: 1\nmodel name\t: another\n", "Intel(R) Xeon(R) Platinum 8480, family 6 model 143, AVX-512"),
+    ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7763\nflags\t\t: fpu avx2 avx512\n",
+     "AMD EPYC 7763, family 25 model 1"),  # 'avx512' alone is not the AVX-512 foundation flag
+    ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n",
+     "aarch64, implementer 0x41 part 0xd0c"),
+    ("processor\t: 0\nmodel name\t:\nflags\t\t: fpu avx512f\n", "x86_64, AVX-512"),  # an empty name, not the next line
+])
+def test_a_bench_names_the_cpu_from_its_cpuinfo(cpuinfo, named):
+    from brainrecon.bench.leaderboard import describe_cpu
+
+    fallback = "aarch64" if "implementer" in cpuinfo else "x86_64"
+    assert describe_cpu(cpuinfo, fallback) == named

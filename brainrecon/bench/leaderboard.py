@@ -174,9 +174,9 @@ def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
 
 def store_fingerprint(store: Store, values: int = 1000) -> dict[str, list[float]]:
     """About ``values`` values spread over each of the store's arrays (betas, the world's code): enough to tell
-    another world from this one. Not a hash: the same world built on CPUs whose float kernels differ (another
-    instruction set) may differ in the last digits, and worlds built before their thread count was fixed
-    (simworld's ``WORLD_THREADS``, 2026-12-04) differed by the builder's thread count, up to 8e-4 in a beta."""
+    another world from this one. Not a hash: builds of the same world differ in the last digits from machine to
+    machine (measured: up to 7.7e-4 in a beta of the default world, docs/simulated-world.md), and builds before
+    their thread count was fixed (simworld's ``WORLD_THREADS``) also by the builder's thread count."""
     fingerprint = {}
     for name in sorted(store.manifest["files"]):
         if name.endswith(".npy"):
@@ -190,8 +190,9 @@ def check_world_fingerprint(out: Path, store: Store) -> None:
     """Record the store's fingerprint on first use; afterwards refuse a store whose data differ from it by more
     than the last digits."""
     record, now = out / WORLD_FINGERPRINT, store_fingerprint(store)
-    if not record.is_file():  # the machine too: a world built on another CPU differs in the last digits
-        atomic_write_json(record, {"fingerprint": now, "built_on": machine()})
+    if not record.is_file():  # the machine too: a world built on another CPU differs in the last digits (the
+        # machine that first fingerprinted the store, which built it unless the store was put there ready-made)
+        atomic_write_json(record, {"fingerprint": now, "fingerprinted_on": machine()})
         return
     made_on = json.loads(record.read_text())["fingerprint"]
     differ = sorted(name for name in made_on.keys() | now.keys() if name not in made_on or name not in now
@@ -360,12 +361,15 @@ def seed_commits(model: str, runs: Path, seeds: list[str]) -> dict[str, str | No
 
 def seed_resumptions(model: str, runs: Path, seeds: list[str]) -> dict[str, list[str]]:
     """The commits each of a row's training seeds was resumed at (its model.json's ``resumed_at``): a run
-    interrupted and continued, or a finished run resumed to choose its weights again under a newer rule."""
+    interrupted and continued, or a finished run resumed to choose its weights again under a newer rule. Read
+    when the row is scored: a row saved before its runs were resumed says so only once its rows/NAME.json (and
+    its recons/NAME, metrics/NAME.json) are deleted and the bench run again."""
     return {seed: json.loads((runs / name / "model.json").read_text()).get("resumed_at", [])
             for seed, name in _seed_runs(model, seeds).items()}
 
 
 def _seed_runs(model: str, seeds: list[str]) -> dict[str, str]:
+    """Each training seed's run folder name: the first seed's is the row's own name."""
     return {seed: model if index == 0 else f"{model}-seed{seed}" for index, seed in enumerate(seeds)}
 
 
@@ -554,16 +558,27 @@ def machine() -> dict:
 
 
 def cpu_model() -> str:
-    """The CPU's model name and whether it runs AVX-512: float32 kernels differ between CPUs, so the same world or
+    """This machine's CPU, as `describe_cpu` names it: float32 kernels differ between CPUs, so the same world or
     run can differ in the last digits from one machine to another."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+        return describe_cpu(Path("/proc/cpuinfo").read_text(), platform.machine())
+    except OSError:  # not Linux
         return platform.processor() or platform.machine()
-    fields = dict(re.findall(r"^([^:\n]+?)\s*:\s*(.*)$", info.split("\n\n")[0], flags=re.MULTILINE))
-    family = (f" (family {fields['cpu family']}, model {fields['model']})" if {"model", "cpu family"} <= fields.keys()
-              else "")
-    return f"{fields.get('model name', platform.machine())}{family}{', AVX-512' if ' avx512f' in info else ''}"
+
+
+def describe_cpu(cpuinfo: str, fallback: str) -> str:
+    """The first processor's model name (``fallback`` without one) and its x86 family and model or ARM
+    implementer and part, and whether it runs AVX-512, from the text of /proc/cpuinfo."""
+    first = cpuinfo.split("\n\n")[0]
+    fields = {key.strip(): value.strip() for key, value in re.findall(r"^([^:\n]+):[ \t]*(.*)$", first, re.MULTILINE)}
+    parts = [fields.get("model name") or fields.get("cpu") or fallback]
+    if fields.get("cpu family") and fields.get("model"):
+        parts.append(f"family {fields['cpu family']} model {fields['model']}")
+    elif fields.get("CPU implementer") and fields.get("CPU part"):
+        parts.append(f"implementer {fields['CPU implementer']} part {fields['CPU part']}")
+    if " avx512f" in f" {fields.get('flags', '')}":
+        parts.append("AVX-512")
+    return ", ".join(parts)
 
 
 def _trained_at_text(rows: list[dict]) -> str:
@@ -572,9 +587,9 @@ def _trained_at_text(rows: list[dict]) -> str:
     resumed: dict[str, list[str]] = {}
     for row in trained:
         for commit in dict.fromkeys(c for commits in (row.get("resumed_at") or {}).values() for c in commits):
-            resumed.setdefault(commit, []).append(row["label"])
+            resumed.setdefault(commit or "an unrecorded commit", []).append(row["label"])
     return text + "".join(f"; runs resumed at {commit} ({', '.join(labels)}): continued, or finished and their "
-                          f"weights chosen again by the current rule" for commit, labels in resumed.items())
+                          f"weights chosen again by that commit's rule" for commit, labels in resumed.items())
 
 
 def trained_at_text(commits: dict[str, Iterable[str | None]]) -> str:

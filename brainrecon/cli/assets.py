@@ -10,7 +10,8 @@ import typer
 app = typer.Typer(help="Train and check the small model set for the simulated world.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
-THREADS_HELP = "torch CPU threads for this command (the library leaves torch's thread count alone)."
+THREADS_HELP = ("torch CPU threads for this command (the library leaves torch's thread count alone, except while "
+                "it simulates a world, at a fixed count).")
 
 
 def use_threads(threads: int) -> None:

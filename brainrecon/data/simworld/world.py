@@ -43,9 +43,9 @@ from brainrecon.rng import derive_rng
 
 EXTRA = "simworld"
 # The world is built with this many torch and BLAS threads whatever the machine has: a float32 matrix product
-# splits its sums by thread count, so a world built on 1 thread differed from one built on 2 in the fifth digit
-# of its code values and betas, and training on the two worlds drifted apart (docs/simulated-world.md). 2 is the
-# development machine's count, so worlds built there before this pin keep their bytes.
+# splits its sums by thread count, so the `tiny` world's betas differed between 1 and 2 threads (the default
+# world's code values by up to 1.8e-7; docs/simulated-world.md). 2 is the development machine's count, so worlds
+# built there before this pin keep their bytes. The caller's count is restored afterwards.
 WORLD_THREADS = 2
 
 
