@@ -13,7 +13,7 @@ from brainrecon.data.simworld import WorldConfig, load_subject_truth, load_world
 from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.encoding import image_features
 from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik, true_code
-from brainrecon.errors import ConfigError
+from brainrecon.errors import ConfigError, OutputError
 
 
 def test_scenes_have_categories_captions_and_configurable_resolution():
@@ -52,6 +52,19 @@ def test_same_seed_same_bytes_whatever_the_threads_other_seed_other_bytes(tmp_pa
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a/subjects/subj01/betas.npy").read_bytes() != (tmp_path / "c/subjects/subj01/betas.npy"
                                                                         ).read_bytes()
+
+
+def test_a_refused_world_build_gives_the_callers_thread_count_back(tmp_path, tiny_config):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("someone's data")
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(OutputError):  # refused inside the fixed-thread block
+            simulate_world(tiny_config, tmp_path / "data", progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(callers_threads)
 
 
 def test_world_builds_at_256_pixels(tmp_path, tiny_config):
