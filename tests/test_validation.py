@@ -111,7 +111,8 @@ def test_closed_form_models_refuse_a_validation_slice():
         validate_config(TrainConfig, {"model": {"kind": "ridge"}, "validation": {"fraction": 0.1}})
 
 
-@pytest.mark.parametrize("metric,confirm", [("cosine", False), ("centred_cosine", True)])
+@pytest.mark.parametrize("metric,confirm", [("cosine", False), ("centred_cosine", True),
+                                           ("slice_centred_cosine", True)])
 def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, tmp_path, metric, confirm):
     config = small_config("mindeye2", keep_checkpoints=1, max_steps=16,
                           validation={"fraction": 0.2, "every": 4, "select": "best", "metric": metric,
@@ -120,7 +121,8 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
     record = json.loads((run / "validation.json").read_text())
     steps = [entry["step"] for entry in record["curve"]]
     assert steps == [4, 8, 12, 16]
-    assert all(("centred_cosine" in e) == (metric == "centred_cosine") for e in record["curve"])
+    assert all((name in e) == (metric == name) for name in ("centred_cosine", "slice_centred_cosine")
+               for e in record["curve"])
     best = max(record["curve"], key=lambda e: (e[metric], e["retrieval"]))
     comparison = record["best_against_last"]  # taken whenever the best is not the last step
     assert (comparison is None) == (best["step"] == steps[-1]) and record["metric"] == metric
@@ -135,6 +137,7 @@ def test_a_run_scores_its_slice_and_returns_to_the_best_checkpoint(train_world, 
     log = (run / "log.csv").read_text()
     assert f"{steps[0]},0,val_retrieval," in log and ",val_cosine," in log
     assert (",val_centred_cosine," in log) == (metric == "centred_cosine")
+    assert (",val_slice_centred_cosine," in log) == (metric == "slice_centred_cosine")
     # the record keeps the slice apart from what trained
     saw = json.loads((run / "training_stimuli.json").read_text())
     store = open_store(train_world)
@@ -220,6 +223,31 @@ def test_the_centred_cosine_sees_through_a_prediction_of_the_training_mean(train
         items = slice_.item_scores(informative, "cpu", metric)
         assert len(items) == len(truth) and float(items.mean()) == pytest.approx(informed[metric])
     assert "centred_cosine" not in ValidationSet(store, held, targets, "image_pooled").score(informative, "cpu")
+
+
+def test_the_slice_centred_cosine_sees_through_the_mean_and_an_offset_alike(train_world):
+    store = open_store(train_world)
+    train_rows, held = split_validation(store, {"subj01": training_rows(store, "subj01", 0)}, 0.2, seed=0)
+    ids = np.unique(store.subject("subj01").trials.stimulus_id)
+    values = 3.0 + np.random.default_rng(0).standard_normal((len(ids), 20))
+    targets = Targets(TargetSpace({"image_pooled": (20,)}), ids, {"image_pooled": values.astype(np.float32)})
+    slice_ = ValidationSet(store, held, targets, "image_pooled", training_rows=train_rows, slice_centred=True)
+    truth = targets.get("image_pooled", slice_.stimulus_ids["subj01"])
+    slice_.betas["subj01"] = torch.arange(len(truth), dtype=torch.float32)[:, None]
+    centre = slice_.centres["subj01"].numpy()
+    noise = 0.1 * np.random.default_rng(1).standard_normal(truth.shape).astype(np.float32)
+    near_mean = _Lookup(centre + noise)  # says nothing about the stimulus
+    informative = centre + (truth - centre) + noise
+    # the same prediction scaled down onto an offset far from the targets' mean (as Mind Reader's clamped and
+    # normalised predictions sit): what it says about each stimulus is unchanged
+    uninformed, plain, shifted = (slice_.score(model, "cpu") for model in
+                                  (near_mean, _Lookup(informative), _Lookup(-4.0 + 0.2 * informative)))
+    assert abs(uninformed["slice_centred_cosine"]) < 0.2 and plain["slice_centred_cosine"] > 0.95
+    assert shifted["slice_centred_cosine"] == pytest.approx(plain["slice_centred_cosine"], abs=1e-5)  # invariant
+    assert plain["centred_cosine"] > 0.95 > 0.2 > shifted["centred_cosine"]  # the training-centred one misled
+    assert better(shifted, uninformed, "slice_centred_cosine") and better(uninformed, shifted, "centred_cosine")
+    items = slice_.item_scores(_Lookup(informative), "cpu", "slice_centred_cosine")  # one subject: items average
+    assert float(items.mean()) == pytest.approx(plain["slice_centred_cosine"])
 
 
 class _LookupWithLatents(_Lookup):

@@ -201,6 +201,8 @@ def _validation_note(record: dict | None) -> str:
     kept = (f"The final weights are those of step {chosen} ({rule}: val_retrieval "
             f"{100 * entry['retrieval']:.1f}%, val_cosine {entry['cosine']:.3f}"
             + (f", val_centred_cosine {entry['centred_cosine']:.3f}" if "centred_cosine" in entry else "")
+            + (f", val_slice_centred_cosine {entry['slice_centred_cosine']:.3f}"
+               if "slice_centred_cosine" in entry else "")
             + (f", val_lowlevel_corr {entry['lowlevel_corr']:.3f}" if "lowlevel_corr" in entry else "")
             + "; dashed line)." if chosen is not None
             else "Training did not finish, so no weights were chosen yet.")

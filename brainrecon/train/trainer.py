@@ -274,6 +274,7 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, rows: dict[str,
     if held_out and main:  # scored on the main process only, at checkpoints (every process has the same weights)
         validation = ValidationSet(store, held_out, targets, model.retrieval_target,
                                    training_rows=rows if config.validation.metric == "centred_cosine" else None,
+                                   slice_centred=config.validation.metric == "slice_centred_cosine",
                                    lowlevel="lowlevel" in model.required_targets)
         record = ValidationRecord(run.path, config.validation, validation.stimuli(), start_step)
 
@@ -329,7 +330,8 @@ def _train(config: TrainConfig, store: Store, model: BrainModel, rows: dict[str,
                 score = validation.score(unwrapped, accelerator.device)
                 record.add(done, score)
                 log.write(done, epoch, {f"val_{name}": score[name] for name in
-                                        ("retrieval", "cosine", "centred_cosine", "lowlevel_l1", "lowlevel_corr")
+                                        ("retrieval", "cosine", "centred_cosine", "slice_centred_cosine",
+                                         "lowlevel_l1", "lowlevel_corr")
                                         if name in score})
             if main:
                 best = record.best if record is not None else None

@@ -9,13 +9,15 @@ config's subjects' stimuli, so a stimulus is held out for every subject that saw
 A validation score is taken at checkpoints (and every ``validation.every`` steps, each of which
 then checkpoints too), so ``select: best`` can always go back to the scored weights: the best
 checkpoint is kept out of the rotation. The scores go to RUN/log.csv (``val_retrieval``,
-``val_cosine`` and, with that metric, ``val_centred_cosine``; plotted by the report) and, per subject,
+``val_cosine`` and, with their metrics, ``val_centred_cosine`` or ``val_slice_centred_cosine``; plotted by the
+report) and, per subject,
 to RUN/validation.json.
 
 The score is MindEye's test protocol on the slice: repeats averaged at the input, the model's
 retrieval prediction compared by cosine with every held-out stimulus's target, top-1 over all of
 them (not 300-way: the slice is smaller), and the mean cosine to the true target (with the
-``centred_cosine`` metric, also centred with the training stimuli's mean target). A model with a
+``centred_cosine`` metric, also centred with the training stimuli's mean target; with
+``slice_centred_cosine``, predictions and truths each centred with their own mean over the slice). A model with a
 low-level head (MindEye's VAE-latent path) is also scored on its latents: their mean absolute error
 (the head's training loss, MindEye2 §2.3) and their mean Pearson correlation with the true latents,
 so the curve shows whether that head, which the retrieval score never sees, has stopped learning.
@@ -61,8 +63,11 @@ class ValidationConfig(StrictConfig):
     # end), but it also penalises a prediction whose mean or scale is off the targets', which retrieval ignores:
     # Mind Reader-style's centred cosine peaks near step 500 of 5,080, where its validation retrieval is about
     # 0.3, and falls while the retrieval rises to 0.6 (22.0% 300-way on test against 42.2% by the plain cosine,
-    # three seeds each; docs/benchmarks/checkpoint-rule.md)
-    metric: Literal["cosine", "centred_cosine", "retrieval"] = "cosine"
+    # three seeds each; docs/benchmarks/checkpoint-rule.md). "slice_centred_cosine": the cosine after subtracting
+    # from the predictions their own mean over the subject's slice, and from the truths theirs, so neither a
+    # prediction near one mean nor an offset or scale that retrieval ignores moves it (a trial, measured in
+    # docs/benchmarks/checkpoint-rule.md)
+    metric: Literal["cosine", "centred_cosine", "slice_centred_cosine", "retrieval"] = "cosine"
     # with select: best, keep an earlier checkpoint only if it beats the last weights beyond the slice's noise: the
     # 95% Student-t interval of its paired gain in `metric` over the slice's stimuli excludes zero. Otherwise the
     # last weights, which saw the whole schedule, as the papers' fixed-budget runs keep. The maximum over dozens of
@@ -113,11 +118,13 @@ class ValidationSet:
 
     def __init__(self, store: Store, rows: dict[str, np.ndarray], targets: Targets, target_name: str,
                  batch_size: int = 256, training_rows: dict[str, np.ndarray] | None = None,
-                 lowlevel: bool = False):
+                 lowlevel: bool = False, slice_centred: bool = False):
         """``training_rows``: each subject's training rows, whose stimuli's mean target centres the
         ``centred_cosine`` score (none given: that score is not taken). ``lowlevel``: also score the model's
-        ``lowlevel`` prediction against the ``lowlevel`` target (VAE latents)."""
+        ``lowlevel`` prediction against the ``lowlevel`` target (VAE latents). ``slice_centred``: also take the
+        ``slice_centred_cosine`` score."""
         self.targets, self.target_name, self.batch_size, self.lowlevel = targets, target_name, batch_size, lowlevel
+        self.slice_centred = slice_centred
         self.betas: dict[str, torch.Tensor] = {}
         self.stimulus_ids: dict[str, np.ndarray] = {}
         self.centres: dict[str, torch.Tensor] = {}
@@ -158,6 +165,7 @@ class ValidationSet:
                 if latents is not None:
                     per_subject[subject].update(self._lowlevel_scores(latents, self.stimulus_ids[subject]))
         names = (["retrieval", "cosine"] + (["centred_cosine"] if self.centres else [])
+                 + (["slice_centred_cosine"] if self.slice_centred else [])
                  + (["lowlevel_l1", "lowlevel_corr"] if self.lowlevel else []))
         return {**{name: float(np.mean([v[name] for v in per_subject.values()])) for name in names},
                 "subjects": per_subject}
@@ -173,8 +181,8 @@ class ValidationSet:
 
     def _subject_items(self, model: BrainModel, subject: str,
                        device: torch.device | str) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Each held-out stimulus's retrieval hit (0 or 1), cosine and (with centres) centred cosine, and the
-        predicted low-level latents (None without that head)."""
+        """Each held-out stimulus's retrieval hit (0 or 1), cosine, (with centres) centred cosine and (with
+        slice_centred) slice-centred cosine, and the predicted low-level latents (None without that head)."""
         betas = self.betas[subject]
         # only the scored outputs are kept from each batch (at NSD size MindEye2's backbone is ~1.7 MB a stimulus)
         wanted = (model.retrieval_target,) + (("lowlevel",) if self.lowlevel else ())
@@ -192,6 +200,9 @@ class ValidationSet:
         if subject in self.centres:
             centre = self.centres[subject]
             items["centred_cosine"] = F.cosine_similarity(predicted - centre, truth - centre, dim=1).double()
+        if self.slice_centred:
+            items["slice_centred_cosine"] = F.cosine_similarity(predicted - predicted.mean(0), truth - truth.mean(0),
+                                                                dim=1).double()
         latents = torch.cat([out["lowlevel"] for out in outputs]) if self.lowlevel else None
         return items, latents
 
@@ -269,7 +280,10 @@ class ValidationRecord:
                                       "metric": self.config.metric, "stimuli": self.stimuli,
                                       "scores": "retrieval: top-1 among the slice; cosine: mean cosine to the truth; "
                                                 "centred_cosine (with that metric): the same, both centred with "
-                                                "the subject's training stimuli's mean target; lowlevel_l1 and "
+                                                "the subject's training stimuli's mean target; "
+                                                "slice_centred_cosine (with that metric): the same, predictions "
+                                                "and truths each centred with their own mean over the subject's "
+                                                "slice; lowlevel_l1 and "
                                                 "lowlevel_corr (with a low-level head): the predicted VAE latents' "
                                                 "mean absolute error and mean correlation with the truth",
                                       "confirm": self.config.confirm, "chosen_step": chosen_step,
