@@ -237,7 +237,7 @@ def test_the_slice_centred_cosine_sees_through_the_mean_and_an_offset_alike(trai
     centre = slice_.centres["subj01"].numpy()
     noise = 0.1 * np.random.default_rng(1).standard_normal(truth.shape).astype(np.float32)
     near_mean = _Lookup(centre + noise)  # says nothing about the stimulus
-    informative = centre + (truth - centre) + noise
+    informative = truth + noise
     # the same prediction scaled down onto an offset far from the targets' mean (as Mind Reader's clamped and
     # normalised predictions sit): what it says about each stimulus is unchanged
     uninformed, plain, shifted = (slice_.score(model, "cpu") for model in
