@@ -1,6 +1,7 @@
 """The simulated world: scenes, determinism, noise ceilings, the oracle, ceilings, shared archetypes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,6 +292,16 @@ def test_presets_validate():
     nsd = load_config(WorldConfig, "nsd-scale", "worlds")
     assert default.n_subjects == 4 and 1500 <= default.voxels.min and default.voxels.max <= 2500
     assert nsd.n_train_images == 9000 and nsd.n_test_images == 1000 and nsd.voxels.min >= 13000
+
+
+def test_the_frontier_world_files_validate_and_name_their_own_command():
+    """benchmarks/worlds/ holds the ceiling frontier's variant worlds (docs/simulated-world.md); each file's
+    header says how to measure it, so a copied file that kept another's command would mislead."""
+    worlds = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "worlds").glob("*.yaml"))
+    assert len(worlds) >= 8
+    for path in worlds:
+        load_config(WorldConfig, path, "worlds")
+        assert f"--config benchmarks/worlds/{path.name} " in path.read_text(), path.name
 
 
 def test_presets_name_their_vision_model_and_the_control_keeps_the_old_world():
