@@ -173,3 +173,13 @@ def test_the_demo_trains_the_deep_model_its_choice_benchmark_recorded():
     config = deep_model_config(DEEP, training_seed=3)
     assert (config.steps, config.seed, config.eval.way) == (DEEP.steps, 3, 300)
     assert config.model["kind"] == "mindeye2" and config.model["target"] == "image_pooled"
+
+
+def test_the_demos_help_names_the_deep_model_it_trains():
+    import inspect
+
+    from brainrecon.cli.demo import demo
+    from brainrecon.demo import DEEP
+
+    help_text = inspect.signature(demo).parameters["deep_steps"].default.help
+    assert DEEP.preset in help_text and DEEP.label in help_text

@@ -13,9 +13,9 @@ def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output
          images: int = typer.Option(30, "--images", min=1,
                                     help="Test images to reconstruct (with and without Ecphory)."),
          deep_steps: int | None = typer.Option(None, "--deep-steps", min=0,
-                                               help="Optimiser steps of the deep model (MindBridge-style) trained "
-                                                    "beside the ridge (default: what fits the demo's five minutes); "
-                                                    "0 leaves it out."),
+                                               help="Optimiser steps of the deep model trained beside the ridge "
+                                                    "(MindEye2-style, pooled: preset sim-mindeye2-pooled; default: "
+                                                    "what fits the demo's five minutes); 0 leaves it out."),
          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """The main job on the simulated world: simulate, fit ridge, train a deep model, compare them with the
     oracle and each space's ceiling, reconstruct."""
