@@ -182,4 +182,4 @@ def test_the_demos_help_names_the_deep_model_it_trains():
     from brainrecon.demo import DEEP
 
     help_text = inspect.signature(demo).parameters["deep_steps"].default.help
-    assert DEEP.preset in help_text and DEEP.label in help_text
+    assert DEEP.preset in help_text and DEEP.label in help_text and f"default: {DEEP.steps}," in help_text

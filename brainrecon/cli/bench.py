@@ -9,7 +9,8 @@ import typer
 from brainrecon.errors import OutputError
 from brainrecon.io import atomic_copy
 
-app = typer.Typer(help="Benchmarks: the leaderboard against the oracle, data efficiency.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: the leaderboard against the oracle, data efficiency, Ecphory, the low-level "
+                       "path.", no_args_is_help=True)
 
 
 def check_doc(doc: Path | None) -> None:
@@ -35,7 +36,9 @@ def show_and_copy(out: Path, name: str, doc: Path | None) -> None:
 
 
 @app.command("leaderboard")
-def leaderboard(preset: str = typer.Option("default", "--preset", help="A bench preset (default, smoke) or YAML."),
+def leaderboard(preset: str = typer.Option("default", "--preset",
+                                           help="A leaderboard preset (a file of brainrecon/configs/bench/, e.g. "
+                                                "default, smoke, equal-budget) or YAML."),
                 out: Path = typer.Option(Path("brainrecon-leaderboard"), "--out",
                                          help="Working folder (store, runs, rows); resumes what it finds."),
                 doc: Path | None = typer.Option(None, "--doc", help="Also copy leaderboard.md here, e.g. "
@@ -59,7 +62,9 @@ def efficiency(preset: str = typer.Option("efficiency-default", "--preset",
                                           help="A bench preset (efficiency-default, efficiency-smoke) or YAML."),
                out: Path = typer.Option(Path("brainrecon-efficiency"), "--out",
                                         help="Working folder (store, runs, rows); resumes what it finds."),
-               doc: Path | None = typer.Option(None, "--doc", help="Also copy efficiency.md (and its plot) here.")
+               doc: Path | None = typer.Option(None, "--doc", help="Also copy efficiency.md here, with "
+                                                                "efficiency.json and its plot beside it, e.g. "
+                                                                "docs/benchmarks/efficiency.md.")
                ) -> None:
     """Per-subject vs multi-subject training with 1, 2, 4, all sessions; new-subject adaptation."""
     from brainrecon.bench.efficiency import EfficiencyConfig, run_efficiency

@@ -11,11 +11,12 @@ def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output
                                                                           "an earlier demo)."),
          config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
          images: int = typer.Option(30, "--images", min=1,
-                                    help="Test images to reconstruct (with and without Ecphory)."),
+                                    help="The first subject's test images to reconstruct (with and "
+                                         "without Ecphory)."),
          deep_steps: int | None = typer.Option(None, "--deep-steps", min=0,
                                                help="Optimiser steps of the deep model trained beside the ridge "
                                                     "(MindEye2-style, pooled: preset sim-mindeye2-pooled; default: "
-                                                    "what fits the demo's five minutes); 0 leaves it out."),
+                                                    "512, what fits the demo's five minutes); 0 leaves it out."),
          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """The main job on the simulated world: simulate, fit ridge, train a deep model, compare them with the
     oracle and each space's ceiling, reconstruct."""

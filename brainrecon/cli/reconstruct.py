@@ -78,11 +78,12 @@ def reconstruct_command(
         ecphory: bool = typer.Option(True, "--ecphory/--no-ecphory",
                                      help="Retrieval-enhanced inference, with the setting the run chose on its "
                                           "held-out training stimuli (RUN/ecphory.json; may be off)."),
-        keys: str | None = typer.Option(None, "--keys", help="Ecphory memory keys: prediction or brain "
-                                                             "(default: the run's choice)."),
-        k: int | None = typer.Option(None, "--k", help="Ecphory: memories per image (default: the run's choice)."),
+        keys: str | None = typer.Option(None, "--keys", help="Ecphory memory keys: prediction or brain. Giving "
+                                                             "any of --keys/--k/--alpha replaces the run's choice; "
+                                                             "the others are then prediction / 10 / 0.6."),
+        k: int | None = typer.Option(None, "--k", help="Ecphory: memories per image (see --keys)."),
         alpha: float | None = typer.Option(None, "--alpha", help="Ecphory: weight of the brain prediction, 1 = no "
-                                                                 "memory (default: the run's choice)."),
+                                                                 "memory (see --keys)."),
         oracle_selection: bool = typer.Option(False, "--oracle-selection",
                                               help="Pick samples by the TRUE image (leaks the answer; only to "
                                                    "compare with published figures). Labelled in every output."),

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 
-def train_command(config: str = typer.Option(..., "--config", help="Train preset name (see `brainrecon train "
-                                                                   "--list`) or a YAML path."),
+def train_command(config: str = typer.Option(..., "--config", help="A train preset (a file of "
+                                                                   "brainrecon/configs/train/, e.g. sim-mindbridge, "
+                                                                   "nsd-mindeye2) or a YAML path."),
                   data: Path = typer.Option(..., "--data", help="The store to train on."),
                   out: Path = typer.Option(..., "--out", help="Run directory to create (or continue)."),
                   resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest "
@@ -20,7 +21,10 @@ def train_command(config: str = typer.Option(..., "--config", help="Train preset
                                                                           "(overrides targets.clip)."),
                   vae: Optional[str] = typer.Option(None, "--vae", help="Local VAE directory for low-level "
                                                                         "targets (overrides targets.vae)."),
-                  max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
+                  max_steps: Optional[int] = typer.Option(None, "--max-steps",
+                                                          help="Stop after this many steps (the schedules still "
+                                                               "span the preset's budget: a cut-short run, for "
+                                                               "smoke tests)."),
                   progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
     """Train a brain model on a store; writes weights, logs, checkpoints and held-out retrieval to --out.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-store_app = typer.Typer(help="Inspect and verify data stores.", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect, verify and import data stores.", no_args_is_help=True)
 
 
 def simulate(config: str = typer.Option("default", "--config", help="World preset name or YAML path."),
