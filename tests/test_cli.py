@@ -183,3 +183,19 @@ def test_the_demos_help_names_the_deep_model_it_trains():
 
     help_text = inspect.signature(demo).parameters["deep_steps"].default.help
     assert DEEP.preset in help_text and DEEP.label in help_text and f"default: {DEEP.steps}," in help_text
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import typer
+
+    from brainrecon.cli.main import app
+
+    def undocumented(command, path):
+        if hasattr(command, "commands"):  # a group: walk its commands
+            return [hit for name, sub in command.commands.items() for hit in undocumented(sub, [*path, name])]
+        return [f"{' '.join(path)} {param.opts[0]}" for param in command.params
+                if param.param_type_name == "option" and not param.hidden and not param.help]
+
+    root = typer.main.get_command(app)
+    assert len(root.commands) > 10
+    assert undocumented(root, ["brainrecon"]) == []

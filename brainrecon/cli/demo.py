@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from brainrecon.cli.options import PROGRESS_HELP
+
 
 def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output folder (replaced if it holds "
                                                                           "an earlier demo)."),
@@ -17,7 +19,7 @@ def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output
                                                help="Optimiser steps of the deep model trained beside the ridge "
                                                     "(MindEye2-style, pooled: preset sim-mindeye2-pooled; default: "
                                                     "512, what fits the demo's five minutes); 0 leaves it out."),
-         progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+         progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """The main job on the simulated world: simulate, fit ridge, train a deep model, compare them with the
     oracle and each space's ceiling, reconstruct."""
     from brainrecon.demo import DEEP_STEPS, run_demo

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from brainrecon.cli.options import DATA_HELP, DEVICE_HELP
+
 
 def evaluate_command(
         run: Path = typer.Option(..., "--run", help="A finished training run."),
         recons: Path | None = typer.Option(None, "--recons", help="Reconstructions from `brainrecon reconstruct` "
                                                                   "(without: retrieval and embedding cosine only)."),
-        data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
+        data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
         weights: Path | None = typer.Option(None, "--weights", help="Local folder with the standard AlexNet, "
                                                                     "InceptionV3, EfficientNet-B1 and SwAV files."),
         clip: str | None = typer.Option(None, "--clip", help="CLIP folder for the CLIP metric (OpenAI ViT-L/14 "
@@ -22,7 +24,7 @@ def evaluate_command(
         allow_test_normalization: bool = typer.Option(
             False, "--allow-test-normalization",
             help="Score betas z-scored with test statistics (MindEye's files), labelled NOT held out."),
-        device: str = typer.Option("cpu", "--device")) -> None:
+        device: str = typer.Option("cpu", "--device", help=DEVICE_HELP)) -> None:
     """The field's metrics for a run, per subject and averaged with 95% CIs; writes metrics.json."""
     from brainrecon.config import validate_config
     from brainrecon.evaluate.evaluation import EvaluateConfig, evaluate_run, metrics_table

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from brainrecon.cli.options import PROGRESS_HELP
 from brainrecon.errors import BrainreconError, StoreError
 
 app = typer.Typer(help="Natural Scenes Dataset (NSD) preparation.", no_args_is_help=True)
@@ -57,13 +58,15 @@ def prepare(
     space: str = typer.Option("func1pt8mm", "--space", help="Volume space folder."),
     roi: str = typer.Option("nsdgeneral", "--roi", help="ROI mask name (roi/<ROI>.nii.gz; voxels with label > 0)."),
     sessions: Optional[str] = typer.Option(None, "--sessions", help="Use only each subject's first N sessions, or "
-                                                                    "'available': each subject the sessions it has."),
+                                                                    "'available': each subject the sessions it has "
+                                                                    "(default: each subject's NSD core sessions, "
+                                                                    "40, 32 or 30; a missing one is an error)."),
     betas: str = typer.Option("betas_fithrf_GLMdenoise_RR", "--betas", help="Beta version folder."),
     betas_format: str = typer.Option("auto", "--betas-format", help="auto (HDF5 if present, else NIfTI), hdf5 "
                                                                     "or nifti."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored betas dtype: float32 or float16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
     more_subjects: Optional[list[str]] = typer.Argument(None, hidden=True),
 ) -> None:
     """Read NSD betas, design, stimuli and captions; write a store. Re-run the same command to resume."""
@@ -102,7 +105,7 @@ def import_mindeye1_command(
     subject: int = typer.Option(..., "--subject", help="NSD subject number 1..8."),
     out: Path = typer.Option(..., "--out", help="Store to create (written atomically)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Import MindEye1's published webdataset shards (pscotti/naturalscenesdataset) for one subject."""
     from brainrecon.data.mindeye1_files import import_mindeye1
@@ -124,7 +127,7 @@ def import_mindeye2_command(
     out: Path = typer.Option(..., "--out", help="Store to create (written atomically)."),
     sessions: Optional[int] = typer.Option(None, "--sessions", help="Use only the first N sessions."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Import MindEye2's published betas, images and behaviour tars (pscotti/mindeyev2) for one subject."""
     from brainrecon.data.mindeye2_files import import_mindeye2

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from brainrecon.cli.options import DATA_HELP, DEVICE_HELP, PROGRESS_HELP, SUBJECTS_HELP
+
 memory_app = typer.Typer(help="Ecphory: per-subject memories of a trained run.", no_args_is_help=True)
 bank_app = typer.Typer(help="Retrieval from a large local image bank (MindEye1's LAION-style retrieval).",
                        no_args_is_help=True)
@@ -17,8 +19,8 @@ def _subjects(value: str | None) -> list[str] | None:
 
 @memory_app.command("build")
 def memory_build(run: Path = typer.Option(..., "--run", help="A finished training run."),
-                 data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
-                 subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated (default: all)."),
+                 data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+                 subjects: str | None = typer.Option(None, "--subjects", help=SUBJECTS_HELP),
                  keys: str = typer.Option("prediction,brain", "--keys",
                                           help="Memory keys to build: prediction (the model's), brain (the fMRI), "
                                                "or both, comma-separated."),
@@ -27,7 +29,7 @@ def memory_build(run: Path = typer.Option(..., "--run", help="A finished trainin
                  choose: bool = typer.Option(True, "--choose/--no-choose",
                                              help="Then choose Ecphory's keys, k and alpha on the run's held-out "
                                                   "training stimuli (RUN/ecphory.json), as `reconstruct` would."),
-                 progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+                 progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """Per-subject memories of the run's trained stimuli, and the Ecphory setting chosen on held-out ones."""
     from brainrecon.config import validate_config
     from brainrecon.evaluate.ecphory import ecphory_embedding_scores
@@ -72,8 +74,8 @@ def memory_build(run: Path = typer.Option(..., "--run", help="A finished trainin
 def reconstruct_command(
         run: Path = typer.Option(..., "--run", help="A finished training run."),
         out: Path = typer.Option(..., "--out", help="Folder for PNGs and manifest.json."),
-        data: Path | None = typer.Option(None, "--data", help="Store (default: the run's)."),
-        subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated (default: all)."),
+        data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+        subjects: str | None = typer.Option(None, "--subjects", help=SUBJECTS_HELP),
         samples: int = typer.Option(4, "--samples", help="Images generated per test image; one is kept."),
         ecphory: bool = typer.Option(True, "--ecphory/--no-ecphory",
                                      help="Retrieval-enhanced inference, with the setting the run chose on its "
@@ -90,7 +92,8 @@ def reconstruct_command(
         generator: str = typer.Option("unclip", "--generator", help="unclip or versatile."),
         generator_path: str = typer.Option("simworld", "--generator-path",
                                            help="Local pipeline directory ('simworld': the shipped decoder)."),
-        steps: int = typer.Option(25, "--steps"), guidance: float = typer.Option(3.0, "--guidance"),
+        steps: int = typer.Option(25, "--steps", help="Denoising steps per sample."),
+        guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
         lowlevel: bool = typer.Option(False, "--lowlevel/--no-lowlevel",
                                       help="MindEye's low-level path: img2img from the image decoded from the "
                                            "predicted VAE latents (a run trained with lowlevel targets)."),
@@ -99,9 +102,10 @@ def reconstruct_command(
                                                             "(default: the run's choice on held-out training "
                                                             "stimuli)."),
         n_images: int | None = typer.Option(None, "--n-images", help="Only the first N test images."),
-        device: str = typer.Option("cpu", "--device"), seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed (each image's samples are seeded from it)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier reconstructions in --out."),
-        progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+        progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """Reconstruct test images from brain activity with a trained run; honest selection by default."""
     from brainrecon.config import validate_config
     from brainrecon.evaluate.choice import make_choices
@@ -130,8 +134,9 @@ def bank_build(images: Path = typer.Option(..., "--images", help="Folder of imag
                clip: Path = typer.Option(..., "--clip", help="Local CLIP directory ('simworld' allowed)."),
                out: Path = typer.Option(..., "--out", help="Bank directory (resumes an interrupted build)."),
                index: str = typer.Option("auto", "--index", help="auto, exact, ivf, ivfpq or hnsw."),
-               batch_size: int = typer.Option(64, "--batch-size", min=1), device: str = typer.Option("cpu", "--device"),
-               progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+               batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per CLIP forward pass."),
+               device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+               progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """Embed a folder of images with CLIP into a faiss index."""
     from brainrecon.config import check_device
     from brainrecon.embed.clip import ClipImageEmbedder
@@ -149,9 +154,9 @@ def bank_build(images: Path = typer.Option(..., "--images", help="Folder of imag
 def bank_search(bank: Path = typer.Option(..., "--bank", help="A bank from `brainrecon bank build`."),
                 run: Path = typer.Option(..., "--run", help="A finished run predicting CLIP image embeddings."),
                 out: Path = typer.Option(..., "--out", help="JSON file for the results."),
-                data: Path | None = typer.Option(None, "--data"),
-                subjects: str | None = typer.Option(None, "--subjects"),
-                k: int = typer.Option(16, "--k", min=1)) -> None:
+                data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+                subjects: str | None = typer.Option(None, "--subjects", help=SUBJECTS_HELP),
+                k: int = typer.Option(16, "--k", min=1, help="Bank images per test trial.")) -> None:
     """The bank images nearest to each test trial's predicted embedding."""
     from brainrecon.io import atomic_write_json, check_output_file
     from brainrecon.reconstruct import search_bank

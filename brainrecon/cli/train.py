@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from brainrecon.cli.options import PROGRESS_HELP
+
 
 def train_command(config: str = typer.Option(..., "--config", help="A train preset (a file of "
                                                                    "brainrecon/configs/train/, e.g. sim-mindbridge, "
@@ -25,7 +27,7 @@ def train_command(config: str = typer.Option(..., "--config", help="A train pres
                                                           help="Stop after this many steps (the schedules still "
                                                                "span the preset's budget: a cut-short run, for "
                                                                "smoke tests)."),
-                  progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+                  progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """Train a brain model on a store; writes weights, logs, checkpoints and held-out retrieval to --out.
 
     Multi-GPU / multi-node: `torchrun --nproc_per_node=N -m brainrecon.cli train ...` (or `accelerate launch`).

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from brainrecon.cli.options import PROGRESS_HELP
+
 store_app = typer.Typer(help="Inspect, verify and import data stores.", no_args_is_help=True)
 
 
@@ -17,7 +19,7 @@ def simulate(config: str = typer.Option("default", "--config", help="World prese
              score: bool = typer.Option(True, "--score/--no-score", help="Compute, store and print the oracle, "
                                                                          "each target space's ceiling and a ridge."),
              way: int = typer.Option(300, "--way", min=2, help="N-way retrieval (the field reports 300)."),
-             progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+             progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """Simulate a multi-subject world into a store; print the oracle, each target space's ceiling and a ridge."""
     from brainrecon.config import load_config
     from brainrecon.data import open_store
@@ -74,8 +76,8 @@ def store_import_bdata(file: Path = typer.Option(..., "--file", help="BData HDF5
                        roi: str = typer.Option("ROI_VC", "--roi", help="ROI flag key selecting voxels."),
                        image_size: int = typer.Option(256, "--image-size", help="Square size images are "
                                                                                  "stored at."),
-                       overwrite: bool = typer.Option(False, "--overwrite"),
-                       progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
+                       progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """Import a Kamitani-lab BData file (Generic Object Decoding) as a store."""
     from brainrecon.data.bdata import import_bdata
 
