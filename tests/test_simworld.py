@@ -161,6 +161,30 @@ def test_ceilings_are_computed_stored_and_ordered(tiny_world):
     assert readouts <= {"linear", "contrastive"} | {f"pseudo-inverse, lambda {x:g}" for x in (0.01, 0.1, 1.0, 10.0)}
 
 
+def test_contrastive_readout_takes_every_stimulus_up_to_its_batch_then_seeded_random_batches(monkeypatch):
+    """Up to ``batch`` stimuli every step sees them all (the default world's read-out, unchanged); beyond, each
+    step draws a seeded random batch, so the cost grows with the stimuli, not their square."""
+    from brainrecon.evaluate import ceilings
+    from brainrecon.models.ridge import Ridge, RidgeConfig
+
+    rng = np.random.default_rng(0)
+    code = rng.standard_normal((60, 8))
+    targets = code @ rng.standard_normal((8, 12)) + 0.1 * rng.standard_normal((60, 12))
+    code_map = Ridge(RidgeConfig()).fit(code, targets)
+    shapes, cross_entropy = [], torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy",
+                        lambda logits, labels: shapes.append(tuple(logits.shape)) or cross_entropy(logits, labels))
+    readout = lambda batch: ceilings._contrastive_readout(code_map, code, targets, seed=0, steps=3,  # noqa: E731
+                                                          batch=batch)
+    full = readout(60)
+    assert set(shapes) == {(60, 60)} and len(shapes) == 6  # both directions of each step
+    shapes.clear()
+    batched = readout(16)
+    assert set(shapes) == {(16, 16)} and len(shapes) == 6
+    assert not torch.allclose(full, batched)
+    torch.testing.assert_close(batched, readout(16))  # the batches are seeded
+
+
 def test_oracle_evidence_of_training_stimuli_is_for_choices_on_training_data(tiny_world):
     store = open_store(tiny_world)
     train = oracle_evidence(store, "subj01", "train")

@@ -161,20 +161,27 @@ class _Spectrum:
         return out
 
 
-def _leave_out(hat: torch.Tensor, n: int) -> torch.Tensor:
-    """(I - H_vv)^{-1} for a fold's hat block H_vv (without the intercept's 1/n, added here).
+def _leave_out_factor(hat: torch.Tensor, n: int) -> torch.Tensor:
+    """The Cholesky factor of I - H_vv for a fold's hat block H_vv (without the intercept's 1/n, added here).
 
     I - H_vv is symmetric positive definite whenever the fold's training rows give a fit (alpha > 0
-    and at least one training row), so a Cholesky factor inverts it.
+    and at least one training row), so it has one. ``hat`` is overwritten: every caller forms it for this call,
+    and at NSD scale a second n_v x n_v copy is memory the CV does not need.
     """
-    eye = torch.eye(len(hat), dtype=hat.dtype, device=hat.device)
+    system = hat.neg_().sub_(1.0 / n)
+    system.diagonal().add_(1.0)
     try:
-        return torch.cholesky_inverse(torch.linalg.cholesky(eye - hat - 1.0 / n))
+        return torch.linalg.cholesky(system)
     except torch.linalg.LinAlgError as error:  # the type is kept: a narrow screen catches it and computes again
         raise torch.linalg.LinAlgError(
             f"ridge cross-validation: a fold's leave-out block I - H_vv did not factor in {hat.dtype} (an alpha too "
             f"small for this precision, where the fit nearly interpolates its rows); fit in float64 "
             f"(RidgeConfig.dtype / the ridge model's dtype) or drop the smallest alphas") from error
+
+
+def _leave_out(hat: torch.Tensor, n: int) -> torch.Tensor:
+    """(I - H_vv)^{-1} for a fold's hat block H_vv (overwritten; see _leave_out_factor)."""
+    return torch.cholesky_inverse(_leave_out_factor(hat, n))
 
 
 def _spectral_hat(spectrum: _Spectrum, rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -427,17 +434,18 @@ def _target_errors(spectrum: _Spectrum, projected: torch.Tensor, centred, folds,
     """Cross-validated squared error of every target at every alpha, (alphas, t), without refits.
 
     Each fold's out-of-fold residuals (I - H)^{-1} (Y_v - L D P) are formed at every alpha, a block of
-    targets at a time (``centred(cols)`` reads one); the fold's alphas' inverses are made once.
+    targets at a time (``centred(cols)`` reads one), by solving with the fold's alphas' Cholesky factors, made
+    once: no inverse is formed, which would cost as much again as the factor and the solve together.
     """
     errors = torch.zeros(len(alphas), projected.shape[1], dtype=projected.dtype, device=projected.device)
     for _, val in folds:
         left, right = spectrum.hat_factors(val)
-        leave_outs = [_leave_out((left / (spectrum.values + alpha)) @ right.T, n) for alpha in alphas]
+        factors = [_leave_out_factor(spectrum.hat(right, 1 / (spectrum.values + alpha)), n) for alpha in alphas]
         for cols in blocks:
             observed = centred(cols)[val]
             for a, alpha in enumerate(alphas):
                 fitted = (left / (spectrum.values + alpha)) @ projected[:, cols]  # the all-rows fit, L D P
-                errors[a, cols] += (leave_outs[a] @ (observed - fitted)).pow(2).sum(0)
+                errors[a, cols] += torch.cholesky_solve(observed - fitted, factors[a]).pow(2).sum(0)
     return errors
 
 
