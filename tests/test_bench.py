@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from brainrecon.bench.efficiency import EfficiencyConfig, cells, efficiency_markdown, plan_runs, run_efficiency
-from brainrecon.bench.leaderboard import LeaderboardConfig, claim_workdir, run_leaderboard
+from brainrecon.bench.leaderboard import LeaderboardConfig, claim_workdir, run_leaderboard, world_record
+from brainrecon.data import open_store
+from brainrecon.data.simworld import WorldConfig
 from brainrecon.config import load_config, validate_config
 from brainrecon.provenance import source_commit
 
@@ -68,6 +70,13 @@ def test_leaderboard_smoke_has_every_model_ecphory_and_the_oracle(tmp_path, tiny
         assert label in markdown
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
+    # the page keeps its world by content, not only by a preset name that may come to mean another world
+    world = result["world"]
+    assert world["name"] == config.world and world["config"] == open_store(tmp_path / "lb" / "store").source["config"]
+    assert world_record(config.world) == world  # the same world: the same record
+    assert f"World: `{config.world}`, whose config's sha256 begins {world['sha256'][:12]}" in markdown
+    other = load_config(WorldConfig, config.world, "worlds").model_copy(update={"seed": 1})
+    assert world_record(other)["sha256"] != world["sha256"]
 
     assert "mindeye1: training seed 0 (its output: " in "\n".join(messages)  # long work says what it is doing
     messages.clear()  # a second call finds every row done and only re-scores the oracle
@@ -117,6 +126,7 @@ def test_efficiency_plan_and_smoke_run(tmp_path, tiny_world):
     assert set(adapted["subjects"]) == {"subj01", "subj02"}  # the pretraining's stimuli are part of its history
     page = (tmp_path / "eff" / "efficiency.md").read_text()
     assert "New-subject adaptation" in page and f"every run trained at {source_commit()}" in page
+    assert f"World: `{config.world}`, whose config's sha256 begins {result['world']['sha256'][:12]}" in page
     assert all(row["commit"] == source_commit() for row in result["rows"])
     assert Image.open(tmp_path / "eff" / "efficiency.png").size[0] > 200
 
@@ -293,6 +303,7 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
               "machine": {"cpus": 2, "torch": "2", "threads": 2, "cuda": None}}
     assert "Psychometry, dense FFN" in leaderboard_markdown(result)
     assert "Machine: 2 CPUs, torch" in leaderboard_markdown(result)  # a record from before the CPU was kept
+    assert "World:" not in leaderboard_markdown(result)  # nor its world's content
     result["machine"]["cpu"] = "Some Xeon (family 6, model 1), AVX-512"
     assert "Machine: 2 CPUs (Some Xeon (family 6, model 1), AVX-512), torch" in leaderboard_markdown(result)
     result["rows"][0].update(commits={"0": "abc1234", "1": "abc1234"}, resumed_at={"0": [], "1": []})

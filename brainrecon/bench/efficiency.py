@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import model_validator
 
 from brainrecon.bench.leaderboard import (TrainingSeeds, bench_world, claim_workdir, machine, run_commit,
-                                          sim_train_config, train_in_child, trained_at_text)
+                                          sim_train_config, train_in_child, trained_at_text, world_record, world_text)
 from brainrecon.config import StrictConfig, load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import SIMULATED_NOTE, WorldConfig, subject_name
@@ -127,7 +127,8 @@ def run_efficiency(config: EfficiencyConfig, out: Path, echo=print, preset: str 
         echo(f"{item['name']}: {time.perf_counter() - started:.0f} s"
              + (f", image {100 * row['image_top1']:.1f}%" if "image_top1" in row else ""))
     trials_per_session = int(len(store.subject(config.target).train_rows()) / len(sessions))
-    result = {"preset": preset, "config": config.model_dump(mode="json"), "target": config.target,
+    result = {"preset": preset, "config": config.model_dump(mode="json"), "world": world_record(config.world),
+              "target": config.target,
               "weights": plan[0]["config"]["validation"],
               "n_sessions": len(sessions), "train_trials_per_session": trials_per_session, "rows": rows,
               "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
@@ -239,6 +240,7 @@ def efficiency_markdown(result: dict) -> str:
             f"Made by `brainrecon bench efficiency --preset {result['preset']}` ({seconds / 60:.0f} min of training; "
             f"page written at commit {result['commit']}, {result['date'][:19]} UTC, {result['machine']['cpus']} "
             f"CPUs; {trained_at_text({r['name']: [r.get('commit')] for r in result['rows']})}).\n\n"
+            + "".join(f"{sentence}\n\n" for sentence in world_text(result)) +
             f"Model: `sim-{config['model']}`, {config['steps']} optimiser steps for every run. Every step draws the "
             f"same number of the target's trials (the preset's batch per subject); multi-subject steps add as "
             f"many from each other subject, so those runs see more data in all but no more of the target's. "

@@ -13,6 +13,7 @@ resumes where it stopped. Simulated-world figures are a testbed, not NSD results
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -170,6 +171,23 @@ def bench_world(out: Path, world: str | WorldConfig, echo=print) -> Path:
                           f"or choose another --out")
     check_world_fingerprint(out, opened)
     return store
+
+
+def world_record(world: str | WorldConfig) -> dict:
+    """What a page keeps of its world: the name it was asked for, and its content (the resolved config and that
+    config's sha256), so that a page still says which world it measured after a preset name, such as
+    "default", comes to mean another."""
+    config = world if isinstance(world, WorldConfig) else load_config(WorldConfig, world, "worlds")
+    content = config.model_dump(mode="json")
+    return {"name": world if isinstance(world, str) else "the configured world", "config": content,
+            "sha256": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()}
+
+
+def world_text(result: dict) -> list[str]:
+    """The page's sentence on its world; none for a record from before pages kept it."""
+    world = result.get("world")
+    return [f"World: `{world['name']}`, whose config's sha256 begins {world['sha256'][:12]} (the config in full is "
+            f"in this page's .json, under `world`)."] if world else []
 
 
 def store_fingerprint(store: Store, values: int = 1000) -> dict[str, list[float]]:
@@ -494,8 +512,9 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
         space = oracle["spaces"].get(row.get("space") or "")
         row["ratio_to_ceiling"] = row["image_top1"] / space["ceiling"]["image_top1"] if space else None
-    result = {"preset": preset, "config": config.model_dump(mode="json"), "subject": SUBJECT, "rows": rows,
-              "oracle": oracle, "machine": machine(), "commit": commit, "date": datetime.now(UTC).isoformat(),
+    result = {"preset": preset, "config": config.model_dump(mode="json"), "world": world_record(config.world),
+              "subject": SUBJECT, "rows": rows, "oracle": oracle, "machine": machine(), "commit": commit,
+              "date": datetime.now(UTC).isoformat(),
               "note": SIMULATED_NOTE, "curves_figure": write_validation_curves(rows, out, preset)}
     atomic_write_json(out / "leaderboard.json", result)
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(result))
@@ -705,6 +724,7 @@ def leaderboard_markdown(result: dict) -> str:
         f"torch {machine_info['torch']} ({machine_info['threads']} threads), "
         f"GPU {machine_info['cuda'] or 'none'}; page written at commit {result['commit']}; {result['date'][:19]} UTC; "
         f"{_trained_at_text(result['rows'])}.",
+        *world_text(result),
         f"**{result['note']}**",
     ]
     return (f"# Leaderboard on the simulated world (preset `{result['preset']}`)\n\n"
