@@ -168,8 +168,9 @@ def _leave_out_factor(hat: torch.Tensor, n: int) -> torch.Tensor:
     and at least one training row), so it has one. ``hat`` is overwritten: every caller forms it for this call,
     and at NSD scale a second n_v x n_v copy is memory the CV does not need.
     """
-    system = hat.neg_().sub_(1.0 / n)
+    system = hat.neg_()
     system.diagonal().add_(1.0)
+    system.sub_(1.0 / n)  # in the order of I - H - 1/n, so the factor is the same to the last bit
     try:
         return torch.linalg.cholesky(system)
     except torch.linalg.LinAlgError as error:  # the type is kept: a narrow screen catches it and computes again
