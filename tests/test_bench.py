@@ -14,9 +14,9 @@ from PIL import Image
 
 from brainrecon.bench.efficiency import EfficiencyConfig, cells, efficiency_markdown, plan_runs, run_efficiency
 from brainrecon.bench.leaderboard import LeaderboardConfig, claim_workdir, run_leaderboard, world_record
+from brainrecon.config import load_config, validate_config
 from brainrecon.data import open_store
 from brainrecon.data.simworld import WorldConfig
-from brainrecon.config import load_config, validate_config
 from brainrecon.provenance import source_commit
 
 pytestmark = pytest.mark.slow
