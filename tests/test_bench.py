@@ -333,6 +333,20 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
     assert "Psychometry + Ecphory: the same run" in leaderboard_markdown(result)
 
 
+def test_the_best_row_is_the_best_over_training_seeds_not_the_luckiest_first_seed():
+    from brainrecon.bench.leaderboard import best_row_text
+
+    seeds = {"0": 0.8, "1": 0.8, "2": 0.8}
+    rows = [{"label": "lucky", "image_top1": 0.83, "seeds_mean": 0.80, "seeds_ci95": 0.02, "seeds": seeds},
+            {"label": "steady", "image_top1": 0.82, "seeds_mean": 0.82, "seeds_ci95": 0.01, "seeds": seeds},
+            {"label": "ridge", "image_top1": 0.81}]  # a closed-form fit: one figure
+    result = {"rows": rows, "oracle": {"image_top1": 0.98}}
+    assert best_row_text(result) == ("Best: steady, 82.0% ± 1.0 over 3 training seeds, 0.84 of the oracle's image "
+                                     "retrieval")
+    rows[1]["seeds_mean"] = 0.70
+    assert best_row_text(result) == "Best: ridge, 81.0%, 0.83 of the oracle's image retrieval"
+
+
 def test_leaderboard_page_says_which_commits_trained_its_rows():
     from brainrecon.bench.leaderboard import _trained_at_text
 

@@ -521,6 +521,19 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     return result
 
 
+def best_row_text(result: dict) -> str:
+    """The row with the best image retrieval, by its mean over training seeds where it has several (the first
+    seed's figure alone can crown a lucky seed), with that mean's 95% CI and its ratio to the oracle."""
+    def retrieval(row: dict) -> float:
+        return row.get("seeds_mean", row["image_top1"])
+
+    best = max(result["rows"], key=retrieval)
+    spread = f" ± {100 * best['seeds_ci95']:.1f} over {len(best['seeds'])} training seeds" if "seeds_mean" in best \
+        else ""
+    return (f"Best: {best['label']}, {100 * retrieval(best):.1f}%{spread}, "
+            f"{retrieval(best) / result['oracle']['image_top1']:.2f} of the oracle's image retrieval")
+
+
 def write_validation_curves(rows: list[dict], out: Path, preset: str) -> str | None:
     """Plot every trained row's validation curve (its first seed's) into OUT/<preset>-curves.png, the name the
     page links and `--doc` copies it under; None (and no figure) when no row has a curve."""
@@ -732,5 +745,5 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "Variant", "claim_workdir", "leaderboard_markdown", "paired_seed_gains", "run_leaderboard",
-           "sim_train_config", "train_in_child"]
+__all__ = ["LeaderboardConfig", "Variant", "best_row_text", "claim_workdir", "leaderboard_markdown", "paired_seed_gains",
+           "run_leaderboard", "sim_train_config", "train_in_child"]

@@ -44,7 +44,7 @@ def leaderboard(preset: str = typer.Option("default", "--preset",
                 doc: Path | None = typer.Option(None, "--doc", help="Also copy leaderboard.md here, e.g. "
                                                                     "docs/benchmarks/leaderboard.md.")) -> None:
     """Train and evaluate every model on a simulated world with fixed seeds, beside the Bayes-optimal oracle."""
-    from brainrecon.bench.leaderboard import LeaderboardConfig, run_leaderboard
+    from brainrecon.bench.leaderboard import LeaderboardConfig, best_row_text, run_leaderboard
     from brainrecon.config import load_config
 
     check_doc(doc)
@@ -53,8 +53,7 @@ def leaderboard(preset: str = typer.Option("default", "--preset",
     show_and_copy(out, "leaderboard", doc)
     if doc is not None and result.get("curves_figure"):  # the page links it by this name
         atomic_copy(out / result["curves_figure"], doc.parent / result["curves_figure"])
-    best = max(result["rows"], key=lambda r: r["image_top1"])
-    typer.echo(f"Best: {best['label']}, {best['ratio_to_oracle']:.2f} of the oracle's image retrieval")
+    typer.echo(best_row_text(result))
 
 
 @app.command("efficiency")
