@@ -334,7 +334,7 @@ def test_leaderboard_page_describes_ecphory_only_when_it_has_an_ecphory_row():
 
 
 def test_the_best_row_is_the_best_over_training_seeds_not_the_luckiest_first_seed():
-    from brainrecon.bench.leaderboard import best_row_text
+    from brainrecon.bench.leaderboard import best_row_text, leaderboard_markdown
 
     seeds = {"0": 0.8, "1": 0.8, "2": 0.8}
     rows = [{"label": "lucky", "image_top1": 0.83, "seeds_mean": 0.80, "seeds_ci95": 0.02, "seeds": seeds},
@@ -345,6 +345,17 @@ def test_the_best_row_is_the_best_over_training_seeds_not_the_luckiest_first_see
                                      "retrieval")
     rows[1]["seeds_mean"] = 0.70
     assert best_row_text(result) == "Best: ridge, 81.0%, 0.83 of the oracle's image retrieval"
+    for row in rows:  # what the page's table needs besides
+        row.update(image_ci95=0.01, brain_top1=0.5, brain_ci95=0.01, ratio_to_oracle=0.8, embedding_cosine=0.1,
+                   pixcorr=0.2, ssim=0.3, clip=0.9, parameters=1, steps=128, validation=None, train_seconds=1.0,
+                   peak_rss_mb=1.0, subjects="all")
+    page = leaderboard_markdown({**result, "preset": "p", "subject": "subj01", "commit": "abc", "note": "a testbed",
+                                 "date": "2026-12-05T00:00:00", "oracle": {**result["oracle"], "label": "oracle",
+                                 "image_ci95": 0.0, "brain_top1": 1.0, "brain_ci95": 0.0, "way": 300, "spaces": {}},
+                                 "config": {"draws": 30, "seed": 42, "seeds": [0, 1, 2], "recon_images": 30,
+                                            "samples": 4, "recon_steps": 25},
+                                 "machine": {"cpus": 2, "torch": "2", "threads": 2, "cuda": None}})
+    assert page.index("| ridge |") < page.index("| lucky |") < page.index("| steady |")  # the table ranks alike
 
 
 def test_leaderboard_page_says_which_commits_trained_its_rows():

@@ -521,12 +521,15 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     return result
 
 
-def best_row_text(result: dict) -> str:
-    """The row with the best image retrieval, by its mean over training seeds where it has several (the first
-    seed's figure alone can crown a lucky seed), with that mean's 95% CI and its ratio to the oracle."""
-    def retrieval(row: dict) -> float:
-        return row.get("seeds_mean", row["image_top1"])
+def retrieval_over_seeds(row: dict) -> float:
+    """A row's image retrieval as rows are ranked: its mean over training seeds where it has several (the first
+    seed's figure alone can crown a lucky seed), else its one figure (a closed-form fit, a single seed)."""
+    return row.get("seeds_mean", row["image_top1"])
 
+
+def best_row_text(result: dict) -> str:
+    """The best row by retrieval_over_seeds, with that figure's 95% CI over seeds and its ratio to the oracle."""
+    retrieval = retrieval_over_seeds
     best = max(result["rows"], key=retrieval)
     spread = f" ± {100 * best['seeds_ci95']:.1f} over {len(best['seeds'])} training seeds" if "seeds_mean" in best \
         else ""
@@ -672,7 +675,7 @@ def leaderboard_markdown(result: dict) -> str:
         "| model | image ret | over seeds | brain ret | ÷ oracle | ÷ ceiling | emb cos | PixCorr | SSIM | CLIP 2-way | "
         "params | steps | val Δ 2nd half | train s | peak MB | subjects |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for row in sorted(result["rows"], key=lambda r: -r["image_top1"]):
+    for row in sorted(result["rows"], key=retrieval_over_seeds, reverse=True):
         fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         subjects = row["subjects"] if isinstance(row["subjects"], str) else ", ".join(row["subjects"])
         lines.append(f"| {row['label']} | {_pct(row['image_top1'], row.get('image_ci95'))} | {_over_seeds(row)} | "
@@ -706,7 +709,8 @@ def leaderboard_markdown(result: dict) -> str:
         f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
         f"over seeds: the image retrieval's mean ± 95% Student-t CI over the training seeds {config.get('seeds', [0])} "
         f"(n in brackets; the other columns are the first seed's run); a closed-form fit is the same for every "
-        f"seed. steps: the optimiser steps the run took ({_budget_text(result['rows'])}). val Δ 2nd "
+        f"seed. The model rows are ranked by it (a closed-form fit or a single seed by its one figure). "
+        f"steps: the optimiser steps the run took ({_budget_text(result['rows'])}). val Δ 2nd "
         f"half: the first seed's validation retrieval (top-1 among its held-out *training* stimuli, in points) at "
         f"the last step minus at the middle step; far above 0, the run was still learning. The final weights are "
         f"those the preset's `validation` keeps (the sim presets: the checkpoint with the best validation cosine; "
@@ -745,5 +749,5 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "Variant", "best_row_text", "claim_workdir", "leaderboard_markdown", "paired_seed_gains",
-           "run_leaderboard", "sim_train_config", "train_in_child"]
+__all__ = ["LeaderboardConfig", "Variant", "best_row_text", "claim_workdir", "leaderboard_markdown",
+           "paired_seed_gains", "run_leaderboard", "sim_train_config", "train_in_child"]
