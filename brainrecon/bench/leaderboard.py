@@ -529,12 +529,12 @@ def retrieval_over_seeds(row: dict) -> float:
 
 def best_row_text(result: dict) -> str:
     """The best row by retrieval_over_seeds, with that figure's 95% CI over seeds and its ratio to the oracle."""
-    retrieval = retrieval_over_seeds
-    best = max(result["rows"], key=retrieval)
+    best = max(result["rows"], key=retrieval_over_seeds)
+    top1 = retrieval_over_seeds(best)
     spread = f" ± {100 * best['seeds_ci95']:.1f} over {len(best['seeds'])} training seeds" if "seeds_mean" in best \
         else ""
-    return (f"Best: {best['label']}, {100 * retrieval(best):.1f}%{spread}, "
-            f"{retrieval(best) / result['oracle']['image_top1']:.2f} of the oracle's image retrieval")
+    return (f"Best: {best['label']}, {100 * top1:.1f}%{spread}, {top1 / result['oracle']['image_top1']:.2f} of the "
+            f"oracle's image retrieval")
 
 
 def write_validation_curves(rows: list[dict], out: Path, preset: str) -> str | None:
