@@ -1,8 +1,28 @@
 import os
+import signal
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+
+# The slowest test takes about 2 minutes on 2 cores. A test that waits longer than this on something that never
+# comes (a child process, a pipe) fails with its stack, instead of holding CI until CI's own limit ends it
+# silently. pyproject's faulthandler_timeout prints every thread's stack earlier, for a wait inside C code.
+TEST_LIMIT_S = 900
+
+
+@pytest.fixture(autouse=True)
+def bounded_test(request):
+    def expire(signum, frame):
+        raise TimeoutError(f"{request.node.nodeid} ran past {TEST_LIMIT_S} s (tests/conftest.py TEST_LIMIT_S)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)

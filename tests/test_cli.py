@@ -96,6 +96,32 @@ def test_too_few_test_images_for_the_requested_way_is_a_clear_error(tmp_path):
     assert not (tmp_path / "s").exists()  # refused from the config, before the world was built
 
 
+def _start_writer(config, out, log):
+    """`brainrecon simulate` in a session of its own, its output to a file: a pipe the test reads only at the
+    end can fill and stall the writer, and reading one to EOF waits for every process that inherited it."""
+    import os
+
+    with open(log, "w") as handle:
+        return subprocess.Popen(CLI + ["simulate", "--config", str(config), "--out", str(out), "--no-score",
+                                       "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _finish_writer(writer, log, timeout=600):
+    """The writer's exit code and output; a writer still running after ``timeout`` s is killed and fails."""
+    import os
+    import signal
+
+    try:
+        code = writer.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=60)
+        pytest.fail(f"a store writer still ran after {timeout} s; its output:\n{Path(log).read_text()}")
+    return code, Path(log).read_text()
+
+
 def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     """Two writers of one store: exactly one wins and the store verifies. A writer killed with SIGKILL
     leaves no store, and the rerun writes the same bytes as an uninterrupted run."""
@@ -110,17 +136,13 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     small = tmp_path / "small.yaml"  # the tiny world, smaller still: this test builds it four times
     load_config(WorldConfig, "tiny", "worlds", n_subjects=1, n_train_images=100, n_test_images=50,
                 calibration_images=64).save(small)
-
-    def simulate(out):
-        return subprocess.Popen(CLI + ["simulate", "--config", str(small), "--out", str(out), "--no-score",
-                                       "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = iter(tmp_path / f"writer-{n}.log" for n in range(100))
 
     out = tmp_path / "store"
-    writers = [simulate(out) for _ in range(2)]
-    results = [(w.wait(timeout=600), w.stderr.read()) for w in writers]
+    writers = [(_start_writer(small, out, log), log) for log in (next(logs), next(logs))]
+    results = [_finish_writer(writer, log) for writer, log in writers]
     assert sorted(code for code, _ in results) == [0, 2], results
-    loser = next(err for code, err in results if code == 2)
+    loser = next(output for code, output in results if code == 2)
     assert "another brainrecon process is writing" in loser or "already holds a brainrecon store" in loser
     assert "Traceback" not in loser
     assert "OK" in run("store", "verify", str(out)).stdout
@@ -130,13 +152,14 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     # kill lands (the process is still exiting), so a writer that got that far is checked whole and the kill
     # tried again, sooner
     for delay in (0.8, 0.4, 0.2, 0.1, 0.05, 0.0):
-        writer = simulate(killed)
+        writer = _start_writer(small, killed, next(logs))
         deadline = time.time() + 300
         while not (tmp_path / "killed.partial").exists() and writer.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(delay)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+        if writer.poll() is None:
+            os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=60)
         if not killed.exists():
             break
         assert "OK" in run("store", "verify", str(killed)).stdout  # a store in place is a whole store
@@ -144,7 +167,8 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     else:
         pytest.fail("every writer had renamed its store into place before it was killed")
     assert writer.returncode == -signal.SIGKILL and not killed.exists()
-    assert simulate(killed).wait(timeout=600) == 0
+    log = next(logs)
+    assert _finish_writer(_start_writer(small, killed, log), log)[0] == 0
     files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes()  # noqa: E731
                           for p in sorted(root.rglob("*")) if p.is_file()}
     assert files(killed) == files(out)
