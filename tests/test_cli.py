@@ -26,8 +26,10 @@ def test_demo_runs_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["data_source"] == "simulated" and len(results["subjects"]) == 2
     for subject in results["subjects"]:
+        assert list(subject["spaces"]) == ["clip_pooled"]  # only the space its models decode into
         pooled = subject["spaces"]["clip_pooled"]
         assert subject["oracle"]["image_top1"] > pooled["ridge"]["image_top1"] > 3 * pooled["ridge"]["chance"]
+    assert "(small-CLIP pooled) and a ridge into it" in result.stdout and "measures every space" in result.stdout
     # a deep model beside the ridge, read against the same subject's oracle, space ceiling and ridge
     deep = results["deep_model"]
     assert (deep["preset"], deep["steps"], deep["space"]) == ("sim-mindeye2-pooled", 4, "clip_pooled")
@@ -57,6 +59,9 @@ def test_demo_runs_end_to_end(tmp_path):
     page = (out / "report" / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 2
     assert 'id="ceilings"' in page and "small-CLIP pooled" in page  # the run read against its space's ceiling
+    from brainrecon.report.html import ceilings_html
+
+    assert ceilings_html({**metrics, "retrieval_target": "image_tokens"}) == ""  # a space the demo's table lacks
     assert 'id="ecphory-used"' in page and "k 10, alpha 0.6" in page and "; given." in page
     manifest = json.loads((out / "reconstructions" / "ecphory" / "manifest.json").read_text())
     assert manifest["settings"]["ecphory"] and len(manifest["images"]) == rec["n_images"]

@@ -161,6 +161,22 @@ def test_ceilings_are_computed_stored_and_ordered(tiny_world):
     assert readouts <= {"linear", "contrastive"} | {f"pseudo-inverse, lambda {x:g}" for x in (0.01, 0.1, 1.0, 10.0)}
 
 
+def test_a_table_of_one_space_gives_that_space_the_figures_of_the_whole_table(tiny_world):
+    """The demo measures only the space its models decode into: each space's ridge alpha, read-out and draws
+    are its own, so leaving the other spaces out changes none of its figures."""
+    from brainrecon.evaluate.ceilings import ceiling_table
+
+    store = open_store(tiny_world)
+    whole = ceiling_table(store, way=100, draws=10, subjects=store.subjects[:1])[0].to_dict()
+    alone = ceiling_table(store, way=100, draws=10, subjects=store.subjects[:1], spaces=("clip_pooled",))[0]
+    assert list(alone.spaces) == ["clip_pooled"]
+    assert alone.to_dict()["spaces"]["clip_pooled"] == whole["spaces"]["clip_pooled"]
+    assert alone.to_dict()["oracle"] == whole["oracle"]
+    for spaces in ((), ("clip_pooled", "pixels")):
+        with pytest.raises(ValueError, match="spaces must be one or more of clip_tokens, clip_pooled, handcrafted"):
+            ceiling_table(store, spaces=spaces)
+
+
 def test_contrastive_readout_takes_every_stimulus_up_to_its_batch_then_seeded_random_batches(monkeypatch):
     """Up to ``batch`` stimuli every step sees them all (the default world's read-out, unchanged); beyond, each
     step draws a seeded random batch, so the cost grows with the stimuli, not their square."""

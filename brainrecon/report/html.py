@@ -239,7 +239,8 @@ def ceilings_html(metrics: dict) -> str:
     rows = []
     for subject, entry in metrics["subjects"].items():
         value = entry["values"].get("image_retrieval", {}).get("value")
-        if subject not in stored or value is None or stored[subject]["oracle"] is None:
+        if (subject not in stored or value is None or stored[subject]["oracle"] is None
+                or from_target not in stored[subject]["spaces"]):  # a table of other spaces (the demo's has one)
             continue
         oracle = stored[subject]["oracle"]["image_top1"]
         ceiling = stored[subject]["spaces"][from_target]["ceiling"]["image_top1"]
