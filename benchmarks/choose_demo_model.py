@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from brainrecon.demo import DEEP, DEEP_CANDIDATES, deep_model_config
 from brainrecon.evaluate.evaluation import student_t_interval
 from brainrecon.io import atomic_write_json, atomic_write_text
+from brainrecon.provenance import source_commit
 from brainrecon.train import train
 
 SIMULATED = ("**Simulated world: a testbed with a known ceiling. These figures are not NSD results and are not "
@@ -135,8 +135,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = run_candidates(args.store, args.workdir, seeds)
     budget = args.budget_seconds or max(row["seconds_median"] for row in rows)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    commit = source_commit()  # "+uncommitted" when the package differs from it (e.g. the candidates' budgets)
     stimuli = json.loads((args.workdir / f"{rows[0]['preset']}-seed{seeds[0]}.json").read_text()).get("stimuli")
     result = {"rows": rows, "seeds": seeds, "budget_seconds": budget, "chosen": choose(rows, budget)["preset"],
               "demo_deep": DEEP.preset, "validation_stimuli": stimuli, "commit": commit,
