@@ -1,7 +1,7 @@
 """`brainrecon demo`: the main job on the simulated world, end to end.
 
-simulate a world -> the Bayes-optimal oracle, each target space's ceiling and a ridge
-into it (300-way retrieval) -> a deep model trained for what fits the demo's budget, read against
+simulate a world -> the Bayes-optimal oracle, the ceiling of the space its models decode into and a
+ridge into it (300-way retrieval) -> a deep model trained for what fits the demo's budget, read against
 the same oracle, ceiling and ridge -> (with the shipped small model set) decode brain-predicted
 CLIP embeddings into images. Every figure it prints is measured here; nothing is selected by looking at
 the true image (one sample per embedding, no selection at all).

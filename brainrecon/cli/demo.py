@@ -18,10 +18,10 @@ def demo(out: Path = typer.Option(Path("brainrecon-demo"), "--out", help="Output
          deep_steps: int | None = typer.Option(None, "--deep-steps", min=0,
                                                help="Optimiser steps of the deep model trained beside the ridge "
                                                     "(MindEye2-style, pooled: preset sim-mindeye2-pooled; default: "
-                                                    "512, what fits the demo's five minutes); 0 leaves it out."),
+                                                    "2048, what fits the demo's five minutes); 0 leaves it out."),
          progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP)) -> None:
     """The main job on the simulated world: simulate, fit ridge, train a deep model, compare them with the
-    oracle and each space's ceiling, reconstruct."""
+    oracle and their space's ceiling, reconstruct."""
     from brainrecon.demo import DEEP_STEPS, run_demo
 
     run_demo(out, config, progress, echo=typer.echo, n_images=images,
