@@ -46,7 +46,7 @@ ROWS = 4  # grid rows per block: original, from true embedding, from brain, with
 @dataclass(frozen=True)
 class DeepChoice:
     """A deep model the demo can train: a train preset, its label, and the optimiser steps that fit the demo's
-    budget (about 70 s of training on 2 CPU cores)."""
+    budget (about 50 s of training on 2 CPU cores)."""
 
     preset: str
     label: str
