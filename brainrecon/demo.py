@@ -64,8 +64,9 @@ DEEP_CANDIDATES = (DeepChoice("sim-mindeye2-pooled", "MindEye2-style, pooled", 2
 DEEP = DEEP_CANDIDATES[0]  # the choice recorded in docs/benchmarks/demo-model.md
 DEEP_STEPS = DEEP.steps
 # The spaces the demo measures ceilings and ridges in: the one its deep model and its reconstructions' ridge decode
-# into. `brainrecon simulate` measures every space; measuring only this one gives it the same figures in about a
-# quarter of the time (29.5 s against 6.7 s for subj01 of the default world), which the demo spends on training.
+# into. `brainrecon simulate` measures every space; measuring only this one gives it the same figures in less time
+# (the demo's step 2 on the default world, empty targets cache: 44.3 s against 76.6 s for every space), which the
+# demo spends on training.
 DEMO_SPACES = ("clip_pooled",)
 
 
