@@ -104,6 +104,21 @@ def test_a_bench_folder_refuses_another_config_or_another_world(tmp_path, tiny_w
         bench_world(tmp_path / "other", "default")
 
 
+def test_a_bench_folder_knows_its_world_by_content_not_by_name(tmp_path):
+    from brainrecon.config import resolve_config_path
+    from brainrecon.errors import ConfigError
+
+    smoke = load_config(LeaderboardConfig, "smoke", "bench")
+    copy = tmp_path / "my-tiny.yaml"  # the tiny preset's world under another name
+    copy.write_text(resolve_config_path("tiny", "worlds").read_text())
+    claim_workdir(tmp_path / "lb", "leaderboard", smoke.model_copy(update={"world": str(copy)}))
+    claim_workdir(tmp_path / "lb", "leaderboard", smoke)  # "tiny" is that world: the same bench goes on
+    with pytest.raises(ConfigError, match=r"another config \(differs in \['world'\]\)"):
+        claim_workdir(tmp_path / "lb", "leaderboard", smoke.model_copy(update={"world": "default"}))
+    with pytest.raises(ConfigError, match="another config"):  # the same config is another bench's
+        claim_workdir(tmp_path / "lb", "efficiency", smoke)
+
+
 def test_efficiency_plan_and_smoke_run(tmp_path, tiny_world):
     config = load_config(EfficiencyConfig, "efficiency-smoke", "bench")
     two_counts = config.model_copy(update={"session_counts": [1, 2]})  # the plan's shape; the run uses one

@@ -132,15 +132,32 @@ def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int
     return merged_overrides(preset, overrides)
 
 
+def _world_by_content(config: dict) -> dict:
+    """A bench config with its world (a preset name or YAML path) replaced by the world's config, so that two
+    names for one world are one bench: the folder of a bench begun on `benchmarks/worlds/X.yaml` goes on as the
+    same bench once X is the `default` preset. A name that no longer resolves is compared as written. A world
+    whose content changed under the same name is caught by the store checks (`bench_world`), not here."""
+    world = config.get("world")
+    if not isinstance(world, str):
+        return config
+    try:
+        return {**config, "world": load_config(WorldConfig, world, "worlds").model_dump(mode="json")}
+    except ConfigError:
+        return config
+
+
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
-    """A bench folder holds one bench with one config; resuming with another would mix their results."""
+    """A bench folder holds one bench with one config; resuming with another would mix their results. Its world
+    is compared by content, not by name (`_world_by_content`)."""
     marker = out / "bench.json"
     wanted = {"bench": bench, "config": config.model_dump(mode="json")}
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        if saved != wanted:
-            changed = sorted(k for k in set(saved.get("config", {})) | set(wanted["config"])
-                             if saved.get("config", {}).get(k) != wanted["config"].get(k))
+        saved_config, wanted_config = (_world_by_content(saved.get("config", {})),
+                                       _world_by_content(wanted["config"]))
+        if saved.get("bench") != bench or saved_config != wanted_config:
+            changed = sorted(k for k in set(saved_config) | set(wanted_config)
+                             if saved_config.get(k) != wanted_config.get(k))
             raise ConfigError(f"{out} holds a {saved.get('bench')} bench made with another config (differs in "
                               f"{changed or 'bench kind'}); choose another --out, or delete {out} to start over")
         return
