@@ -119,6 +119,49 @@ def test_a_bench_folder_knows_its_world_by_content_not_by_name(tmp_path):
         claim_workdir(tmp_path / "lb", "efficiency", smoke)
 
 
+def test_a_leaderboard_config_that_adds_rows_extends_its_bench_folder(tmp_path):
+    import json
+
+    from brainrecon.bench.leaderboard import Variant
+    from brainrecon.errors import ConfigError
+
+    smoke = load_config(LeaderboardConfig, "smoke", "bench")
+    extra = Variant(model="ridge", label="Ridge, pooled", train_overrides={"model": {"target": "image_pooled"}})
+    longer = smoke.model_copy(update={"variants": {**smoke.variants, "ridge-pooled": extra}})
+    claim_workdir(tmp_path / "lb", "leaderboard", smoke)
+    claim_workdir(tmp_path / "lb", "leaderboard", longer)  # a row added after the saved ones: the bench goes on
+    saved = json.loads((tmp_path / "lb" / "bench.json").read_text())["config"]
+    assert list(saved["variants"]) == [*smoke.variants, "ridge-pooled"]
+    claim_workdir(tmp_path / "lb", "leaderboard", longer)  # and is that bench from now on
+    with pytest.raises(ConfigError, match=r"differs in \['variants'\]"):  # a saved row taken away
+        claim_workdir(tmp_path / "lb", "leaderboard", smoke)
+    changed = {**longer.variants, "ridge-pooled": extra.model_copy(update={"label": "another"})}
+    with pytest.raises(ConfigError, match=r"differs in \['variants'\]"):  # a saved row changed
+        claim_workdir(tmp_path / "lb", "leaderboard", longer.model_copy(update={"variants": changed}))
+    more = {**longer.variants, "ridge-2": extra}
+    with pytest.raises(ConfigError, match=r"differs in \['draws', 'variants'\]"):  # rows added, and more changed
+        claim_workdir(tmp_path / "lb", "leaderboard", longer.model_copy(update={"variants": more, "draws": 4}))
+
+
+def test_a_finished_run_is_reused_only_for_the_config_it_trained_with(tmp_path):
+    import json
+
+    import yaml
+
+    from brainrecon.bench.leaderboard import COST_FILE, sim_train_config, train_in_child
+    from brainrecon.errors import ConfigError
+
+    config = sim_train_config("mindbridge", {}, 50, 3, 42, seed=0)
+    run = tmp_path / "runs" / "mindbridge"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run / COST_FILE).write_text(json.dumps({"train_seconds": 1.0, "peak_rss_mb": 2.0, "resumed": False}))
+    store = tmp_path / "no-store"  # never read: nothing trains
+    assert train_in_child("mindbridge", config, store, run, tmp_path / "log")["train_seconds"] == 1.0
+    with pytest.raises(ConfigError, match=r"trained with another config than its row asks for \(differs in \['seed'\]"):
+        train_in_child("mindbridge", {**config, "seed": 1}, store, run, tmp_path / "log")
+
+
 def test_efficiency_plan_and_smoke_run(tmp_path, tiny_world):
     config = load_config(EfficiencyConfig, "efficiency-smoke", "bench")
     two_counts = config.model_copy(update={"session_counts": [1, 2]})  # the plan's shape; the run uses one

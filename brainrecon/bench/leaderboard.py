@@ -146,15 +146,31 @@ def _world_by_content(config: dict) -> dict:
         return config
 
 
+def _adds_rows(saved: dict, wanted: dict) -> bool:
+    """Whether ``wanted`` is the ``saved`` leaderboard config with variant rows added after its own (and nothing
+    else changed): the rows already made stay what they were, so the bench goes on and makes the new ones."""
+    saved_variants, wanted_variants = saved.get("variants"), wanted.get("variants")
+    if not isinstance(saved_variants, dict) or not isinstance(wanted_variants, dict):
+        return False
+    kept = dict(list(wanted_variants.items())[:len(saved_variants)])
+    return (len(wanted_variants) > len(saved_variants) and kept == saved_variants
+            and list(kept) == list(saved_variants) and {**wanted, "variants": kept} == saved)
+
+
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     """A bench folder holds one bench with one config; resuming with another would mix their results. Its world
-    is compared by content, not by name (`_world_by_content`)."""
+    is compared by content, not by name (`_world_by_content`), and a leaderboard config that only adds variant
+    rows after the saved ones extends the bench (`_adds_rows`)."""
     marker = out / "bench.json"
     wanted = {"bench": bench, "config": config.model_dump(mode="json")}
     if marker.is_file():
         saved = json.loads(marker.read_text())
         saved_config, wanted_config = (_world_by_content(saved.get("config", {})),
                                        _world_by_content(wanted["config"]))
+        if saved.get("bench") == bench and _adds_rows(saved_config, wanted_config):
+            atomic_write_json(marker, {"bench": bench, "config": {**saved["config"],
+                                                                  "variants": wanted["config"]["variants"]}})
+            return
         if saved.get("bench") != bench or saved_config != wanted_config:
             changed = sorted(k for k in set(saved_config) | set(wanted_config)
                              if saved_config.get(k) != wanted_config.get(k))
@@ -250,6 +266,7 @@ def train_in_child(model: str, train_config: dict, store: Path, run: Path, log: 
     import yaml
 
     if (run / COST_FILE).is_file():
+        check_run_config(run, train_config)
         return json.loads((run / COST_FILE).read_text())
 
     config_path = run.parent / f"{model}.yaml"
@@ -270,6 +287,22 @@ def train_in_child(model: str, train_config: dict, store: Path, run: Path, log: 
     cost = {"train_seconds": seconds, "peak_rss_mb": int(peak_file.read_text()) / 1024, "resumed": resumed}
     atomic_write_json(run / COST_FILE, cost)
     return cost
+
+
+def check_run_config(run: Path, train_config: dict) -> None:
+    """A finished run in a bench folder is reused only if it trained with the config the row asks for: a run
+    carried in from another bench (to save its training) or left by an older preset must not stand for this one."""
+    import yaml
+
+    def resolved(data: dict, source: str) -> dict:  # defaults filled, so a run saved before a key existed compares
+        return validate_config(TrainConfig, data, source=source).model_dump(mode="json")
+
+    trained = resolved(yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
+    wanted = resolved(train_config, f"the row's training config for {run.name}")
+    if trained != wanted:
+        changed = sorted(k for k in set(trained) | set(wanted) if trained.get(k) != wanted.get(k))
+        raise ConfigError(f"{run} was trained with another config than its row asks for (differs in {changed}); "
+                          f"delete {run} to train it again, or choose another --out")
 
 
 # The child reports its own VmHWM when it exits. Not ru_maxrss: Linux starts a forked child's ru_maxrss
