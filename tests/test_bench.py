@@ -496,6 +496,7 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
                            "rows/psychometry.json": "{}",  # its Ecphory row, unfinished, reconstructs its run
                            "runs/mindeye1/bench_cost.json": "{}",  # a first seed: retrained, never kept
                            "runs/mindeye1-seed1/bench_cost.json": "{}", "runs/mindeye1-seed1/metrics.json": "{}",
+                           "runs/mindeye1-seed1/config.yaml": "seed: 1",
                            "runs/mindeye1-seed1/model.json": "{}", "runs/mindeye1-seed1/model.safetensors": "w",
                            "runs/mindeye1-seed2/config.yaml": "not a planned seed"}.items():
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -504,7 +505,7 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
     assert progress.save(out, tmp_path / "keep") == (["ridge"], ["mindeye1-seed1"])
     kept = sorted(str(p.relative_to(tmp_path / "keep")) for p in (tmp_path / "keep").rglob("*") if p.is_file())
     assert kept == ["bench.json", "rows/ridge.json", "runs/mindeye1-seed1/bench_cost.json",
-                    "runs/mindeye1-seed1/metrics.json", "runs/mindeye1-seed1/model.json", "world.json"]
+                    "runs/mindeye1-seed1/config.yaml", "runs/mindeye1-seed1/metrics.json", "runs/mindeye1-seed1/model.json", "world.json"]
     assert progress.restore(tmp_path / "keep", tmp_path / "fresh") == (["ridge"], ["mindeye1-seed1"])
     assert (tmp_path / "fresh" / "runs" / "mindeye1-seed1" / "metrics.json").is_file()
     assert progress.restore(tmp_path / "keep", tmp_path / "fresh") == (["ridge"], [])  # already there: kept
@@ -541,7 +542,7 @@ def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(
     progress.restore(tmp_path / "keep", tmp_path / "fresh")
     shutil.copytree(tiny_world, tmp_path / "fresh" / "store")  # saves simulating it again
     again = run_leaderboard(config, tmp_path / "fresh", echo=print)["rows"][0]
-    assert not (tmp_path / "fresh" / "runs" / "mindreader-seed1" / "config.yaml").exists()  # never retrained
+    assert not (tmp_path / "fresh" / "runs" / "mindreader-seed1" / "model.safetensors").exists()  # never retrained
     assert again["seeds"]["1"] == row["seeds"]["1"] and again["commits"] == row["commits"]
     assert again["resumed_at"] == {"0": [], "1": []}  # each seed's run read for resumptions: none here
     assert again["image_top1"] == pytest.approx(row["image_top1"])  # the first seed, retrained: the same run
