@@ -152,9 +152,13 @@ def _adds_rows(saved: dict, wanted: dict) -> bool:
     saved_variants, wanted_variants = saved.get("variants"), wanted.get("variants")
     if not isinstance(saved_variants, dict) or not isinstance(wanted_variants, dict):
         return False
-    kept = dict(list(wanted_variants.items())[:len(saved_variants)])
-    return (len(wanted_variants) > len(saved_variants) and kept == saved_variants
-            and list(kept) == list(saved_variants) and {**wanted, "variants": kept} == saved)
+    kept = dict(list(wanted_variants.items())[:len(saved_variants)])  # the saved rows, in their order
+    return (len(wanted_variants) > len(saved_variants) and list(kept) == list(saved_variants)
+            and {**wanted, "variants": kept} == saved)
+
+
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
@@ -172,10 +176,9 @@ def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
                                                                   "variants": wanted["config"]["variants"]}})
             return
         if saved.get("bench") != bench or saved_config != wanted_config:
-            changed = sorted(k for k in set(saved_config) | set(wanted_config)
-                             if saved_config.get(k) != wanted_config.get(k))
             raise ConfigError(f"{out} holds a {saved.get('bench')} bench made with another config (differs in "
-                              f"{changed or 'bench kind'}); choose another --out, or delete {out} to start over")
+                              f"{_differing_keys(saved_config, wanted_config) or 'bench kind'}); choose another "
+                              f"--out, or delete {out} to start over")
         return
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not a brainrecon bench folder; choose another --out")
@@ -300,9 +303,9 @@ def check_run_config(run: Path, train_config: dict) -> None:
     trained = resolved(yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
     wanted = resolved(train_config, f"the row's training config for {run.name}")
     if trained != wanted:
-        changed = sorted(k for k in set(trained) | set(wanted) if trained.get(k) != wanted.get(k))
-        raise ConfigError(f"{run} was trained with another config than its row asks for (differs in {changed}); "
-                          f"delete {run} to train it again, or choose another --out")
+        raise ConfigError(f"{run} was trained with another config than its row asks for (differs in "
+                          f"{_differing_keys(trained, wanted)}); delete {run} to train it again, or choose another "
+                          f"--out")
 
 
 # The child reports its own VmHWM when it exits. Not ru_maxrss: Linux starts a forked child's ru_maxrss
