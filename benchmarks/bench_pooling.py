@@ -1,6 +1,6 @@
 """Benchmark: what MindBridge's adaptive pooling keeps, with voxels in cortical or random order (on demand).
 
-    .venv/bin/python benchmarks/bench_pooling.py --workdir /tmp/bench-pooling
+    .venv/bin/python benchmarks/bench_pooling.py --workdir /tmp/bench-pooling [--world default]
 
 MindBridge (Wang et al., CVPR 2024, §3.2) pools each subject's voxels to one fixed length with adaptive
 max-pooling over *consecutive* voxels, a "biologically inspired aggregation" that assumes neighbours in the
@@ -10,7 +10,7 @@ stimulus, training trials only) from the pooled betas into the shipped small CLI
 scored by 300-way retrieval of the repeat-averaged test images (centred with the training images' mean), beside
 the same ridge from all voxels.
 
-It builds the default world twice, identical but for `voxel_layout` (cortical: by area, then retinotopy or
+It builds the world (`--world`, a preset or YAML file) twice, identical but for `voxel_layout` (cortical: by area, then retinotopy or
 category patch; random: shuffled per subject), into WORKDIR/cortical/store and WORKDIR/random/store (kept for a rerun).
 The pooling length is the `sim-mindbridge` preset's. A simulated world is a testbed: these are not NSD results.
 """
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 
-def world(workdir: Path, layout: str) -> Path:
+def world(workdir: Path, name: str, layout: str) -> Path:
     from brainrecon.bench.leaderboard import bench_world
     from brainrecon.config import load_config
     from brainrecon.data.simworld import WorldConfig
 
-    config = load_config(WorldConfig, "default", "worlds").model_copy(update={"voxel_layout": layout})
+    config = load_config(WorldConfig, name, "worlds").model_copy(update={"voxel_layout": layout})
     return bench_world(workdir / layout, config)
 
 
@@ -46,6 +46,7 @@ def pooling(length: int, mode: str | None):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--world", default="default", help="a world preset or YAML file")
     parser.add_argument("--subject", default="subj01")
     parser.add_argument("--way", type=int, default=300)
     parser.add_argument("--draws", type=int, default=30)
@@ -63,7 +64,7 @@ def main() -> None:
     print(f"| voxel order | features | {' | '.join(SPACE_LABELS[s] for s in spaces)} | ridge s |")
     print("|---|---|" + "---:|" * (len(spaces) + 1))
     for layout in ("cortical", "random"):
-        store = open_store(world(args.workdir, layout))
+        store = open_store(world(args.workdir, args.world, layout))
         targets = {name: values for name, values in space_targets(store).items() if name in spaces}
         test_rows = store.stimuli.rows(store.subject(args.subject).test().stimulus_ids)
         n_voxels = store.subject(args.subject).n_voxels

@@ -65,8 +65,8 @@ DEEP = DEEP_CANDIDATES[0]  # the choice recorded in docs/benchmarks/demo-model.m
 DEEP_STEPS = DEEP.steps
 # The spaces the demo measures ceilings and ridges in: the one its deep model and its reconstructions' ridge decode
 # into. `brainrecon simulate` measures every space; measuring only this one gives it the same figures in less time
-# (the demo's step 2 on the default world, empty targets cache: 44.3 s against 76.6 s for every space), which the
-# demo spends on training.
+# (the demo's step 2, empty targets cache: 104.3 s against 152 s for every space on the default world, 44.3 s
+# against 76.6 s on isotropic-code64-noise3), which the demo spends on training.
 DEMO_SPACES = ("clip_pooled",)
 
 

@@ -290,7 +290,8 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
     equal = load_config(LeaderboardConfig, "equal-budget", "bench")
     budgets = [sim_train_config(model, overrides, 300, 30, 42, seed=0) for _, model, overrides, _, _ in
                planned_rows(equal) if model != "ridge"]
-    # 512 steps, or 4 epochs (MindBridge-style and Psychometry: 128 steps an epoch on the default world)
+    # 512 steps, or 4 epochs (MindBridge-style and Psychometry: 128 steps an epoch on
+    # isotropic-code64-noise3, the world this page was made on)
     assert all(c.get("steps") == 512 or (c.get("steps") is None and c["epochs"] == 4) for c in budgets)
     from brainrecon.config import preset_names
 
@@ -318,7 +319,7 @@ def test_leaderboard_rows_are_planned_and_checked_before_anything_runs():
 
 
 # (bench preset, row) -> (steps, epochs, validation every) of the runs its page reports; Psychometry: 128 steps an
-# epoch on the default world
+# epoch on isotropic-code64-noise3, the default world when those pages were made
 PAGE_BUDGETS = {("psychometry-ablation", "psychometry-moe"): (None, 1, 25),
                 ("psychometry-ablation", "psychometry-dense-512-steps"): (None, 4, 25),
                 ("psychometry-width", "psychometry-wide-512-steps"): (None, 4, 25),

@@ -178,7 +178,7 @@ def test_a_table_of_one_space_gives_that_space_the_figures_of_the_whole_table(ti
 
 
 def test_contrastive_readout_takes_every_stimulus_up_to_its_batch_then_seeded_random_batches(monkeypatch):
-    """Up to ``batch`` stimuli every step sees them all (the default world's read-out, unchanged); beyond, each
+    """Up to ``batch`` stimuli every step sees them all (a 1,500-image world's read-out, unchanged); beyond, each
     step draws a seeded random batch, so the cost grows with the stimuli, not their square."""
     from brainrecon.evaluate import ceilings
     from brainrecon.models.ridge import Ridge, RidgeConfig
@@ -334,10 +334,13 @@ def test_presets_validate():
     assert nsd.n_train_images == 9000 and nsd.n_test_images == 1000 and nsd.voxels.min >= 13000
 
 
+FRONTIER = Path(__file__).resolve().parents[1] / "benchmarks" / "worlds"  # the ceiling frontier's variant worlds
+
+
 def test_the_frontier_world_files_validate_and_name_their_own_command():
     """benchmarks/worlds/ holds the ceiling frontier's variant worlds (docs/simulated-world.md); each file's
     header says how to measure it, so a copied file that kept another's command would mislead."""
-    worlds = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "worlds").glob("*.yaml"))
+    worlds = sorted(FRONTIER.glob("*.yaml"))
     assert len(worlds) >= 8
     for path in worlds:
         load_config(WorldConfig, path, "worlds")
@@ -346,11 +349,17 @@ def test_the_frontier_world_files_validate_and_name_their_own_command():
 
 def test_presets_name_their_vision_model_and_the_control_keeps_the_old_world():
     default = load_config(WorldConfig, "default", "worlds")
+    previous = load_config(WorldConfig, "isotropic-code64-noise3", "worlds")
     control = load_config(WorldConfig, "handcrafted", "worlds")
-    assert default.vision_model == "simworld" and default.voxel_layout == "cortical"
+    for world in (default, previous):
+        assert world.vision_model == "simworld" and world.voxel_layout == "cortical"
+    # the default is the frontier's orthogonal-code96-noise4-train3000, which benchmarks/worlds/ keeps by that name
+    # for the pages made on it before the switch
+    frontier = load_config(WorldConfig, FRONTIER / "orthogonal-code96-noise4-train3000.yaml", "worlds")
+    assert default == frontier and default.n_train_images == 3000 and default.vision_tuning == "orthogonal"
     assert control.vision_model is None and control.code_scaling == "whitened" and control.voxel_layout == "random"
-    # the control differs from the default only in what the voxels encode and how the code is built
-    same = {k for k, v in default.model_dump().items() if control.model_dump()[k] == v}
+    # the control differs from the world before the switch only in what the voxels encode and how the code is built
+    same = {k for k, v in previous.model_dump().items() if control.model_dump()[k] == v}
     assert {"n_subjects", "n_train_images", "n_test_images", "noise", "session", "voxels"} <= same
 
 

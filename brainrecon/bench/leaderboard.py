@@ -229,7 +229,7 @@ def world_text(result: dict) -> list[str]:
 def store_fingerprint(store: Store, values: int = 1000) -> dict[str, list[float]]:
     """About ``values`` values spread over each of the store's arrays (betas, the world's code): enough to tell
     another world from this one. Not a hash: builds of the same world differ in the last digits from machine to
-    machine (measured: up to 7.7e-4 in a beta of the default world, docs/simulated-world.md), and builds before
+    machine (measured: up to 7.7e-4 in a beta of isotropic-code64-noise3, docs/simulated-world.md), and builds before
     their thread count was fixed (simworld's ``WORLD_THREADS``) also by the builder's thread count."""
     fingerprint = {}
     for name in sorted(store.manifest["files"]):
