@@ -1,6 +1,6 @@
 """Benchmark: which deep model `brainrecon demo` trains, chosen on held-out *training* stimuli (not a test).
 
-    .venv/bin/brainrecon simulate --out /tmp/demo-choice/store --no-score
+    .venv/bin/brainrecon simulate --config default --out /tmp/demo-choice/store --no-score
     .venv/bin/python benchmarks/choose_demo_model.py --store /tmp/demo-choice/store --workdir /tmp/demo-choice \\
         --doc docs/benchmarks/demo-model.md
 
@@ -27,6 +27,10 @@ from pathlib import Path
 
 import torch
 
+from brainrecon.bench.leaderboard import world_record, world_text
+from brainrecon.config import preset_names
+from brainrecon.data import open_store
+from brainrecon.data.simworld import WorldConfig
 from brainrecon.demo import DEEP, DEEP_CANDIDATES, deep_model_config
 from brainrecon.evaluate.evaluation import student_t_interval
 from brainrecon.io import atomic_write_json, atomic_write_text
@@ -79,6 +83,14 @@ def choose(rows: list[dict], budget: float) -> dict:
     return max(fitting, key=lambda row: row["retrieval_mean"])
 
 
+def store_world(store: Path) -> dict:
+    """The store's world as the bench pages record it (config and its sha256), named by the world preset of the
+    same content, if one has it, so that the page still says which world it measured after a preset changes."""
+    record = world_record(WorldConfig.model_validate(open_store(store).source["config"]))
+    same = [name for name in preset_names("worlds") if world_record(name)["sha256"] == record["sha256"]]
+    return {**record, "name": same[0] if same else "the store's world (no preset has its config)"}
+
+
 def _per_subject(counts: dict[str, int] | None) -> str:
     return "; ".join(f"{subject} {n}" for subject, n in (counts or {}).items()) or "sizes not recorded"
 
@@ -111,6 +123,7 @@ def markdown(result: dict) -> str:
               "- Wall time: `train()` in one process (start-up and target loading excluded), precision "
               f"{chosen['mixed_precision']} (the demo's choice on this CPU).",
               "- No test image was read: the runs are never evaluated here.",
+              *[f"- {line}" for line in world_text(result)],
               f"- Machine: {result['machine']}; commit {result['commit']}; {result['date']}.",
               "", "```bash", *result["commands"], "```", "", SIMULATED]
     return "\n".join(lines) + "\n"
@@ -118,7 +131,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, required=True, help="a default-world store (brainrecon simulate)")
+    parser.add_argument("--store", type=Path, required=True,
+                        help="a world's store (brainrecon simulate); the page names its world")
     parser.add_argument("--workdir", type=Path, required=True, help="runs and per-run results (resumable)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
     parser.add_argument("--budget-seconds", type=float, default=None,
@@ -137,12 +151,16 @@ def main() -> None:
     budget = args.budget_seconds or max(row["seconds_median"] for row in rows)
     commit = source_commit()  # "+uncommitted" when the package differs from it (e.g. the candidates' budgets)
     stimuli = json.loads((args.workdir / f"{rows[0]['preset']}-seed{seeds[0]}.json").read_text()).get("stimuli")
-    result = {"rows": rows, "seeds": seeds, "budget_seconds": budget, "chosen": choose(rows, budget)["preset"],
+    world = store_world(args.store)
+    simulate = (f"brainrecon simulate --config {world['name']} --out STORE --no-score"
+                if world["name"] in preset_names("worlds") else "brainrecon simulate --out STORE --no-score")
+    result = {"rows": rows, "seeds": seeds, "world": world, "budget_seconds": budget,
+              "chosen": choose(rows, budget)["preset"],
               "demo_deep": DEEP.preset, "validation_stimuli": stimuli, "commit": commit,
               "date": datetime.now(UTC).date().isoformat(),
               "machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                          f"{platform.processor() or platform.machine()}",
-              "commands": ["brainrecon simulate --out STORE --no-score",
+              "commands": [simulate,
                            f"python benchmarks/choose_demo_model.py --store STORE --workdir DIR --seeds {args.seeds}"]}
     page = markdown(result)
     atomic_write_json(args.workdir / "demo-model.json", result)
