@@ -174,8 +174,9 @@ CONTRASTIVE_STEPS, CONTRASTIVE_TEMPERATURE, CONTRASTIVE_LR = 100, 0.05, 3e-3
 # Stimuli in one step of the contrastive read-out. A full-batch InfoNCE step costs n^2: a 1,500-image world (the
 # default before the switch, isotropic-code64-noise3) trains its read-out on 1,200 stimuli (80% of 1,500), and up
 # to there every step takes them all, as it always has. A larger world draws a random batch of this size per step
-# (seeded), so the cost grows with n, not n^2. On the 3,000-image default world (2,400 stimuli) that moved no subject's ceiling in any space by more than 0.9 points, and the
-# space means over its four subjects by under 0.4 (docs/simulated-world.md, the ceiling frontier).
+# (seeded), so the cost grows with n, not n^2. On the 3,000-image default world (2,400 stimuli) that moved no
+# subject's ceiling in any space by more than 0.9 points, and the space means over its four subjects by under 0.4
+# (docs/simulated-world.md, the ceiling frontier).
 CONTRASTIVE_BATCH = 1200
 
 
