@@ -10,8 +10,9 @@ stimulus, training trials only) from the pooled betas into the shipped small CLI
 scored by 300-way retrieval of the repeat-averaged test images (centred with the training images' mean), beside
 the same ridge from all voxels.
 
-It builds the world (`--world`, a preset or YAML file) twice, identical but for `voxel_layout` (cortical: by area, then retinotopy or
-category patch; random: shuffled per subject), into WORKDIR/cortical/store and WORKDIR/random/store (kept for a rerun).
+It builds the world (`--world`, a preset or YAML file) twice, identical but for `voxel_layout` (cortical: by
+area, then retinotopy or category patch; random: shuffled per subject), into WORKDIR/cortical/store and
+WORKDIR/random/store (kept for a rerun).
 The pooling length is the `sim-mindbridge` preset's. A simulated world is a testbed: these are not NSD results.
 """
 

@@ -115,7 +115,8 @@ def markdown(result: dict) -> str:
               f"{result['budget_seconds']:.1f} s. `brainrecon.demo.DEEP` names "
               f"`{result['demo_deep']}`{'' if result['demo_deep'] == result['chosen'] else ' (NOT the choice)'}.",
               f"- Validation retrieval: top-1 among each subject's held-out *training* stimuli "
-              f"({_per_subject(result['validation_stimuli'])}), averaged over the subjects; mean ± 95% Student-t CI over the "
+              f"({_per_subject(result['validation_stimuli'])}), averaged over the subjects; mean ± 95% Student-t "
+              f"CI over the "
               f"training seeds {result['seeds']}. Each run's validation slice is drawn by its seed, the same for "
               f"every candidate. The candidates predict different spaces (small-CLIP image tokens, small-CLIP "
               f"pooled), so the score is identification of the same held-out images, each in its model's own "

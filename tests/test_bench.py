@@ -506,7 +506,8 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
     assert progress.save(out, tmp_path / "keep") == (["ridge"], ["mindeye1-seed1"])
     kept = sorted(str(p.relative_to(tmp_path / "keep")) for p in (tmp_path / "keep").rglob("*") if p.is_file())
     assert kept == ["bench.json", "rows/ridge.json", "runs/mindeye1-seed1/bench_cost.json",
-                    "runs/mindeye1-seed1/config.yaml", "runs/mindeye1-seed1/metrics.json", "runs/mindeye1-seed1/model.json", "world.json"]
+                    "runs/mindeye1-seed1/config.yaml", "runs/mindeye1-seed1/metrics.json",
+                    "runs/mindeye1-seed1/model.json", "world.json"]
     assert progress.restore(tmp_path / "keep", tmp_path / "fresh") == (["ridge"], ["mindeye1-seed1"])
     assert (tmp_path / "fresh" / "runs" / "mindeye1-seed1" / "metrics.json").is_file()
     assert progress.restore(tmp_path / "keep", tmp_path / "fresh") == (["ridge"], [])  # already there: kept
