@@ -133,12 +133,16 @@ def test_a_leaderboard_config_that_adds_rows_extends_its_bench_folder(tmp_path):
     saved = json.loads((tmp_path / "lb" / "bench.json").read_text())["config"]
     assert list(saved["variants"]) == [*smoke.variants, "ridge-pooled"]
     claim_workdir(tmp_path / "lb", "leaderboard", longer)  # and is that bench from now on
+    first = {"a-ridge": extra, **longer.variants}  # a name that sorts before the saved rows (saved sorted)
+    claim_workdir(tmp_path / "lb", "leaderboard", longer.model_copy(update={"variants": first}))
+    saved = json.loads((tmp_path / "lb" / "bench.json").read_text())["config"]
+    assert set(saved["variants"]) == {"a-ridge", *longer.variants}
     with pytest.raises(ConfigError, match=r"differs in \['variants'\]"):  # a saved row taken away
         claim_workdir(tmp_path / "lb", "leaderboard", smoke)
-    changed = {**longer.variants, "ridge-pooled": extra.model_copy(update={"label": "another"})}
+    changed = {**first, "ridge-pooled": extra.model_copy(update={"label": "another"})}
     with pytest.raises(ConfigError, match=r"differs in \['variants'\]"):  # a saved row changed
         claim_workdir(tmp_path / "lb", "leaderboard", longer.model_copy(update={"variants": changed}))
-    more = {**longer.variants, "ridge-2": extra}
+    more = {**first, "ridge-2": extra}
     with pytest.raises(ConfigError, match=r"differs in \['draws', 'variants'\]"):  # rows added, and more changed
         claim_workdir(tmp_path / "lb", "leaderboard", longer.model_copy(update={"variants": more, "draws": 4}))
 

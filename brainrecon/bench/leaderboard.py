@@ -147,13 +147,14 @@ def _world_by_content(config: dict) -> dict:
 
 
 def _adds_rows(saved: dict, wanted: dict) -> bool:
-    """Whether ``wanted`` is the ``saved`` leaderboard config with variant rows added after its own (and nothing
-    else changed): the rows already made stay what they were, so the bench goes on and makes the new ones."""
+    """Whether ``wanted`` is the ``saved`` leaderboard config with variant rows added (and nothing else changed):
+    the rows already made stay what they were, so the bench goes on and makes the new ones. Rows are matched by
+    name, not position: bench.json is written with sorted keys, so its order is not the preset's."""
     saved_variants, wanted_variants = saved.get("variants"), wanted.get("variants")
     if not isinstance(saved_variants, dict) or not isinstance(wanted_variants, dict):
         return False
-    kept = dict(list(wanted_variants.items())[:len(saved_variants)])  # the saved rows, in their order
-    return (len(wanted_variants) > len(saved_variants) and list(kept) == list(saved_variants)
+    kept = {name: row for name, row in wanted_variants.items() if name in saved_variants}
+    return (len(wanted_variants) > len(saved_variants) and kept.keys() == saved_variants.keys()
             and {**wanted, "variants": kept} == saved)
 
 
@@ -164,7 +165,7 @@ def _differing_keys(a: dict, b: dict) -> list[str]:
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     """A bench folder holds one bench with one config; resuming with another would mix their results. Its world
     is compared by content, not by name (`_world_by_content`), and a leaderboard config that only adds variant
-    rows after the saved ones extends the bench (`_adds_rows`)."""
+    rows to the saved ones extends the bench (`_adds_rows`)."""
     marker = out / "bench.json"
     wanted = {"bench": bench, "config": config.model_dump(mode="json")}
     if marker.is_file():
