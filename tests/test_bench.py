@@ -532,6 +532,17 @@ def test_bench_progress_keeps_finished_rows_and_extra_seeds_and_refuses_another_
     assert progress.save(out, tmp_path / "keep")[0] == ["psychometry", "psychometry+ecphory", "ridge"]
 
 
+def test_a_bench_stopped_while_scoring_a_row_scores_it_again_when_resumed(tmp_path, tiny_world):
+    """The row's reconstructions were written but not its row file (the bench was stopped while scoring it): the
+    resumed bench reconstructs again over them instead of refusing the folder, and gets the same figures."""
+    config = load_config(LeaderboardConfig, "smoke", "bench").model_copy(update={"models": ["mindreader"]})
+    first = run_leaderboard(config, with_world(tmp_path / "lb", "leaderboard", config, tiny_world), echo=print)
+    (tmp_path / "lb" / "rows" / "mindreader.json").unlink()
+    assert (tmp_path / "lb" / "recons" / "mindreader" / "manifest.json").is_file()
+    again = run_leaderboard(config, tmp_path / "lb", echo=print)["rows"][0]
+    assert again["image_top1"] == first["rows"][0]["image_top1"] and again["clip"] == first["rows"][0]["clip"]
+
+
 def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(tmp_path, tiny_world):
     """Save an interrupted bench, restore it elsewhere with the same world: its finished extra seed is read,
     not trained again, and the row comes out with that seed's figure and commit."""

@@ -353,7 +353,9 @@ def score_row(run: Path, recons: Path, out: Path, config: LeaderboardConfig, ecp
     settings = ReconstructConfig(ecphory=ecphory, samples=config.samples, n_images=config.recon_images,
                                  steps=config.recon_steps, batch_size=32, ecphory_grid=config.ecphory_grid)
     make_choices(run, settings, progress=False)  # Ecphory's setting, on the run's held-out training stimuli
-    manifest = run_reconstruct(run, recons, settings, subjects=[SUBJECT], progress=False)
+    # a row is saved only once it is scored, so reconstructions already in `recons` are those of a bench stopped
+    # while scoring it: made again (a folder that is not reconstructions is still refused)
+    manifest = run_reconstruct(run, recons, settings, subjects=[SUBJECT], progress=False, overwrite=True)
     recon_seconds = time.perf_counter() - started
     metrics = evaluate_run(run, recons, config=EvaluateConfig(way=config.way, draws=config.draws, seed=config.seed),
                            out=out, progress=False)
