@@ -116,11 +116,10 @@ def markdown(result: dict) -> str:
               f"`{result['demo_deep']}`{'' if result['demo_deep'] == result['chosen'] else ' (NOT the choice)'}.",
               f"- Validation retrieval: top-1 among each subject's held-out *training* stimuli "
               f"({_per_subject(result['validation_stimuli'])}), averaged over the subjects; mean ± 95% Student-t "
-              f"CI over the "
-              f"training seeds {result['seeds']}. Each run's validation slice is drawn by its seed, the same for "
-              f"every candidate. The candidates predict different spaces (small-CLIP image tokens, small-CLIP "
-              f"pooled), so the score is identification of the same held-out images, each in its model's own "
-              f"space, which is what the demo reports.",
+              f"CI over the training seeds {result['seeds']}. Each run's validation slice is drawn by its seed, "
+              f"the same for every candidate. The candidates predict different spaces (small-CLIP image tokens, "
+              f"small-CLIP pooled), so the score is identification of the same held-out images, each in its "
+              f"model's own space, which is what the demo reports.",
               "- Wall time: `train()` in one process (start-up and target loading excluded), precision "
               f"{chosen['mixed_precision']} (the demo's choice on this CPU).",
               "- No test image was read: the runs are never evaluated here.",
