@@ -13,7 +13,7 @@ Two ablations, neither the paper's model: ``moe: dense`` puts one shared feed-fo
 block in the MoE's place, and ``decoder: linear`` replaces both query decoders with one
 linear map from the flattened fMRI tokens to the flattened target tokens
 (docs/benchmarks/psychometry-ablation.md and psychometry-decoder.md measure them; leaderboard.md
-has the linear decoder at the shipped budget on the default world).
+has both, and a single shared expert, at the shipped budget on the default world).
 
 Training sums, over subjects, SoftCLIP (fixed temperature) plus mse_mult times the
 MSE between L2-normalised flattened vectors, for image and text tokens alike, as
