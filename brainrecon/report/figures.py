@@ -110,7 +110,8 @@ def validation_curves(curves: dict[str, list[tuple[int, float]]], path: Path,
     axis.set_ylabel("validation retrieval (%)", fontsize=9)
     axis.tick_params(labelsize=8)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    # below the axes, not on them: with a leaderboard's ten rows a legend inside hides the curves
+    axis.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     figure.tight_layout()
     save_figure(figure, path)
 
