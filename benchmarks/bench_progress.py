@@ -7,8 +7,8 @@ reconstructions: gigabytes. What the same command needs of it to skip finished w
 - OUT/rows/*.json, the finished rows (each already scored: nothing of its runs is read again), except a row
   whose run an unfinished Ecphory row will still reconstruct from (Psychometry's, until Psychometry + Ecphory
   is done: then both are kept);
-- for a row in progress, the training seeds after the first that have finished: their bench_cost.json,
-  config.yaml (a resumed bench reuses a run only for the config it trained with), metrics.json and model.json.
+- for every trained row, the training seeds after the first that have finished (a finished row's too: a bench
+  given more seeds scores all of a row's seeds again): their bench_cost.json, config.yaml (a resumed bench reuses a run only for the config it trained with), metrics.json and model.json.
   Such a seed is scored by its own held-out evaluation (metrics.json), so no checkpoint of it is needed again.
 The first seed of an unfinished row is trained again: its run is reconstructed and scored in full, which needs
 its weights.
@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from brainrecon.bench.leaderboard import (WORLD_FINGERPRINT, LeaderboardConfig, check_world_fingerprint, claim_workdir,
-                                          planned_rows)
+                                          planned_rows, row_seeds)
 from brainrecon.config import describe
 from brainrecon.data import open_store
 from brainrecon.errors import ConfigError
@@ -63,18 +63,19 @@ def finished_rows(folder: Path, config: LeaderboardConfig) -> list[str]:
     return sorted(done)
 
 
-def finished_seeds(folder: Path, config: LeaderboardConfig, rows: list[str]) -> list[str]:
-    """The extra training seeds (``NAME-seedN``, as `seed_retrievals` names them) of unfinished rows that have
-    finished: every file a resumed bench reads of them is there."""
+def finished_seeds(folder: Path, config: LeaderboardConfig) -> list[str]:
+    """The extra training seeds (``NAME-seedN``, as `seed_retrievals` names them) that have finished: every file
+    a resumed bench reads of them is there. A finished row's are kept too: a bench given more seeds scores all
+    of a row's seeds again."""
     names = [f"{name}-seed{seed}" for name, _, _, _, ecphory in planned_rows(config) if not ecphory
-             and name not in rows for seed in config.seeds[1:]]
+             for seed in row_seeds(config, name)[1:]]
     return [name for name in names if all((folder / "runs" / name / f).is_file() for f in SEED_RUN_FILES)]
 
 
 def work_files(folder: Path, config: LeaderboardConfig) -> tuple[list[Path], list[str], list[str]]:
     """The files (relative to ``folder``) that carry its finished work, its finished rows and extra seeds."""
     rows, files = finished_rows(folder, config), [Path(f) for f in BENCH_FILES if (folder / f).is_file()]
-    seeds = finished_seeds(folder, config, rows)
+    seeds = finished_seeds(folder, config)
     files += [Path("rows") / f"{name}.json" for name in rows]
     files += [Path("runs") / name / f for name in seeds for f in SEED_RUN_FILES]
     return files, rows, seeds

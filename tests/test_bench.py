@@ -147,6 +147,36 @@ def test_a_leaderboard_config_that_adds_rows_extends_its_bench_folder(tmp_path):
         claim_workdir(tmp_path / "lb", "leaderboard", longer.model_copy(update={"variants": more, "draws": 4}))
 
 
+def test_a_leaderboard_config_that_adds_seeds_extends_its_bench_folder(tmp_path):
+    from brainrecon.bench.leaderboard import Variant, row_seeds
+    from brainrecon.errors import ConfigError
+
+    extra = Variant(model="mindreader", label="Mind Reader, per-channel",
+                    train_overrides={"model": {"fc": "per_channel"}})
+    base = load_config(LeaderboardConfig, "smoke", "bench").model_copy(update={"seeds": [0, 1],
+                                                                            "variants": {"per-channel": extra}})
+    claim_workdir(tmp_path / "lb", "leaderboard", base)
+    marker = tmp_path / "lb" / "bench.json"
+    saved = json.loads(marker.read_text())  # as a bench begun before variants could list their seeds wrote it
+    del saved["config"]["variants"]["per-channel"]["seeds"]
+    marker.write_text(json.dumps(saved))
+    claim_workdir(tmp_path / "lb", "leaderboard", base)  # still the same bench
+    more = base.model_copy(update={"variants": {"per-channel": extra.model_copy(update={"seeds": [0, 1, 2, 3]})}})
+    assert row_seeds(more, "per-channel") == [0, 1, 2, 3] and row_seeds(more, "mindreader") == [0, 1]
+    claim_workdir(tmp_path / "lb", "leaderboard", more)  # a row's seeds extended: the bench goes on
+    assert json.loads(marker.read_text())["config"]["variants"]["per-channel"]["seeds"] == [0, 1, 2, 3]
+    claim_workdir(tmp_path / "lb", "leaderboard", more.model_copy(update={"seeds": [0, 1, 5]}))  # every row's too
+    for seeds in ([0, 5], [1, 2, 3, 4, 5]):  # a saved seed taken away or replaced: the saved rows would be wrong
+        other = more.model_copy(update={"variants": {"per-channel": extra.model_copy(update={"seeds": seeds})},
+                                        "seeds": [0, 1, 5]})
+        with pytest.raises(ConfigError, match=r"differs in \['variants'\]"):
+            claim_workdir(tmp_path / "lb", "leaderboard", other)
+    with pytest.raises(ConfigError, match=r"differs in \['seeds'\]"):
+        claim_workdir(tmp_path / "lb", "leaderboard", more.model_copy(update={"seeds": [0]}))
+    with pytest.raises(ValueError, match="repeat a seed"):
+        Variant(model="mindreader", label="x", seeds=[0, 0])
+
+
 def test_a_finished_run_is_reused_only_for_the_config_it_trained_with(tmp_path):
     import json
 
@@ -541,6 +571,56 @@ def test_a_bench_stopped_while_scoring_a_row_scores_it_again_when_resumed(tmp_pa
     assert (tmp_path / "lb" / "recons" / "mindreader" / "manifest.json").is_file()
     again = run_leaderboard(config, tmp_path / "lb", echo=print)["rows"][0]
     assert again["image_top1"] == first["rows"][0]["image_top1"] and again["clip"] == first["rows"][0]["clip"]
+
+
+def test_a_finished_row_given_more_seeds_trains_only_the_new_ones(tmp_path, tiny_world):
+    """A bench extended with seeds after its rows were written: the row keeps its first seed's run and scores, and
+    gains the new seeds' figures, mean and CI; its variant's own seeds replace the bench's for it alone."""
+    from brainrecon.bench.leaderboard import Variant
+
+    ridge = Variant(model="ridge", label="Ridge, again")
+    config = load_config(LeaderboardConfig, "smoke", "bench").model_copy(update={"models": ["mindreader"],
+                                                                              "variants": {"ridge-2": ridge}})
+    first = run_leaderboard(config, with_world(tmp_path / "lb", "leaderboard", config, tiny_world), echo=print)
+    assert first["rows"][0]["seeds"] == {"0": first["rows"][0]["image_top1"]} and "seeds_mean" not in first["rows"][0]
+    weights = tmp_path / "lb" / "runs" / "mindreader" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    more = config.model_copy(update={"seeds": [0, 2],
+                                     "variants": {"ridge-2": ridge.model_copy(update={"seeds": [0, 3]})}})
+    messages = []
+    again = run_leaderboard(more, tmp_path / "lb", echo=messages.append)
+    row, ridge_row = again["rows"]
+    assert list(row["seeds"]) == ["0", "2"] and row["seeds"]["0"] == first["rows"][0]["image_top1"]
+    assert row["seeds_mean"] == pytest.approx((row["seeds"]["0"] + row["seeds"]["2"]) / 2)
+    assert row["commits"]["2"] == source_commit() and weights.stat().st_mtime_ns == before  # seed 0 not retrained
+    assert any("training seed 2" in m for m in messages)
+    assert ridge_row["seeds"] == {"0": ridge_row["image_top1"]}  # a closed-form fit trains once, whatever its seeds
+    assert json.loads((tmp_path / "lb" / "rows" / "mindreader.json").read_text())["seeds"] == row["seeds"]
+    messages.clear()
+    run_leaderboard(more, tmp_path / "lb", echo=messages.append)  # resumed again: nothing left to train
+    assert not any("training" in m for m in messages)
+
+
+def test_every_row_is_set_against_the_ridge_of_its_own_space():
+    from brainrecon.bench.leaderboard import _paired_text, gains_over_ridge
+
+    rows = [{"model": "ridge", "kind": "ridge", "label": "Ridge", "space": "tokens", "image_top1": 0.30},
+            {"model": "ridge-pooled", "kind": "ridge", "label": "Ridge, pooled", "space": "pooled",
+             "image_top1": 0.79},
+            {"model": "me2", "kind": "mindeye2", "label": "ME2", "space": "tokens", "image_top1": 0.78,
+             "seeds": {"0": 0.78, "1": 0.80}, "seeds_mean": 0.79, "seeds_ci95": 0.12},
+            {"model": "me2-pooled", "kind": "mindeye2", "label": "ME2, pooled", "space": "pooled",
+             "image_top1": 0.83, "seeds": {"0": 0.83, "1": 0.81, "2": 0.82}, "seeds_mean": 0.82, "seeds_ci95": 0.02},
+            {"model": "one", "kind": "mindeye2", "label": "One seed", "space": "pooled", "image_top1": 0.5,
+             "seeds": {"0": 0.5}},
+            {"model": "nowhere", "kind": "mindeye2", "label": "No ridge", "space": "other", "image_top1": 0.5,
+             "seeds": {"0": 0.5, "1": 0.6}, "seeds_mean": 0.55, "seeds_ci95": 0.6}]
+    gains_over_ridge(rows)
+    assert [r.get("over_ridge", {}).get("label") for r in rows] == [None, None, "Ridge", "Ridge, pooled", None, None]
+    assert rows[2]["over_ridge"]["gain"] == pytest.approx(0.49) and rows[2]["over_ridge"]["seeds"] == 2
+    assert rows[3]["over_ridge"] == {"label": "Ridge, pooled", "gain": pytest.approx(0.03), "ci95": 0.02, "seeds": 3}
+    assert _paired_text(rows, "over_ridge").endswith("ME2, pooled against Ridge, pooled: +3.0 points (95% CI +1.0 to "
+                                                     "+5.0, 3 seeds)")
 
 
 def test_a_bench_restored_from_its_saved_work_retrains_only_what_was_unfinished(tmp_path, tiny_world):

@@ -77,6 +77,9 @@ class Variant(StrictConfig):
     # the earlier row it is paired with seed by seed (default: the first earlier row of the same model), e.g. an
     # ablation trained for longer against the model trained for as long
     against: str | None = None
+    # this row's training seeds in place of the bench's, e.g. more of them where the row's question (does it beat
+    # the ridge of its space?) needs a narrower interval; paired rows are compared over the seeds they share
+    seeds: TrainingSeeds | None = None
 
 
 class LeaderboardConfig(StrictConfig):
@@ -121,6 +124,12 @@ class LeaderboardConfig(StrictConfig):
         return self
 
 
+def row_seeds(config: LeaderboardConfig, name: str) -> list[int]:
+    """The training seeds of the row ``name``: its variant's own, else the bench's."""
+    variant = config.variants.get(name)
+    return variant.seeds if variant is not None and variant.seeds is not None else config.seeds
+
+
 def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int, eval_seed: int,
                      **fixed: Any) -> dict:
     """A `sim-<model>` preset with the bench's evaluation protocol, ``fixed`` keys and ``overrides`` merged in.
@@ -146,16 +155,31 @@ def _world_by_content(config: dict) -> dict:
         return config
 
 
-def _adds_rows(saved: dict, wanted: dict) -> bool:
-    """Whether ``wanted`` is the ``saved`` leaderboard config with variant rows added (and nothing else changed):
-    the rows already made stay what they were, so the bench goes on and makes the new ones. Rows are matched by
-    name, not position: bench.json is written with sorted keys, so its order is not the preset's."""
+def _row_seeds_saved(config: dict, name: str) -> list[int]:
+    """`row_seeds` of a saved (JSON) config: a variant saved before variants could list seeds has the bench's."""
+    variant = config.get("variants", {}).get(name) or {}
+    return variant.get("seeds") or config.get("seeds", [0])
+
+
+def _extends(saved: dict, wanted: dict) -> bool:
+    """Whether ``wanted`` is the ``saved`` leaderboard config with variant rows added, or training seeds added
+    after a row's saved ones, and nothing else changed: the rows already made stay what they were, so the bench
+    goes on, makes the new rows and trains the new seeds. Rows are matched by name, not position: bench.json is
+    written with sorted keys, so its order is not the preset's."""
     saved_variants, wanted_variants = saved.get("variants"), wanted.get("variants")
-    if not isinstance(saved_variants, dict) or not isinstance(wanted_variants, dict):
+    if not isinstance(saved_variants, dict) or not isinstance(wanted_variants, dict) \
+            or not saved_variants.keys() <= wanted_variants.keys():
         return False
-    kept = {name: row for name, row in wanted_variants.items() if name in saved_variants}
-    return (len(wanted_variants) > len(saved_variants) and kept.keys() == saved_variants.keys()
-            and {**wanted, "variants": kept} == saved)
+    for name in [*saved.get("models", []), *saved_variants]:
+        kept = _row_seeds_saved(saved, name)
+        if _row_seeds_saved(wanted, name)[:len(kept)] != kept:
+            return False
+
+    def without_seeds(config: dict) -> dict:
+        return {**config, "seeds": None,
+                "variants": {name: {**config["variants"][name], "seeds": None} for name in saved_variants}}
+
+    return without_seeds(saved) == without_seeds(wanted)
 
 
 def _differing_keys(a: dict, b: dict) -> list[str]:
@@ -165,15 +189,15 @@ def _differing_keys(a: dict, b: dict) -> list[str]:
 def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
     """A bench folder holds one bench with one config; resuming with another would mix their results. Its world
     is compared by content, not by name (`_world_by_content`), and a leaderboard config that only adds variant
-    rows to the saved ones extends the bench (`_adds_rows`)."""
+    rows or training seeds to the saved ones extends the bench (`_extends`)."""
     marker = out / "bench.json"
     wanted = {"bench": bench, "config": config.model_dump(mode="json")}
     if marker.is_file():
         saved = json.loads(marker.read_text())
         saved_config, wanted_config = (_world_by_content(saved.get("config", {})),
                                        _world_by_content(wanted["config"]))
-        if saved.get("bench") == bench and _adds_rows(saved_config, wanted_config):
-            atomic_write_json(marker, {"bench": bench, "config": {**saved["config"],
+        if saved.get("bench") == bench and saved_config != wanted_config and _extends(saved_config, wanted_config):
+            atomic_write_json(marker, {"bench": bench, "config": {**saved["config"], "seeds": wanted["config"]["seeds"],
                                                                   "variants": wanted["config"]["variants"]}})
             return
         if saved.get("bench") != bench or saved_config != wanted_config:
@@ -425,6 +449,35 @@ def seed_retrievals(model: str, train_config: dict, store: Path, runs: Path, see
     return values
 
 
+def score_seeds(row: dict, name: str, train_config: dict, store: Path, runs: Path, seeds: list[int],
+                echo=print) -> None:
+    """The row's figure for each training seed (`seed_retrievals`; the first seed's is the row's own), the
+    commits that trained and resumed them, and their mean and 95% CI where there are several."""
+    row["seeds"] = seed_retrievals(name, train_config, store, runs, seeds, row["image_top1"], echo)
+    row["commits"] = seed_commits(name, runs, list(row["seeds"]))
+    row["resumed_at"] = seed_resumptions(name, runs, list(row["seeds"]))
+    if len(row["seeds"]) > 1:
+        row["seeds_mean"], row["seeds_ci95"] = student_t_interval(list(row["seeds"].values()))
+
+
+def add_seeds(row: dict, name: str, train_config: dict, store: Path, runs: Path, seeds: list[int],
+              echo=print) -> bool:
+    """A finished row given more training seeds than it was scored with (the bench's config extended, as
+    `claim_workdir` allows): trains the new seeds and scores the row's seeds again. False when it has them all,
+    or when it is a closed-form fit (one figure for every seed)."""
+    if model_class(train_config["model"]["kind"]).closed_form or "seeds" not in row:
+        return False
+    have, wanted = list(row["seeds"]), [str(seed) for seed in seeds]
+    if have == wanted:
+        return False
+    if wanted[:len(have)] != have:
+        raise ConfigError(f"the row {name!r} was scored over the training seeds {have}, which the bench's seeds "
+                          f"{wanted} do not begin with; give the row its old seeds first, or delete its "
+                          f"rows/{name}.json to score it again")
+    score_seeds(row, name, train_config, store, runs, seeds, echo)
+    return True
+
+
 def seed_commits(model: str, runs: Path, seeds: list[str]) -> dict[str, str | None]:
     """The source commit each of a row's training seeds was trained at (``seeds``: the first one's run is
     RUNS/MODEL, the others' RUNS/MODEL-seedN, as `seed_retrievals` names them), read from the run's model.json;
@@ -525,10 +578,14 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
     runs.mkdir(exist_ok=True)
     rows = []
     for name, model, overrides, label, ecphory in planned_rows(config):
-        saved = rows_dir / f"{name}.json"
+        saved, seeds = rows_dir / f"{name}.json", row_seeds(config, name)
+        train_config = sim_train_config(model, overrides, config.way, config.draws, config.seed, seed=seeds[0])
         if saved.is_file():
-            rows.append(json.loads(saved.read_text()))
+            row = json.loads(saved.read_text())
             echo(f"{name}: done earlier ({saved})")
+            if not ecphory and add_seeds(row, name, train_config, store, runs, seeds, echo):
+                atomic_write_json(saved, row)
+            rows.append(row)
             continue
         run = runs / model  # an Ecphory row scores the model's own run
         if ecphory:
@@ -537,10 +594,8 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
                                                      "subjects", "steps", "validation", "commits")}
         else:
             run = runs / name
-            train_config = sim_train_config(model, overrides, config.way, config.draws, config.seed,
-                                            seed=config.seeds[0])
             if not (run / COST_FILE).is_file():
-                echo(f"{name}: training seed {config.seeds[0]} (its output: {runs / f'{name}.log'})")
+                echo(f"{name}: training seed {seeds[0]} (its output: {runs / f'{name}.log'})")
             row = train_in_child(name, train_config, store, run, runs / f"{name}.log")
             row.update(parameters=count_parameters(run), subjects=train_config.get("subjects") or "all",
                        steps=steps_trained(run), validation=validation_curve(run))
@@ -550,11 +605,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         if ecphory:  # paired with its model's row, over the two rows' reconstructions (both in OUT now)
             row["ecphory"]["gain"] = ecphory_gains(out, row)
         else:
-            row["seeds"] = seed_retrievals(name, train_config, store, runs, config.seeds, row["image_top1"], echo)
-            row["commits"] = seed_commits(name, runs, list(row["seeds"]))
-            row["resumed_at"] = seed_resumptions(name, runs, list(row["seeds"]))
-            if len(row["seeds"]) > 1:
-                row["seeds_mean"], row["seeds_ci95"] = student_t_interval(list(row["seeds"].values()))
+            score_seeds(row, name, train_config, store, runs, seeds, echo)
         atomic_write_json(saved, row)
         rows.append(row)
         echo(f"{name}: image {100 * row['image_top1']:.1f}%, brain {100 * row['brain_top1']:.1f}%, "
@@ -563,6 +614,7 @@ def run_leaderboard(config: LeaderboardConfig, out: Path, echo=print, preset: st
         if row.get("ecphory") and "gain" not in row["ecphory"]:  # a row saved before rows kept their gain
             row["ecphory"]["gain"] = ecphory_gains(out, row)
     paired_seed_gains(rows, {name: v.against for name, v in config.variants.items() if v.against})
+    gains_over_ridge(rows)
     oracle = oracle_row(store, config)
     for row in rows:
         row["ratio_to_oracle"] = row["image_top1"] / oracle["image_top1"]
@@ -626,6 +678,22 @@ def paired_seed_gains(rows: list[dict], against: dict[str, str] | None = None) -
                              "seeds": len(common)}
 
 
+def gains_over_ridge(rows: list[dict]) -> None:
+    """Each row trained over several seeds against the first ridge row of its own target space (the baseline a
+    deep model in that space has to beat): its mean over seeds minus the ridge's figure, with the seeds' 95%
+    Student-t half-width, in ``row["over_ridge"]``. The ridge is a closed-form fit, the same for every seed, so
+    the interval is the row's own spread over seeds."""
+    ridges: dict[str, dict] = {}
+    for row in rows:
+        if row.get("kind") == "ridge" and row.get("space"):
+            ridges.setdefault(row["space"], row)
+    for row in rows:
+        ridge = ridges.get(row.get("space") or "")
+        if ridge is not None and row.get("kind") != "ridge" and "seeds_mean" in row:
+            row["over_ridge"] = {"label": ridge["label"], "gain": row["seeds_mean"] - ridge["image_top1"],
+                                 "ci95": row["seeds_ci95"], "seeds": len(row["seeds"])}
+
+
 def _budget_text(rows: list[dict]) -> str:
     steps = {row["steps"] for row in rows if isinstance(row.get("steps"), int)}
     if len(steps) == 1:
@@ -633,11 +701,12 @@ def _budget_text(rows: list[dict]) -> str:
     return "each preset's own budget, not an equal one"
 
 
-def _paired_text(rows: list[dict]) -> str:
-    return "; ".join(f"{r['label']} against {r['paired']['label']}: {100 * r['paired']['gain']:+.1f} points "
-                     f"(95% CI {100 * (r['paired']['gain'] - r['paired']['ci95']):+.1f} to "
-                     f"{100 * (r['paired']['gain'] + r['paired']['ci95']):+.1f}, {r['paired']['seeds']} seeds)"
-                     for r in rows if r.get("paired"))
+def _paired_text(rows: list[dict], key: str = "paired") -> str:
+    """Each row's ``row[key]`` gain (`paired_seed_gains`, `gains_over_ridge`) in points, with its 95% CI."""
+    return "; ".join(f"{r['label']} against {r[key]['label']}: {100 * r[key]['gain']:+.1f} points "
+                     f"(95% CI {100 * (r[key]['gain'] - r[key]['ci95']):+.1f} to "
+                     f"{100 * (r[key]['gain'] + r[key]['ci95']):+.1f}, {r[key]['seeds']} seeds)"
+                     for r in rows if r.get(key))
 
 
 def machine() -> dict:
@@ -714,6 +783,13 @@ def _over_seeds(row: dict) -> str:
     return ""
 
 
+def _own_seeds_text(result: dict) -> str:
+    """The page's words for the rows that list their own training seeds (none: empty)."""
+    own = [(row["label"], variant["seeds"]) for row in result["rows"]
+           if (variant := result["config"].get("variants", {}).get(row.get("model")) or {}).get("seeds")]
+    return "".join(f", and {seeds} for {label}" for label, seeds in own)
+
+
 def _late_gain(row: dict) -> str:
     validation = row.get("validation")
     return "" if not validation else f"{100 * validation['late_gain']:+.1f}"
@@ -763,7 +839,8 @@ def leaderboard_markdown(result: dict) -> str:
         f"computes it; "
         f"docs/simulated-world.md). Ceiling and ridge rows are scored with the training images' mean target "
         f"subtracted from prediction and candidates; model rows with the field's plain cosine.",
-        f"over seeds: the image retrieval's mean ± 95% Student-t CI over the training seeds {config.get('seeds', [0])} "
+        f"over seeds: the image retrieval's mean ± 95% Student-t CI over the training seeds {config.get('seeds', [0])}"
+        f"{_own_seeds_text(result)} "
         f"(n in brackets; the other columns are the first seed's run); a closed-form fit is the same for every "
         f"seed. The model rows are ranked by it (a closed-form fit or a single seed by its one figure). "
         f"steps: the optimiser steps the run took ({_budget_text(result['rows'])}). val Δ 2nd "
@@ -787,6 +864,10 @@ def leaderboard_markdown(result: dict) -> str:
            f"row of its model unless the preset names another with `against`; seed by seed: the same "
            f"initialisation generator, data order and validation slice): {_paired_text(result['rows'])}."]
           if any(r.get("paired") for r in result["rows"]) else []),
+        *([f"Against the ridge of the same target space (the first ridge row in it; a closed-form fit, one figure "
+           f"for every seed): the row's mean over training seeds minus the ridge's image retrieval, with the "
+           f"seeds' 95% CI: {_paired_text(result['rows'], 'over_ridge')}."]
+          if any(r.get("over_ridge") for r in result["rows"]) else []),
         "train s: wall time of `brainrecon train` in a child process (imports and the final evaluation included); "
         "peak MB: that process's peak resident memory"
         + (" (* a run resumed after an interruption: its cost counts only the resumed part)."
@@ -805,5 +886,6 @@ def leaderboard_markdown(result: dict) -> str:
             + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-__all__ = ["LeaderboardConfig", "Variant", "best_row_text", "claim_workdir", "leaderboard_markdown",
-           "paired_seed_gains", "run_leaderboard", "sim_train_config", "train_in_child"]
+__all__ = ["LeaderboardConfig", "Variant", "best_row_text", "claim_workdir", "gains_over_ridge",
+           "leaderboard_markdown", "paired_seed_gains", "row_seeds", "run_leaderboard", "sim_train_config",
+           "train_in_child"]
