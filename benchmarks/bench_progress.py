@@ -8,7 +8,8 @@ reconstructions: gigabytes. What the same command needs of it to skip finished w
   whose run an unfinished Ecphory row will still reconstruct from (Psychometry's, until Psychometry + Ecphory
   is done: then both are kept);
 - for every trained row, the training seeds after the first that have finished (a finished row's too: a bench
-  given more seeds scores all of a row's seeds again): their bench_cost.json, config.yaml (a resumed bench reuses a run only for the config it trained with), metrics.json and model.json.
+  given more seeds scores all of a row's seeds again): their bench_cost.json, config.yaml (a resumed bench
+  reuses a run only for the config it trained with), metrics.json and model.json.
   Such a seed is scored by its own held-out evaluation (metrics.json), so no checkpoint of it is needed again.
 The first seed of an unfinished row is trained again: its run is reconstructed and scored in full, which needs
 its weights.

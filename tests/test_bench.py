@@ -602,7 +602,7 @@ def test_a_finished_row_given_more_seeds_trains_only_the_new_ones(tmp_path, tiny
 
 
 def test_every_row_is_set_against_the_ridge_of_its_own_space():
-    from brainrecon.bench.leaderboard import _paired_text, gains_over_ridge
+    from brainrecon.bench.leaderboard import _own_seeds_text, _paired_text, gains_over_ridge
 
     rows = [{"model": "ridge", "kind": "ridge", "label": "Ridge", "space": "tokens", "image_top1": 0.30},
             {"model": "ridge-pooled", "kind": "ridge", "label": "Ridge, pooled", "space": "pooled",
@@ -619,6 +619,10 @@ def test_every_row_is_set_against_the_ridge_of_its_own_space():
     assert [r.get("over_ridge", {}).get("label") for r in rows] == [None, None, "Ridge", "Ridge, pooled", None, None]
     assert rows[2]["over_ridge"]["gain"] == pytest.approx(0.49) and rows[2]["over_ridge"]["seeds"] == 2
     assert rows[3]["over_ridge"] == {"label": "Ridge, pooled", "gain": pytest.approx(0.03), "ci95": 0.02, "seeds": 3}
+    result = {"rows": rows, "config": {"seeds": [0, 1], "variants": {"me2-pooled": {"seeds": [0, 1, 2]},
+                                                                     "nowhere": {"seeds": None}}}}
+    assert _own_seeds_text(result) == ", or a row's own: [0, 1, 2] for ME2, pooled"
+    assert _own_seeds_text({**result, "config": {"seeds": [0, 1]}}) == ""
     assert _paired_text(rows, "over_ridge").endswith("ME2, pooled against Ridge, pooled: +3.0 points (95% CI +1.0 to "
                                                      "+5.0, 3 seeds)")
 

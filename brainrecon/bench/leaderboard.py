@@ -787,7 +787,7 @@ def _own_seeds_text(result: dict) -> str:
     """The page's words for the rows that list their own training seeds (none: empty)."""
     own = [(row["label"], variant["seeds"]) for row in result["rows"]
            if (variant := result["config"].get("variants", {}).get(row.get("model")) or {}).get("seeds")]
-    return "".join(f", and {seeds} for {label}" for label, seeds in own)
+    return f", or a row's own: {'; '.join(f'{seeds} for {label}' for label, seeds in own)}" if own else ""
 
 
 def _late_gain(row: dict) -> str:
