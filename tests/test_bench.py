@@ -173,6 +173,15 @@ def test_a_leaderboard_config_that_adds_seeds_extends_its_bench_folder(tmp_path)
             claim_workdir(tmp_path / "lb", "leaderboard", other)
     with pytest.raises(ConfigError, match=r"differs in \['seeds'\]"):
         claim_workdir(tmp_path / "lb", "leaderboard", more.model_copy(update={"seeds": [0]}))
+    # a model's row given its own seeds, after the bench's: the bench goes on; its saved seeds taken away: refused
+    model_more = more.model_copy(update={"seeds": [0, 1, 5], "model_seeds": {"mindreader": [0, 1, 5, 6]}})
+    assert row_seeds(model_more, "mindreader") == [0, 1, 5, 6] and row_seeds(model_more, "ridge") == [0, 1, 5]
+    claim_workdir(tmp_path / "lb", "leaderboard", model_more)
+    assert json.loads(marker.read_text())["config"]["model_seeds"] == {"mindreader": [0, 1, 5, 6]}
+    with pytest.raises(ConfigError, match=r"differs in \['model_seeds'\]"):
+        claim_workdir(tmp_path / "lb", "leaderboard", model_more.model_copy(update={"model_seeds": {}}))
+    with pytest.raises(ValueError, match=r"model_seeds names \['per-channel'\], which are not in models"):
+        LeaderboardConfig(**{**base.model_dump(), "model_seeds": {"per-channel": [0, 1, 2]}})
     with pytest.raises(ValueError, match="repeat a seed"):
         Variant(model="mindreader", label="x", seeds=[0, 0])
 
@@ -623,6 +632,8 @@ def test_every_row_is_set_against_the_ridge_of_its_own_space():
                                                                      "nowhere": {"seeds": None}}}}
     assert _own_seeds_text(result) == ", or a row's own: [0, 1, 2] for ME2, pooled"
     assert _own_seeds_text({**result, "config": {"seeds": [0, 1]}}) == ""
+    with_model = {**result, "config": {**result["config"], "model_seeds": {"me2": [0, 1, 4]}}}
+    assert _own_seeds_text(with_model) == ", or a row's own: [0, 1, 4] for ME2; [0, 1, 2] for ME2, pooled"
     assert _paired_text(rows, "over_ridge").endswith("ME2, pooled against Ridge, pooled: +3.0 points (95% CI +1.0 to "
                                                      "+5.0, 3 seeds)")
 

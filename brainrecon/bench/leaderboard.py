@@ -89,6 +89,9 @@ class LeaderboardConfig(StrictConfig):
     # training seeds per model: the first seed's run is the row (reconstructed and scored in full); every seed's
     # held-out image retrieval gives the row's mean and 95% CI over seeds. A closed-form fit trains once.
     seeds: TrainingSeeds = [0]
+    # a shipped model's row's own training seeds in place of the bench's, as a variant's `seeds`, e.g.
+    # `{mindeye2: [0, ..., 7]}` where a variant is paired against that row over more seeds than the bench's
+    model_seeds: dict[str, TrainingSeeds] = {}
     variants: dict[str, Variant] = {}  # extra rows by name, after the models
     recon_images: int = 30  # test images of subj01 reconstructed per row
     recon_steps: int = 25
@@ -104,6 +107,9 @@ class LeaderboardConfig(StrictConfig):
         unknown = [m for m in [*self.models, *(v.model for v in self.variants.values())] if m not in LABELS]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(LABELS)}")
+        if stray := sorted(set(self.model_seeds) - set(self.models)):
+            raise ValueError(f"model_seeds names {stray}, which are not in models {self.models}; give a variant its "
+                             f"own seeds under `seeds` in the variant")
         taken = set(self.models) | {"psychometry+ecphory"}
         if clash := sorted(taken & set(self.variants)):
             raise ValueError(f"variant name(s) {clash} are already row names; rename the variants")
@@ -125,9 +131,11 @@ class LeaderboardConfig(StrictConfig):
 
 
 def row_seeds(config: LeaderboardConfig, name: str) -> list[int]:
-    """The training seeds of the row ``name``: its variant's own, else the bench's."""
+    """The training seeds of the row ``name``: its own (a variant's `seeds`, a model's `model_seeds`), else the
+    bench's."""
     variant = config.variants.get(name)
-    return variant.seeds if variant is not None and variant.seeds is not None else config.seeds
+    own = variant.seeds if variant is not None else config.model_seeds.get(name)
+    return own or config.seeds
 
 
 def sim_train_config(model: str, overrides: dict[str, Any], way: int, draws: int, eval_seed: int,
@@ -155,10 +163,16 @@ def _world_by_content(config: dict) -> dict:
         return config
 
 
+def _own_seeds_saved(config: dict, name: str) -> list[int] | None:
+    """A row's own training seeds in a saved (JSON) config, None where it has the bench's. A config saved before
+    variants could list seeds, or before `model_seeds`, gives its rows none."""
+    variant = config.get("variants", {}).get(name)
+    return (variant or {}).get("seeds") if variant is not None else (config.get("model_seeds") or {}).get(name)
+
+
 def _row_seeds_saved(config: dict, name: str) -> list[int]:
-    """`row_seeds` of a saved (JSON) config: a variant saved before variants could list seeds has the bench's."""
-    variant = config.get("variants", {}).get(name) or {}
-    return variant.get("seeds") or config.get("seeds", [0])
+    """`row_seeds` of a saved (JSON) config."""
+    return _own_seeds_saved(config, name) or config.get("seeds", [0])
 
 
 def _extends(saved: dict, wanted: dict) -> bool:
@@ -176,7 +190,7 @@ def _extends(saved: dict, wanted: dict) -> bool:
             return False
 
     def without_seeds(config: dict) -> dict:
-        return {**config, "seeds": None,
+        return {**config, "seeds": None, "model_seeds": None,
                 "variants": {name: {**config["variants"][name], "seeds": None} for name in saved_variants}}
 
     return without_seeds(saved) == without_seeds(wanted)
@@ -197,8 +211,8 @@ def claim_workdir(out: Path, bench: str, config: StrictConfig) -> None:
         saved_config, wanted_config = (_world_by_content(saved.get("config", {})),
                                        _world_by_content(wanted["config"]))
         if saved.get("bench") == bench and saved_config != wanted_config and _extends(saved_config, wanted_config):
-            atomic_write_json(marker, {"bench": bench, "config": {**saved["config"], "seeds": wanted["config"]["seeds"],
-                                                                  "variants": wanted["config"]["variants"]}})
+            extended = {key: wanted["config"][key] for key in ("seeds", "model_seeds", "variants")}
+            atomic_write_json(marker, {"bench": bench, "config": {**saved["config"], **extended}})
             return
         if saved.get("bench") != bench or saved_config != wanted_config:
             raise ConfigError(f"{out} holds a {saved.get('bench')} bench made with another config (differs in "
@@ -785,8 +799,8 @@ def _over_seeds(row: dict) -> str:
 
 def _own_seeds_text(result: dict) -> str:
     """The page's words for the rows that list their own training seeds (none: empty)."""
-    own = [(row["label"], variant["seeds"]) for row in result["rows"]
-           if (variant := result["config"].get("variants", {}).get(row.get("model")) or {}).get("seeds")]
+    own = [(row["label"], seeds) for row in result["rows"]
+           if (seeds := _own_seeds_saved(result["config"], row.get("model", "")))]
     return f", or a row's own: {'; '.join(f'{seeds} for {label}' for label, seeds in own)}" if own else ""
 
 
