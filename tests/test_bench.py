@@ -186,6 +186,18 @@ def test_a_leaderboard_config_that_adds_seeds_extends_its_bench_folder(tmp_path)
         Variant(model="mindreader", label="x", seeds=[0, 0])
 
 
+def test_a_finished_row_whose_seeds_are_not_extended_is_refused(tmp_path):
+    from brainrecon.bench.leaderboard import add_seeds, sim_train_config
+    from brainrecon.errors import ConfigError
+
+    row = {"image_top1": 0.5, "seeds": {"0": 0.5, "1": 0.6}}
+    config = sim_train_config("mindbridge", {}, 50, 3, 42, seed=0)
+    assert not add_seeds(row, "mindbridge", config, tmp_path, tmp_path, [0, 1])  # nothing new: nothing trains
+    with pytest.raises(ConfigError, match=r"scored over the training seeds \['0', '1'\], which its seeds now "
+                                          r"\['0', '2'\] do not begin with"):
+        add_seeds(row, "mindbridge", config, tmp_path, tmp_path, [0, 2])
+
+
 def test_a_finished_run_is_reused_only_for_the_config_it_trained_with(tmp_path):
     import json
 

@@ -485,7 +485,7 @@ def add_seeds(row: dict, name: str, train_config: dict, store: Path, runs: Path,
     if have == wanted:
         return False
     if wanted[:len(have)] != have:
-        raise ConfigError(f"the row {name!r} was scored over the training seeds {have}, which the bench's seeds "
+        raise ConfigError(f"the row {name!r} was scored over the training seeds {have}, which its seeds now "
                           f"{wanted} do not begin with; give the row its old seeds first, or delete its "
                           f"rows/{name}.json to score it again")
     score_seeds(row, name, train_config, store, runs, seeds, echo)
