@@ -11,6 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 TEST_LIMIT_S = 900
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The CPU, at the end where CI's log is read: its float kernels set the last digits of a world or a run, so a
+    test that compares bytes across processes is read against the machine it ran on."""
+    from brainrecon.bench.leaderboard import cpu_model
+
+    terminalreporter.write_line(f"machine: {cpu_model()}, {os.cpu_count()} CPUs")
+
+
 @pytest.fixture(autouse=True)
 def bounded_test(request):
     def expire(signum, frame):

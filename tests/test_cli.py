@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from store_compare import folder_differences
 
 CLI = [sys.executable, "-m", "brainrecon.cli"]
 
@@ -140,7 +141,7 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
 
     small = tmp_path / "small.yaml"  # the tiny world, smaller still: this test builds it four times
     load_config(WorldConfig, "tiny", "worlds", n_subjects=1, n_train_images=100, n_test_images=50,
-                calibration_images=64).save(small)
+                calibration_images=64, code_dims=32).save(small)
     logs = iter(tmp_path / f"writer-{n}.log" for n in range(100))
 
     out = tmp_path / "store"
@@ -174,9 +175,9 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     assert writer.returncode == -signal.SIGKILL and not killed.exists()
     log = next(logs)
     assert _finish_writer(_start_writer(small, killed, log), log)[0] == 0
-    files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes()  # noqa: E731
-                          for p in sorted(root.rglob("*")) if p.is_file()}
-    assert files(killed) == files(out)
+    # named files, not a diff of their bytes: that ran past the time limit when stop 51's CI run found two
+    # builds differing (the code's 64th axis, which 64 calibration scenes left undetermined; now refused)
+    assert folder_differences(killed, out) == {}
 
 
 def test_the_demo_trains_in_bf16_only_where_the_cpu_has_bf16_instructions(tmp_path):

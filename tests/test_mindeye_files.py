@@ -18,6 +18,7 @@ from brainrecon.data.mindeye1_files import import_mindeye1
 from brainrecon.data.mindeye2_files import import_mindeye2
 from brainrecon.errors import OutputError, StoreError
 from brainrecon.io import sha256_file
+from store_compare import folder_differences
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,6 @@ def me1_store(me1_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "me1"
     import_mindeye1(me1_root.parent, 1, out, progress=False)  # the parent of webdataset_avg_split/ works too
     return out
-
-
-def store_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def earlier_presentations(ids: np.ndarray) -> np.ndarray:
@@ -163,7 +160,7 @@ def test_me2_sessions_option_keeps_the_first_sessions(experiment, me2_root, tmp_
 
 def test_me2_two_imports_are_byte_identical(me2_root, me2_store, tmp_path):
     import_mindeye2(me2_root, 1, tmp_path / "again", progress=False)
-    assert store_files(tmp_path / "again") == store_files(me2_store)
+    assert folder_differences(tmp_path / "again", me2_store) == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +304,7 @@ def test_me1_without_per_repeat_trials_sessions_are_unknown(one_session, tmp_pat
 
 def test_me1_two_imports_are_byte_identical(me1_root, me1_store, tmp_path):
     import_mindeye1(me1_root, 1, tmp_path / "again", progress=False)
-    assert store_files(tmp_path / "again") == store_files(me1_store)
+    assert folder_differences(tmp_path / "again", me1_store) == {}
 
 
 @pytest.fixture()

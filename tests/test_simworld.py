@@ -15,6 +15,7 @@ from brainrecon.data.simworld import scenes as sc
 from brainrecon.data.simworld.encoding import image_features
 from brainrecon.data.simworld.oracle import oracle_evidence, oracle_loglik, true_code
 from brainrecon.errors import ConfigError, OutputError
+from store_compare import folder_differences, folder_files
 
 
 def test_scenes_have_categories_captions_and_configurable_resolution():
@@ -36,8 +37,8 @@ def test_scenes_have_categories_captions_and_configurable_resolution():
 
 def test_same_seed_same_bytes_whatever_the_threads_other_seed_other_bytes(tmp_path, tiny_config):
     small = WorldConfig.model_validate({**tiny_config.model_dump(), "n_train_images": 60, "n_test_images": 40,
-                                        "calibration_images": 64, "voxels": {"min": 50, "max": 60},
-                                        "session": {"trials_per_session": 60}})
+                                        "calibration_images": 64, "code_dims": 32,
+                                        "voxels": {"min": 50, "max": 60}, "session": {"trials_per_session": 60}})
     callers_threads = torch.get_num_threads()
     try:  # the caller's thread count must not reach the bytes: float32 sums split by thread count
         for name, threads in (("a", 2), ("b", 1)):
@@ -47,10 +48,8 @@ def test_same_seed_same_bytes_whatever_the_threads_other_seed_other_bytes(tmp_pa
     finally:
         torch.set_num_threads(callers_threads)
     simulate_world(small.model_copy(update={"seed": 5}), tmp_path / "c", progress=False)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) > 10
-    for rel in files:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert len(folder_files(tmp_path / "a")) > 10
+    assert folder_differences(tmp_path / "a", tmp_path / "b") == {}
     assert (tmp_path / "a/subjects/subj01/betas.npy").read_bytes() != (tmp_path / "c/subjects/subj01/betas.npy"
                                                                         ).read_bytes()
 
@@ -71,7 +70,8 @@ def test_a_refused_world_build_gives_the_callers_thread_count_back(tmp_path, tin
 def test_world_builds_at_256_pixels(tmp_path, tiny_config):
     big = WorldConfig.model_validate({**tiny_config.model_dump(), "image_size": 256, "n_subjects": 1,
                                       "n_train_images": 12, "n_test_images": 12, "calibration_images": 64,
-                                      "voxels": {"min": 20, "max": 30}, "session": {"trials_per_session": 24}})
+                                      "code_dims": 32, "voxels": {"min": 20, "max": 30},
+                                      "session": {"trials_per_session": 24}})
     store = open_store(simulate_world(big, tmp_path / "big", progress=False))
     assert store.images.shape == (24, 256, 256, 3) and store.subject("subj01").n_voxels >= 20
 
@@ -321,10 +321,31 @@ def test_config_errors_are_clear(tmp_path):
         validate_config(WorldConfig, {"n_subjects": 9})
     with pytest.raises(ConfigError, match="no worlds preset named 'huge'.*default"):
         load_config(WorldConfig, "huge", "worlds")
+    with pytest.raises(ConfigError, match=r"code_dims \(64\) must be below calibration_images \(64\).*raise "
+                                          r"calibration_images or lower code_dims"):
+        validate_config(WorldConfig, {"code_dims": 64, "calibration_images": 64})
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: [1, 2")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(WorldConfig, bad, "worlds")
+
+
+def test_a_code_axis_the_calibration_scenes_do_not_vary_along_is_refused(tiny_config):
+    """64 calibration images that are 32 scenes twice vary along at most 31 directions: a 40-axis code would
+    take 9 axes the SVD picks at will, so it is refused; a 16-axis code is fitted."""
+    from brainrecon.data.simworld.encoding import SharedCode, image_features, make_archetypes
+    from brainrecon.data.simworld.world import _render_chunk
+    from brainrecon.rng import derive_rng
+
+    config = tiny_config.model_copy(update={"vision_model": None})  # hand-crafted features: no CLIP to load
+    images, semantic, _, _ = _render_chunk(config, np.arange(32), "calibration")
+    features = image_features(np.concatenate([images, images]), np.concatenate([semantic, semantic]),
+                              config.feature_grid, None)
+    archetypes = make_archetypes(config, derive_rng(0, "archetypes"), None, None)
+    with pytest.raises(ConfigError, match="vary along only 31 directions, so the code's last axes are "
+                                          "undetermined; lower code_dims or raise calibration_images"):
+        SharedCode.fit(archetypes, features, config.feature_grid, 40)
+    assert SharedCode.fit(archetypes, features, config.feature_grid, 16).axes.shape[1] == 16
 
 
 def test_presets_validate():

@@ -108,6 +108,18 @@ class WorldConfig(StrictConfig):
             raise ValueError(f"vision_tuning: {self.vision_tuning} shapes tunings in a vision model's feature "
                              f"spaces, but vision_model is null; name a vision model or use isotropic")
         return self
+
+    @model_validator(mode="after")
+    def _code_fits_the_calibration_scenes(self):
+        # the code is the top principal axes of the calibration scenes' responses; centred, n scenes span at most
+        # n - 1 directions, and an axis beyond them is whatever direction the SVD returns (it differed between two
+        # builds of one world on one machine)
+        if self.code_dims >= self.calibration_images:
+            raise ValueError(f"code_dims ({self.code_dims}) must be below calibration_images "
+                             f"({self.calibration_images}): the code's axes are principal axes of the calibration "
+                             f"scenes, which span at most calibration_images - 1 directions; raise "
+                             f"calibration_images or lower code_dims")
+        return self
     chunk_images: int = Field(512, ge=16, description="images rendered and encoded at a time (memory bound)")
 
 

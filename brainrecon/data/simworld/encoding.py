@@ -50,11 +50,15 @@ from safetensors.numpy import load_file, save_file
 from brainrecon import vision
 from brainrecon.data.simworld.config import WorldConfig
 from brainrecon.data.simworld.scenes import CATEGORIES, SEMANTIC_FEATURES
+from brainrecon.errors import ConfigError
 from brainrecon.rng import derive_rng
 
 KINDS = ("low", "mid", "high")
 N_SEMANTIC = len(SEMANTIC_FEATURES)
 N_MID = len(vision.COLOUR_CHANNELS)
+# A code axis whose singular value is below this fraction of the largest is float noise, not a direction the
+# calibration scenes vary along (the shipped presets' last axes sit at 0.07 to 0.12 of the largest)
+UNDETERMINED = 1e-6
 
 
 @dataclass(frozen=True)
@@ -440,9 +444,15 @@ class SharedCode:
         units = archetype_units(archetypes)
         response = standardise(units, features, grid)
         if dims > min(response.shape):
-            raise ValueError(f"code_dims={dims} exceeds the {min(response.shape)} components available "
-                             f"(archetype units x calibration images); lower code_dims")
+            raise ConfigError(f"code_dims={dims} exceeds the {min(response.shape)} components available "
+                              f"(archetype units x calibration images); lower code_dims")
         _, singular, vt = np.linalg.svd(response - response.mean(0), full_matrices=False)
+        if singular[dims - 1] <= UNDETERMINED * singular[0]:
+            # an axis the scenes do not vary along is whatever direction the SVD returns, which can change from
+            # one run to the next, and every image's code value along it with it
+            raise ConfigError(f"code_dims={dims}: the calibration scenes' responses vary along only "
+                              f"{int((singular > UNDETERMINED * singular[0]).sum())} directions, so the code's "
+                              f"last axes are undetermined; lower code_dims or raise calibration_images")
         axes = vt[:dims].T
         scale = (response - response.mean(0)).dot(axes).std(axis=0)
         if scaling == "natural":  # one scale for all: the components keep their variance profile, mean 1
