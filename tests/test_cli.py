@@ -175,8 +175,8 @@ def test_concurrent_and_killed_writers_of_a_store(tmp_path):
     assert writer.returncode == -signal.SIGKILL and not killed.exists()
     log = next(logs)
     assert _finish_writer(_start_writer(small, killed, log), log)[0] == 0
-    # named files, not a diff of their bytes: that ran past the time limit when stop 51's CI run found two
-    # builds differing (the code's 64th axis, which 64 calibration scenes left undetermined; now refused)
+    # named files, not a diff of their bytes: that ran past the time limit when a CI run found two builds
+    # differing (the code's 64th axis, which 64 calibration scenes left undetermined; now refused)
     assert folder_differences(killed, out) == {}
 
 
