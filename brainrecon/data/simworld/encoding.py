@@ -57,7 +57,7 @@ KINDS = ("low", "mid", "high")
 N_SEMANTIC = len(SEMANTIC_FEATURES)
 N_MID = len(vision.COLOUR_CHANNELS)
 # A code axis whose singular value is below this fraction of the largest is float noise, not a direction the
-# calibration scenes vary along (the shipped presets' last axes sit at 0.07 to 0.12 of the largest)
+# calibration scenes vary along
 UNDETERMINED = 1e-6
 
 
@@ -447,12 +447,13 @@ class SharedCode:
             raise ConfigError(f"code_dims={dims} exceeds the {min(response.shape)} components available "
                               f"(archetype units x calibration images); lower code_dims")
         _, singular, vt = np.linalg.svd(response - response.mean(0), full_matrices=False)
-        if singular[dims - 1] <= UNDETERMINED * singular[0]:
+        determined = int((singular > UNDETERMINED * singular[0]).sum())
+        if dims > determined:
             # an axis the scenes do not vary along is whatever direction the SVD returns, which can change from
             # one run to the next, and every image's code value along it with it
-            raise ConfigError(f"code_dims={dims}: the calibration scenes' responses vary along only "
-                              f"{int((singular > UNDETERMINED * singular[0]).sum())} directions, so the code's "
-                              f"last axes are undetermined; lower code_dims or raise calibration_images")
+            raise ConfigError(f"code_dims={dims}: the calibration scenes' responses vary along only {determined} "
+                              f"directions, so the code's last axes are undetermined; lower code_dims or raise "
+                              f"calibration_images")
         axes = vt[:dims].T
         scale = (response - response.mean(0)).dot(axes).std(axis=0)
         if scaling == "natural":  # one scale for all: the components keep their variance profile, mean 1
